@@ -1,0 +1,118 @@
+"""The ``rlhfkit`` command line: parse a stage's config, call that stage's one function.
+
+Every stage takes ``--config FILE.yaml`` plus flags named after the config fields; see
+``rlhfkit STAGE --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rlhfkit import __version__
+from rlhfkit.config import (
+    ConfigError,
+    GenerateConfig,
+    SFTConfig,
+    TinyModelConfig,
+    add_config_arguments,
+    config_from_args,
+)
+
+
+def _sft(config: SFTConfig) -> None:
+    from rlhfkit.train.sft import run_sft
+
+    run_sft(config)
+
+
+def _generate(config: GenerateConfig) -> None:
+    from rlhfkit.rollout.generate import run_generate
+
+    run_generate(config)
+
+
+def _tiny_model(config: TinyModelConfig) -> None:
+    from rlhfkit.console import console
+    from rlhfkit.models.tiny import write_tiny_model
+
+    path = write_tiny_model(
+        config.corpus, config.output, arch=config.arch, layers=config.layers, width=config.width,
+        heads=config.heads, vocab_size=config.vocab_size, max_positions=config.max_positions, seed=config.seed,
+    )
+    console.print(f"tiny-model: {config.arch} with {config.layers} layers, width {config.width}, written to {path}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from rlhfkit.demo.run import run_demo
+
+    run_demo(args.output, quick=args.quick)
+
+
+def _data_check(args: argparse.Namespace) -> None:
+    from rlhfkit import data
+    from rlhfkit.console import console
+
+    loader = {
+        "prompts": data.load_prompts,
+        "demonstrations": data.load_demonstrations,
+        "preferences": data.load_preferences,
+        "rankings": data.load_rankings,
+    }[args.kind]
+    records = loader(args.file, skip_invalid=args.skip_invalid)
+    console.print(f"{args.file}: {len(records)} valid {args.kind} records")
+
+
+# name -> (config class, runner, one-line help)
+STAGES = {
+    "sft": (SFTConfig, _sft, "Supervised fine-tuning on demonstrations (loss on answers only)."),
+    "generate": (GenerateConfig, _generate, "Sample K answers per prompt to JSONL {prompt, responses}."),
+    "tiny-model": (TinyModelConfig, _tiny_model, "Train a tokenizer on a corpus and write a tiny random model."),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rlhfkit",
+        description="rlhfkit: a complete RLHF system. Each subcommand is one stage; see 'rlhfkit STAGE --help'.",
+    )
+    parser.add_argument("--version", action="version", version=f"rlhfkit {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (cls, _, help_text) in STAGES.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text + " " + (cls.__doc__ or ""))
+        add_config_arguments(sub, cls)
+
+    demo = commands.add_parser("demo", help="Run the stages end to end on the built-in example.",
+                               description="Run the stages that exist end to end on a small built-in example.")
+    demo.add_argument("--output", default="demo-output", help="Folder for everything the demo writes.")
+    demo.add_argument("--quick", action="store_true", help="A smaller, faster run (used by the tests).")
+
+    data = commands.add_parser("data", help="Check data files.", description="Check data files.")
+    data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    check = data_commands.add_parser("check", help="Validate a file of records; report the first problem.",
+                                     description="Validate a file of records; report the first problem.")
+    check.add_argument("file", help="JSONL, JSON, Parquet, CSV file or HF dataset folder (DIR or DIR:split).")
+    check.add_argument("--kind", required=True, choices=["prompts", "demonstrations", "preferences", "rankings"])
+    check.add_argument("--skip-invalid", action="store_true", help="Report all invalid records instead of the first.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    from rlhfkit.console import console, setup_logging
+
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    try:
+        if args.command in STAGES:
+            cls, run, _ = STAGES[args.command]
+            run(config_from_args(cls, args))
+        elif args.command == "demo":
+            _demo(args)
+        elif args.command == "data":
+            _data_check(args)
+    except (ConfigError, FileNotFoundError) as err:
+        console.print(f"[red]error:[/] {err}")
+        sys.exit(2)
+    except ValueError as err:  # DataError and other bad-input errors
+        console.print(f"[red]error:[/] {err}")
+        sys.exit(2)

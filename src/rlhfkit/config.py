@@ -1,0 +1,262 @@
+"""Typed stage configs: a YAML file plus command-line overrides of the same fields.
+
+Every stage has a dataclass config whose fields carry their help text. The command line is generated
+from the dataclass (``learning_rate`` becomes ``--learning-rate``), so a YAML key and its flag always
+agree. Precedence: dataclass default < YAML file < command line. An unknown key or a value of the
+wrong type is a :class:`ConfigError` naming the key and where it came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or command line that does not fit the stage's config dataclass."""
+
+
+def option(default: Any, help: str, *, required: bool = False, short: str | None = None) -> Any:
+    """A dataclass field with its help text (shown by ``--help``)."""
+    metadata = {"help": help, "required": required, "short": short}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class ModelConfig:
+    """How to load a model: shared by every stage that loads one."""
+
+    device: str = option("auto", "Device: auto (cuda if available, else cpu), cpu, cuda, cuda:N or mps.")
+    dtype: str = option("auto", "Weights dtype: auto (bf16 on GPUs that support it, else fp32), float32, bfloat16, float16.")
+
+
+@dataclass
+class TrainConfig(ModelConfig):
+    """The vocabulary every trainer shares (SFT, RM, PPO, DPO). Defaults suit real models."""
+
+    output: str = option("", "Output folder: checkpoints, metrics.jsonl and the final HF model.", required=True)
+    learning_rate: float = option(2e-5, "Peak learning rate (AdamW), reached after warmup, then cosine decay.")
+    epochs: float = option(1.0, "Passes over the training data (fractions allowed); ignored when --max-steps > 0.")
+    max_steps: int = option(0, "Optimizer steps to run; 0 means derive from --epochs.")
+    batch_size: int = option(8, "Examples per device per micro-batch. Global batch = batch_size x grad_accum x processes.")
+    grad_accum: int = option(1, "Micro-batches accumulated per optimizer step.")
+    max_length: int = option(1024, "Maximum tokens per sequence; longer sequences are truncated (and counted).")
+    seed: int = option(42, "Random seed: data order, held-out split, initialisation of new weights.")
+    save_every: int = option(500, "Save a resumable checkpoint every N optimizer steps (0: only at the end).")
+    resume: bool = option(False, "Resume from the newest checkpoint in the output folder.")
+    lora_r: int = option(0, "LoRA rank; 0 trains all weights.")
+    lora_alpha: int = option(16, "LoRA scaling alpha.")
+    lora_dropout: float = option(0.0, "LoRA dropout.")
+    lora_target_modules: list[str] = option(["all-linear"], "Modules LoRA adapts (names, or all-linear).")
+    warmup_ratio: float = option(0.03, "Fraction of steps spent warming the learning rate up from 0.")
+    weight_decay: float = option(0.0, "AdamW weight decay.")
+    max_grad_norm: float = option(1.0, "Clip the global gradient norm to this (0: no clipping).")
+    gradient_checkpointing: bool = option(False, "Recompute activations in backward to save memory.")
+    log_every: int = option(10, "Log metrics every N optimizer steps.")
+    eval_every: int = option(0, "Evaluate on the held-out split every N steps (0: only at the end).")
+    eval_split: float = option(0.05, "Fraction of the data held out for evaluation (0: none).")
+    eval_data: str | None = option(None, "A separate evaluation file (replaces --eval-split).")
+    skip_invalid: bool = option(False, "Skip malformed records (reported with their locations) instead of failing.")
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    """Supervised fine-tuning on demonstrations, loss on the answers only."""
+
+    model: str = option("", "HF model id or local folder to fine-tune.", required=True)
+    data: str = option("", "Demonstrations file: {prompt, completion} or {messages} records.", required=True)
+    packing: bool = option(False, "Pack several examples into each max-length sequence.")
+
+
+@dataclass
+class GenerateConfig(ModelConfig):
+    """Sample K answers per prompt."""
+
+    model: str = option("", "HF model id or local folder to sample from.", required=True)
+    prompts: str = option("", "Prompts file: {prompt} records (string or messages).", required=True)
+    output: str = option("", "Output JSONL: one {prompt, responses} record per prompt.", required=True)
+    num_samples: int = option(4, "Answers per prompt (K).")
+    max_new_tokens: int = option(256, "Maximum tokens per answer; answers stop earlier at EOS.")
+    temperature: float = option(1.0, "Sampling temperature; 0 means greedy decoding.")
+    top_p: float = option(1.0, "Nucleus sampling: keep the smallest token set with this much probability.")
+    batch_size: int = option(16, "Sequences generated together (prompts x samples).")
+    seed: int = option(42, "Random seed for sampling.")
+    skip_invalid: bool = option(False, "Skip malformed prompt records (reported) instead of failing.")
+
+
+@dataclass
+class TinyModelConfig:
+    """Train a byte-level BPE tokenizer on a corpus and write a small randomly initialised model."""
+
+    corpus: str = option("", "Plain-text corpus to train the tokenizer on (one document per line).", required=True)
+    output: str = option("", "Output folder (a normal HF model folder).", required=True)
+    arch: str = option("gpt2", "Architecture: gpt2 or llama.")
+    layers: int = option(2, "Transformer layers.")
+    width: int = option(64, "Hidden size.")
+    heads: int = option(4, "Attention heads.")
+    vocab_size: int = option(1024, "Tokenizer vocabulary size (including special tokens).")
+    max_positions: int = option(512, "Maximum sequence length (position embeddings).")
+    seed: int = option(0, "Random seed for the weights.")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading and checking values
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false"}.get(
+            tp.__name__, tp.__name__
+        )
+    origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        names = [_type_name(a) for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(names) + " (or null)"
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}s".replace("as ", "")
+    return str(tp)
+
+
+def coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Check ``value`` against the field type ``tp``; return it (numbers widened, numeric strings read)."""
+    origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return coerce(value, inner[0], key, where)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: key '{key}': expected {_type_name(tp)}, got {value!r}")
+        return [coerce(v, item_tp, key, where) for v in value]
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is bool and isinstance(value, bool) or tp is str and isinstance(value, str):
+        return value
+    if tp is int and is_number and isinstance(value, int):
+        return value
+    if tp is float and is_number:
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML reads 1e-5 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise ConfigError(f"{where}: key '{key}': expected {_type_name(tp)}, got {value!r}")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def read_yaml_config(path: str | Path, cls: type) -> dict[str, Any]:
+    """Read a YAML config file and check its keys and types against ``cls``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values, got {type(raw).__name__}")
+    types_ = _field_types(cls)
+    values = {}
+    for key, value in raw.items():
+        name = str(key)
+        if name not in types_:
+            hint = difflib.get_close_matches(name.replace("-", "_"), types_, n=1)
+            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+            raise ConfigError(
+                f"{path}: unknown key '{name}'{suggestion}; known keys: {', '.join(sorted(types_))}"
+            )
+        values[name] = coerce(value, types_[name], name, str(path))
+    return values
+
+
+def build_config(cls: type, file_values: dict[str, Any], cli_values: dict[str, Any]):
+    """Merge defaults < file < command line into ``cls``; missing required fields are errors."""
+    merged = {**file_values, **cli_values}
+    config = cls(**merged)
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.metadata.get("required") and getattr(config, f.name) in ("", None)
+    ]
+    if missing:
+        flags = ", ".join("--" + name.replace("_", "-") for name in missing)
+        raise ConfigError(f"missing required setting(s): {flags} (on the command line or in --config)")
+    return config
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The command line, generated from the dataclass
+
+
+def _cli_type(tp: Any, key: str):
+    def parse(text: str):
+        if tp is str:
+            return text
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        return coerce(value, tp, key, "command line")
+
+    parse.__name__ = _type_name(tp)
+    return parse
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add ``--config`` and one flag per dataclass field; unset flags are left out of the namespace."""
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of settings (flags override it).")
+    group = parser.add_argument_group(f"{cls.__name__} settings (YAML keys use underscores)")
+    for f in dataclasses.fields(cls):
+        tp = _field_types(cls)[f.name]
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        if f.metadata.get("required"):
+            help_text += " (required)"
+        elif f.default is not dataclasses.MISSING:
+            help_text += f" (default: {f.default})"
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
+        origin = typing.get_origin(tp)
+        if tp is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            continue
+        if origin is list:
+            (item_tp,) = typing.get_args(tp)
+            kwargs.update(nargs="+", type=_cli_type(item_tp, f.name))
+        else:
+            kwargs.update(type=_cli_type(tp, f.name), metavar=f.name.upper())
+        group.add_argument(flag, **kwargs)
+
+
+def config_from_args(cls: type, args: argparse.Namespace):
+    """Build the stage config from parsed arguments (``--config`` file, then flags)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    cli_values = {k: v for k, v in vars(args).items() if k in names}
+    file_values = read_yaml_config(args.config, cls) if getattr(args, "config", None) else {}
+    return build_config(cls, file_values, cli_values)

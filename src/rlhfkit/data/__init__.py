@@ -1,0 +1,48 @@
+"""Loading training data: prompts, demonstrations, preferences and rankings from common file formats.
+
+Files may be JSON lines (``.jsonl``, ``.jsonl.gz``), JSON (``.json``, ``.json.gz``), Parquet, CSV or
+a saved Hugging Face dataset folder (``DIR`` or ``DIR:split``). Every problem is a
+:class:`DataError` whose message names the file, the line or row, the field, and what was expected.
+"""
+
+from rlhfkit.data.errors import DataError
+from rlhfkit.data.hh import hh_pair_to_preference, is_hh_transcript, parse_hh_transcript
+from rlhfkit.data.readers import (
+    load_demonstrations,
+    load_preferences,
+    load_prompts,
+    load_rankings,
+    read_rows,
+)
+from rlhfkit.data.records import (
+    Demonstration,
+    Preference,
+    PromptRecord,
+    Ranking,
+    parse_demonstration,
+    parse_preference,
+    parse_prompt,
+    parse_ranking,
+    ranking_to_pairs,
+)
+
+__all__ = [
+    "DataError",
+    "Demonstration",
+    "Preference",
+    "PromptRecord",
+    "Ranking",
+    "hh_pair_to_preference",
+    "is_hh_transcript",
+    "load_demonstrations",
+    "load_preferences",
+    "load_prompts",
+    "load_rankings",
+    "parse_demonstration",
+    "parse_hh_transcript",
+    "parse_preference",
+    "parse_prompt",
+    "parse_ranking",
+    "ranking_to_pairs",
+    "read_rows",
+]

@@ -1,0 +1,25 @@
+"""Loading Hugging Face causal LMs and tokenizers, LoRA, and the tiny-model factory."""
+
+from rlhfkit.models.loading import (
+    LoraSettings,
+    disable_dropout,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_device,
+    resolve_dtype,
+    save_model,
+)
+from rlhfkit.models.tiny import build_tiny_model, train_tokenizer, write_tiny_model
+
+__all__ = [
+    "LoraSettings",
+    "build_tiny_model",
+    "disable_dropout",
+    "load_causal_lm",
+    "load_tokenizer",
+    "resolve_device",
+    "resolve_dtype",
+    "save_model",
+    "train_tokenizer",
+    "write_tiny_model",
+]

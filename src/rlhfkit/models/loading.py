@@ -1,0 +1,118 @@
+"""Load any HF causal LM (hub id or local folder) with its tokenizer, ready for RLHF.
+
+Guarantees made here, relied on by every stage:
+- the tokenizer has a pad token distinct from EOS (otherwise masking the padding masks EOS too, and
+  the model never learns to stop); one is added, and the embeddings resized, when needed;
+- the tokenizer has a chat template: its own, or :data:`rlhfkit.data.chat.DEFAULT_CHAT_TEMPLATE`;
+- dropout is off (see ``disable_dropout``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from rlhfkit.data.chat import ensure_chat_template
+
+PAD_TOKEN = "<|pad|>"
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks cuda when available, else cpu; anything else is passed to torch."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str = "auto", device: torch.device | None = None) -> torch.dtype:
+    """``auto`` is bfloat16 on a GPU that supports it, float32 otherwise."""
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if name == "auto":
+        on_gpu = device is not None and device.type == "cuda"
+        return torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float32
+    if name not in names:
+        raise ValueError(f"unknown dtype '{name}': expected auto, {', '.join(names)}")
+    return names[name]
+
+
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    """Load a tokenizer and give it a pad token distinct from EOS and a chat template."""
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"tokenizer of {name_or_path} has no EOS token: answers could never end")
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    ensure_chat_template(tokenizer)
+    return tokenizer
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Set every dropout probability to 0 (RLHF needs deterministic log-probs; see GUIDE §4.7)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+@dataclass
+class LoraSettings:
+    r: int
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+
+
+def load_causal_lm(
+    name_or_path: str,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | None = None,
+    gradient_checkpointing: bool = False,
+    lora: LoraSettings | None = None,
+) -> PreTrainedModel:
+    """Load a causal LM matching ``tokenizer`` (embeddings grown for added tokens), dropout off.
+
+    With ``lora`` the returned model is a peft model whose base weights are frozen.
+    """
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    disable_dropout(model)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if lora is not None and lora.r > 0:
+        from peft import LoraConfig, get_peft_model
+
+        targets = lora.target_modules
+        config = LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=targets[0] if targets == ["all-linear"] else targets,
+            task_type="CAUSAL_LM",
+        )
+        if gradient_checkpointing:
+            model.enable_input_require_grads()
+        model = get_peft_model(model, config)
+    if device is not None:
+        model.to(device)
+    return model
+
+
+def save_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, output: str | Path) -> None:
+    """Save a plain HF model folder (LoRA adapters merged in; the adapter kept in ``adapter/``)."""
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    if hasattr(model, "merge_and_unload"):  # a peft model
+        model.save_pretrained(output / "adapter")
+        model = model.merge_and_unload()
+    model.save_pretrained(output)
+    tokenizer.save_pretrained(output)

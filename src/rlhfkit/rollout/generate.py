@@ -1,0 +1,119 @@
+"""Batched sampling of K answers per prompt (HF ``generate`` with the KV cache).
+
+Prompts are encoded exactly as training encodes them (``encode_prompt``), left-padded, and sorted by
+length so each batch wastes little padding. Every answer is cut after its first EOS; answers that hit
+``max_new_tokens`` without EOS are flagged (``finished=False``) so RL can penalise them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from rlhfkit.config import GenerateConfig
+from rlhfkit.console import console, progress_bar
+from rlhfkit.data.chat import encode_prompt
+
+
+@dataclass
+class Sample:
+    prompt_index: int
+    token_ids: list[int]  # the answer's tokens, through the first EOS when there is one
+    text: str  # decoded without special tokens
+    finished: bool  # ended with EOS (rather than running out of max_new_tokens)
+
+
+def left_pad(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists into (input_ids, attention_mask)."""
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            input_ids[row, width - len(seq) :] = torch.tensor(seq)
+            attention_mask[row, width - len(seq) :] = 1
+    return input_ids, attention_mask
+
+
+def cut_after_eos(token_ids: list[int], eos_token_id: int) -> tuple[list[int], bool]:
+    """Tokens through the first EOS, and whether there was one."""
+    if eos_token_id in token_ids:
+        end = token_ids.index(eos_token_id)
+        return token_ids[: end + 1], True
+    return token_ids, False
+
+
+@torch.inference_mode()
+def sample_responses(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list,
+    *,
+    num_samples: int = 1,
+    max_new_tokens: int = 128,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    batch_size: int = 16,
+    show_progress: bool = True,
+) -> list[list[Sample]]:
+    """``num_samples`` answers for each prompt (strings or message lists), in prompt order."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    jobs = sorted(
+        ((i, k) for i in range(len(prompts)) for k in range(num_samples)), key=lambda job: -len(encoded[job[0]])
+    )
+    results: list[list[Sample]] = [[] for _ in prompts]
+    greedy = temperature <= 0
+    options = dict(max_new_tokens=max_new_tokens, do_sample=not greedy, pad_token_id=tokenizer.pad_token_id,
+                   eos_token_id=tokenizer.eos_token_id, use_cache=True)
+    if not greedy:
+        options.update(temperature=temperature, top_p=top_p, top_k=0)
+    batches = [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
+    with progress_bar("generate", total=len(jobs), enabled=show_progress) as advance:
+        for batch in batches:
+            input_ids, attention_mask = left_pad([encoded[i] for i, _ in batch], tokenizer.pad_token_id)
+            out = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **options)
+            new_tokens = out[:, input_ids.shape[1] :].tolist()
+            for (prompt_index, _), tokens in zip(batch, new_tokens, strict=True):
+                answer, finished = cut_after_eos(tokens, tokenizer.eos_token_id)
+                text = tokenizer.decode(answer, skip_special_tokens=True)
+                results[prompt_index].append(Sample(prompt_index, answer, text, finished))
+            advance(len(batch))
+    model.train(was_training)
+    return results
+
+
+def run_generate(config: GenerateConfig) -> Path:
+    """Sample ``num_samples`` answers per prompt and write ``{"prompt", "responses"}`` JSONL."""
+    from transformers import set_seed
+
+    from rlhfkit.data import load_prompts
+    from rlhfkit.models import load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
+
+    set_seed(config.seed)
+    device = resolve_device(config.device)
+    tokenizer = load_tokenizer(config.model)
+    model = load_causal_lm(config.model, tokenizer, dtype=resolve_dtype(config.dtype, device), device=device)
+    records = load_prompts(config.prompts, skip_invalid=config.skip_invalid)
+    samples = sample_responses(
+        model, tokenizer, [r.prompt for r in records], num_samples=config.num_samples,
+        max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
+        batch_size=config.batch_size,
+    )
+    output = Path(config.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    unfinished = 0
+    with output.open("w") as handle:
+        for record, answers in zip(records, samples, strict=True):
+            unfinished += sum(not s.finished for s in answers)
+            handle.write(json.dumps({"prompt": record.prompt, "responses": [s.text for s in answers]}) + "\n")
+    total = len(records) * config.num_samples
+    console.print(f"generate: {total} answers for {len(records)} prompts written to {output} "
+                  f"({unfinished} hit --max-new-tokens without EOS)")
+    return output

@@ -1,0 +1,56 @@
+import argparse
+
+import pytest
+
+from rlhfkit.config import ConfigError, SFTConfig, add_config_arguments, config_from_args
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, SFTConfig)
+    return config_from_args(SFTConfig, parser.parse_args(argv))
+
+
+def test_yaml_file_then_command_line_overrides(tmp_path):
+    path = tmp_path / "sft.yaml"
+    path.write_text("model: m\ndata: d.jsonl\noutput: out\nlearning_rate: 1e-4\nbatch_size: 4\npacking: true\n")
+    config = parse(["--config", str(path), "--batch-size", "2", "--lora-target-modules", "q_proj", "v_proj"])
+    assert config.learning_rate == pytest.approx(1e-4)  # YAML reads 1e-4 as a string: still a float here
+    assert config.batch_size == 2  # the flag wins over the file
+    assert config.packing is True
+    assert config.lora_target_modules == ["q_proj", "v_proj"]
+    assert config.max_length == SFTConfig().max_length  # untouched default
+
+
+def test_unknown_key_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "sft.yaml"
+    path.write_text("model: m\nlerning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'lerning_rate' \(did you mean 'learning_rate'\?\)"):
+        parse(["--config", str(path)])
+
+
+def test_wrong_type_is_an_error_naming_key_and_type(tmp_path):
+    path = tmp_path / "sft.yaml"
+    path.write_text("model: m\ndata: d\noutput: o\nbatch_size: eight\n")
+    with pytest.raises(ConfigError, match=r"key 'batch_size': expected an integer, got 'eight'"):
+        parse(["--config", str(path)])
+    path.write_text("packing: 1\n")
+    with pytest.raises(ConfigError, match=r"key 'packing': expected true or false"):
+        parse(["--config", str(path)])
+
+
+def test_wrong_type_on_the_command_line():
+    with pytest.raises(SystemExit):
+        parse(["--model", "m", "--data", "d", "--output", "o", "--epochs", "many"])
+
+
+def test_missing_required_setting_names_the_flag():
+    with pytest.raises(ConfigError, match="--data"):
+        parse(["--model", "m", "--output", "o"])
+
+
+def test_yaml_that_is_not_a_mapping(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        parse(["--config", str(path)])
