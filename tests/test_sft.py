@@ -142,3 +142,53 @@ def test_packed_sft_runs_and_learns(tmp_path, tiny_model_dir, example_files):
     assert curve[-1] < curve[0]
     evals = [r for r in map(json.loads, (output / "metrics.jsonl").read_text().splitlines()) if "eval_loss" in r]
     assert evals and evals[-1]["eval_perplexity"] == pytest.approx(2.718281828 ** evals[-1]["eval_loss"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_identical_weights(tmp_path, tiny_model_dir, example_files):
+    """A real kill (SIGKILL, mid-run, possibly mid-checkpoint) and ``--resume`` from the command line."""
+    import signal
+    import time
+
+    args = ["--model", str(tiny_model_dir), "--data", str(example_files["demonstrations"]), "--learning-rate", "3e-3",
+            "--max-steps", "150", "--batch-size", "4", "--max-length", "96", "--eval-split", "0", "--save-every", "3",
+            "--log-every", "1", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RLHFKIT_NO_PROGRESS": "1"}
+    straight = tmp_path / "straight"
+    subprocess.run([sys.executable, "-m", "rlhfkit", "sft", *args, "--output", str(straight)], check=True, env=env,
+                   capture_output=True)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "rlhfkit", "sft", *args, "--output", str(killed)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        found = latest_checkpoint(killed)
+        if found is not None and found.name >= "step-0000009":
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (killed / "model.safetensors").exists()
+    resumed = subprocess.run([sys.executable, "-m", "rlhfkit", "sft", *args, "--output", str(killed), "--resume"],
+                             env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr
+
+    a, b = load_file(straight / "model.safetensors"), load_file(killed / "model.safetensors")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_lora_sft_with_gradient_checkpointing_learns(tmp_path, tiny_llama_dir, example_files):
+    output = tmp_path / "lora"
+    run_sft(sft_config(tiny_llama_dir, example_files["demonstrations"], output, max_steps=25, lora_r=8,
+                       lora_alpha=16, learning_rate=1e-2, gradient_checkpointing=True, batch_size=8))
+    curve = losses(output)
+    assert curve[-1] < curve[0] - 0.5  # adapters on a random tiny model learn, if slowly
+    assert (output / "adapter" / "adapter_config.json").exists()
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(output)  # a plain folder, adapters merged
+    assert not any("lora" in name for name, _ in merged.named_parameters())

@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     from rlhfkit.console import console, setup_logging
+    from rlhfkit.data import DataError
 
     args = build_parser().parse_args(argv)
     setup_logging()
@@ -110,9 +111,6 @@ def main(argv: list[str] | None = None) -> None:
             _demo(args)
         elif args.command == "data":
             _data_check(args)
-    except (ConfigError, FileNotFoundError) as err:
-        console.print(f"[red]error:[/] {err}")
-        sys.exit(2)
-    except ValueError as err:  # DataError and other bad-input errors
-        console.print(f"[red]error:[/] {err}")
+    except (ConfigError, DataError, FileNotFoundError) as err:
+        console.print(f"[red]error:[/] {err}", soft_wrap=True)
         sys.exit(2)

@@ -1,0 +1,63 @@
+"""The command line: every subcommand has --help; bad input is a clear error, not a traceback."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from rlhfkit.cli import STAGES, build_parser, main
+
+
+@pytest.mark.parametrize("command", [*STAGES, "demo", "data"])
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: rlhfkit " + command in capsys.readouterr().out
+
+
+def test_trainer_flags_share_one_vocabulary(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["sft", "--help"])
+    text = capsys.readouterr().out
+    for flag in ["--learning-rate", "--epochs", "--max-steps", "--batch-size", "--grad-accum", "--max-length",
+                 "--seed", "--save-every", "--resume", "--lora-r", "--config"]:
+        assert flag in text
+
+
+def test_unknown_config_key_exits_with_a_message(tmp_path, capsys):
+    config = tmp_path / "sft.yaml"
+    config.write_text("model: m\ndata: d\noutput: o\nbatchsize: 4\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sft", "--config", str(config)])
+    assert exit_info.value.code == 2
+    assert "unknown key 'batchsize' (did you mean 'batch_size'?)" in " ".join(capsys.readouterr().err.split())
+
+
+def test_bad_data_exits_with_file_line_and_field(tmp_path, tiny_model_dir):
+    data = tmp_path / "demos.jsonl"
+    data.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n" + json.dumps({"prompt": "a"}) + "\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "rlhfkit", "sft", "--model", str(tiny_model_dir), "--data", str(data),
+         "--output", str(tmp_path / "out"), "--device", "cpu"],
+        capture_output=True, text=True, env={"COLUMNS": "300", "PATH": "", "RLHFKIT_NO_PROGRESS": "1"},
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "demos.jsonl:2" in result.stderr and "'completion'" in result.stderr
+
+
+def test_data_check_reports_valid_records(tmp_path, capsys):
+    data = tmp_path / "ranks.jsonl"
+    data.write_text(json.dumps({"prompt": "p", "responses": ["a", "b", "c"], "ranks": [2, 1, 3]}) + "\n")
+    main(["data", "check", str(data), "--kind", "preferences"])
+    assert "3 valid preferences records" in " ".join(capsys.readouterr().err.split())
+
+
+def test_demo_quick_runs_end_to_end(tmp_path):
+    from rlhfkit.demo.run import run_demo
+
+    paths = run_demo(tmp_path / "demo", quick=True)
+    assert (paths["sft"] / "model.safetensors").exists()
+    assert (paths["sft"] / "metrics.jsonl").read_text().count("eval_loss") == 1

@@ -1,0 +1,63 @@
+"""Generation: K samples per prompt, cut after the first EOS, left padding changes nothing."""
+
+import json
+
+import torch
+
+from rlhfkit.config import GenerateConfig
+from rlhfkit.models import load_causal_lm, load_tokenizer
+from rlhfkit.rollout.generate import cut_after_eos, left_pad, run_generate, sample_responses
+
+
+def test_cut_after_eos():
+    assert cut_after_eos([5, 6, 0, 7, 0], eos_token_id=0) == ([5, 6, 0], True)
+    assert cut_after_eos([5, 6, 7], eos_token_id=0) == ([5, 6, 7], False)
+
+
+def test_left_pad():
+    ids, mask = left_pad([[1, 2, 3], [4]], pad_token_id=9)
+    assert ids.tolist() == [[1, 2, 3], [9, 9, 4]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_batched_greedy_equals_one_at_a_time(tiny_model_dir):
+    """Prompts of different lengths in one left-padded batch decode exactly as they do alone."""
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    model = load_causal_lm(str(tiny_model_dir), tokenizer)
+    prompts = ["Hi", [{"role": "user", "content": "What is the capital of Peru? Please answer briefly."}],
+               "What colour is snow?"]
+    batched = sample_responses(model, tokenizer, prompts, temperature=0, max_new_tokens=12, batch_size=8,
+                               show_progress=False)
+    for prompt, samples in zip(prompts, batched, strict=True):
+        [[alone]] = sample_responses(model, tokenizer, [prompt], temperature=0, max_new_tokens=12,
+                                     show_progress=False)
+        assert samples[0].token_ids == alone.token_ids
+
+
+def test_samples_stop_at_eos(tiny_model_dir):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    model = load_causal_lm(str(tiny_model_dir), tokenizer)
+    bias = torch.zeros(len(tokenizer))  # make EOS by far the most likely next token everywhere
+    bias[tokenizer.eos_token_id] = 100.0
+    original_forward = model.forward
+
+    def forward(*args, **kwargs):
+        out = original_forward(*args, **kwargs)
+        out.logits = out.logits + bias
+        return out
+
+    model.forward = forward
+    [[sample]] = sample_responses(model, tokenizer, ["Hi"], temperature=1.0, max_new_tokens=8, show_progress=False)
+    assert sample.token_ids == [tokenizer.eos_token_id] and sample.finished and sample.text == ""
+
+
+def test_generate_writes_k_responses_per_prompt(tmp_path, tiny_model_dir):
+    prompts = tmp_path / "prompts.jsonl"
+    records = [{"prompt": "Hello"}, {"prompt": [{"role": "user", "content": "What colour is coal?"}]}]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in records))
+    output = tmp_path / "out" / "samples.jsonl"
+    run_generate(GenerateConfig(model=str(tiny_model_dir), prompts=str(prompts), output=str(output),
+                                num_samples=3, max_new_tokens=6, device="cpu"))
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [row["prompt"] for row in rows] == [r["prompt"] for r in records]
+    assert all(len(row["responses"]) == 3 and all(isinstance(t, str) for t in row["responses"]) for row in rows)
