@@ -79,3 +79,14 @@ def test_truncation_is_marked(tokenizer):
     demo = Demonstration(prompt="a " * 50, completion="b " * 50)
     example = tokenize_demonstration(tokenizer, demo, max_length=16)
     assert len(example.input_ids) == 16 and example.truncated
+
+
+def test_prompt_response_truncation_keeps_the_answer(tokenizer):
+    long_prompt = [{"role": "user", "content": "tell me " * 40 + "the capital of Peru?"}]
+    example = tokenize_prompt_response(tokenizer, long_prompt, "Lima.", max_length=24)
+    assert len(example.input_ids) == 24 and example.truncated
+    assert labelled_text(tokenizer, example) == "Lima.<|endoftext|>"  # the whole answer survives
+    assert tokenizer.decode(example.input_ids).endswith("Peru?\n<|assistant|>\nLima.<|endoftext|>")
+    # an answer longer than max_length keeps its start
+    example = tokenize_prompt_response(tokenizer, "Q:", " a" * 40, max_length=10)
+    assert len(example.input_ids) == 10 and all(label != -100 for label in example.labels)

@@ -13,6 +13,8 @@ from rlhfkit import __version__
 from rlhfkit.config import (
     ConfigError,
     GenerateConfig,
+    RMConfig,
+    ScoreConfig,
     SFTConfig,
     TinyModelConfig,
     add_config_arguments,
@@ -24,6 +26,18 @@ def _sft(config: SFTConfig) -> None:
     from rlhfkit.train.sft import run_sft
 
     run_sft(config)
+
+
+def _rm(config: RMConfig) -> None:
+    from rlhfkit.train.rm import run_rm
+
+    run_rm(config)
+
+
+def _score(config: ScoreConfig) -> None:
+    from rlhfkit.evaluate.score import run_score
+
+    run_score(config)
 
 
 def _generate(config: GenerateConfig) -> None:
@@ -66,6 +80,8 @@ def _data_check(args: argparse.Namespace) -> None:
 # name -> (config class, runner, one-line help)
 STAGES = {
     "sft": (SFTConfig, _sft, "Supervised fine-tuning on demonstrations (loss on answers only)."),
+    "rm": (RMConfig, _rm, "Train a reward model (Bradley-Terry) on comparisons and rankings."),
+    "score": (ScoreConfig, _score, "Score {prompt, response(s)} records with a reward model."),
     "generate": (GenerateConfig, _generate, "Sample K answers per prompt to JSONL {prompt, responses}."),
     "tiny-model": (TinyModelConfig, _tiny_model, "Train a tokenizer on a corpus and write a tiny random model."),
 }
@@ -100,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     from rlhfkit.console import console, setup_logging
     from rlhfkit.data import DataError
+    from rlhfkit.train.loop import TrainingError
 
     args = build_parser().parse_args(argv)
     setup_logging()
@@ -111,6 +128,6 @@ def main(argv: list[str] | None = None) -> None:
             _demo(args)
         elif args.command == "data":
             _data_check(args)
-    except (ConfigError, DataError, FileNotFoundError) as err:
+    except (ConfigError, DataError, FileNotFoundError, TrainingError) as err:
         console.print(f"[red]error:[/] {err}", soft_wrap=True)
         sys.exit(2)

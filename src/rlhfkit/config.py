@@ -79,6 +79,31 @@ class SFTConfig(TrainConfig):
 
 
 @dataclass
+class RMConfig(TrainConfig):
+    """Train a reward model (Bradley–Terry) on comparisons and rankings."""
+
+    model: str = option("", "Backbone: an HF causal LM (usually the SFT model), or a reward model to train on.",
+                        required=True)
+    data: str = option("", "Comparisons: {prompt, chosen, rejected} pairs, {prompt, responses, ranks} rankings "
+                           "or HH transcripts.", required=True)
+    use_margin: bool = option(True, "Apply the records' optional 'margin' field in the loss.")
+    label_smoothing: float = option(0.0, "Treat each label as wrong with this probability (noisy annotators).")
+    normalize_with: str | None = option(None, "Reference answers ({prompt, response(s)}, e.g. SFT samples from "
+                                               "'rlhfkit generate'): store an offset so their mean reward is 0.")
+
+
+@dataclass
+class ScoreConfig(ModelConfig):
+    """Score responses with a reward model."""
+
+    reward: str = option("", "Reward model folder (from 'rlhfkit rm').", required=True)
+    data: str = option("", "Records {prompt, response} or {prompt, responses: [...]}.", required=True)
+    output: str = option("", "Output JSONL: the records with 'score' or 'scores' added.", required=True)
+    batch_size: int = option(16, "Sequences scored together.")
+    max_length: int = option(1024, "Maximum tokens per prompt + response (longer ones are truncated).")
+
+
+@dataclass
 class GenerateConfig(ModelConfig):
     """Sample K answers per prompt."""
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from rlhfkit.data.chat import IGNORE_INDEX
 
-__all__ = ["IGNORE_INDEX", "sft_loss", "shift_for_next_token", "token_logprobs"]
+__all__ = ["IGNORE_INDEX", "bradley_terry_loss", "sft_loss", "shift_for_next_token", "token_logprobs"]
 
 
 def shift_for_next_token(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,3 +51,22 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor, num_target_tokens: floa
     if num_target_tokens is None:
         num_target_tokens = (targets != IGNORE_INDEX).sum().clamp(min=1)
     return total / num_target_tokens
+
+
+def bradley_terry_loss(
+    chosen_rewards: torch.Tensor,
+    rejected_rewards: torch.Tensor,
+    margin: torch.Tensor | float = 0.0,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Per-pair Bradley–Terry loss ``-log σ(r_chosen - r_rejected - margin)``.
+
+    Under Bradley–Terry, P(chosen ≻ rejected) = σ(r_chosen - r_rejected). ``margin`` asks for a gap of at
+    least that size (Llama 2's margin loss). ``label_smoothing`` ε treats each label as wrong with
+    probability ε (noisy annotators): ``-(1-ε)·log σ(d) - ε·log σ(-d)``.
+    """
+    difference = chosen_rewards.float() - rejected_rewards.float() - margin
+    loss = -F.logsigmoid(difference)
+    if label_smoothing:
+        loss = (1 - label_smoothing) * loss - label_smoothing * F.logsigmoid(-difference)
+    return loss

@@ -149,10 +149,25 @@ def tokenize_demonstration(tokenizer: PreTrainedTokenizerBase, demo, max_length:
     return truncate(example, max_length)
 
 
+def truncate_prompt_first(example: TokenizedExample, max_length: int) -> TokenizedExample:
+    """Fit ``max_length`` by dropping the prompt's first tokens (its end, next to the answer, stays),
+    then, if the answer alone is too long, the answer's last tokens. Used for responses that are
+    compared or scored: cutting the answers instead would make two answers to a long prompt identical."""
+    excess = len(example.input_ids) - max_length
+    if excess <= 0:
+        return example
+    prompt_length = next((i for i, label in enumerate(example.labels) if label != IGNORE_INDEX), 0)
+    drop = min(excess, prompt_length)
+    cut = TokenizedExample(example.input_ids[drop:], example.labels[drop:], truncated=True)
+    return truncate(cut, max_length)
+
+
 def tokenize_prompt_response(
     tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict], response: str | list[dict], max_length: int
 ) -> TokenizedExample:
-    """Tokenize prompt + one response (preference pairs, scoring) with labels on the response only."""
+    """Tokenize prompt + one response (preference pairs, scoring) with labels on the response only.
+
+    Too long a sequence loses the start of its prompt first (see :func:`truncate_prompt_first`)."""
     if isinstance(prompt, str) and isinstance(response, str):
         segments = [(prompt, False), (response, True)]
         example = encode_segments(tokenizer, segments, from_template=False, append_eos=True)
@@ -165,4 +180,4 @@ def tokenize_prompt_response(
         trainable = [False] * len(prompt_messages) + [True] * len(response_messages)
         example = encode_segments(tokenizer, chat_segments(tokenizer, messages, trainable), from_template=True,
                                   append_eos=False)
-    return truncate(example, max_length)
+    return truncate_prompt_first(example, max_length)

@@ -440,34 +440,35 @@ def is_ranking_record(raw: Any) -> bool:
 # ---------------------------------------------------------------- rankings to pairs
 
 
+def ranked_index_pairs(ranks: list[int]) -> list[tuple[int, int]]:
+    """(better, worse) index pairs of every untied pair of a ranking (1 = best), in index order
+    (i, then j > i): K distinct ranks give K*(K-1)/2 pairs."""
+    pairs = []
+    for i in range(len(ranks)):
+        for j in range(i + 1, len(ranks)):
+            if ranks[i] != ranks[j]:
+                pairs.append((i, j) if ranks[i] < ranks[j] else (j, i))
+    return pairs
+
+
 def ranking_to_pairs(ranking: Ranking, *, skip_ties: bool = True) -> list[Preference]:
     """Every pair of the ranking's responses as a Preference, the better-ranked one chosen.
 
-    Pairs come in index order (i, then j > i): K responses give up to K*(K-1)/2 pairs. Tied pairs
-    (equal ranks) cannot be written as chosen/rejected, so they are skipped, the InstructGPT
-    convention; with ``skip_ties=False`` a tie raises (a DataError, which is a ValueError) instead.
-    Tie-aware losses may come later. Pairs carry the ranking's source and location.
+    Pairs come in index order (see :func:`ranked_index_pairs`). Tied pairs (equal ranks) cannot be
+    written as chosen/rejected, so they are skipped, the InstructGPT convention; with
+    ``skip_ties=False`` a tie raises (a DataError, which is a ValueError) instead. Tie-aware losses may
+    come later. Pairs carry the ranking's source and location.
     """
-    pairs = []
-    count = len(ranking.responses)
-    for i in range(count):
-        for j in range(i + 1, count):
-            rank_i, rank_j = ranking.ranks[i], ranking.ranks[j]
-            if rank_i == rank_j:
-                if skip_ties:
-                    continue
+    if not skip_ties:
+        for i, rank in enumerate(ranking.ranks):
+            if rank in ranking.ranks[i + 1 :]:
+                j = ranking.ranks.index(rank, i + 1)
                 raise DataError(
-                    f"{ranking.location}: field 'ranks': responses {i} and {j} are tied (rank {rank_i}); "
+                    f"{ranking.location}: field 'ranks': responses {i} and {j} are tied (rank {rank}); "
                     "a tie cannot be a chosen/rejected pair (skip ties to drop such pairs)"
                 )
-            better, worse = (i, j) if rank_i < rank_j else (j, i)
-            pairs.append(
-                Preference(
-                    ranking.prompt,
-                    ranking.responses[better],
-                    ranking.responses[worse],
-                    source=ranking.source,
-                    location=ranking.location,
-                )
-            )
-    return pairs
+    return [
+        Preference(ranking.prompt, ranking.responses[better], ranking.responses[worse], source=ranking.source,
+                   location=ranking.location)
+        for better, worse in ranked_index_pairs(ranking.ranks)
+    ]

@@ -1,0 +1,165 @@
+"""Reward models: a causal-LM backbone with a scalar head, stored as an HF sequence-classification model.
+
+A reward model folder is what ``AutoModelForSequenceClassification.from_pretrained(DIR)`` (one label)
+loads, so the rest of the ecosystem reads it as it is. The reward of a sequence is the head's output at
+its last real token (the EOS that ends the answer); HF's own models find that token as the last one
+that is not padding, which is why the pad token must differ from EOS.
+
+Padding: position ids are computed from the attention mask, so left- and right-padded batches give
+the same rewards (HF's plain forward would otherwise number positions from the first pad token).
+
+Normalisation: ``config.reward_offset`` (0 unless set by ``rlhfkit rm --normalize-with``) is
+subtracted from the raw head output by :class:`RewardModel`; it is the mean raw reward of reference
+answers (e.g. SFT samples), so that they score 0 on average. Raw HF logits minus the offset equal
+rlhfkit's scores.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from rlhfkit.data.chat import tokenize_prompt_response
+from rlhfkit.models.loading import (
+    LoraSettings,
+    disable_dropout,
+    load_tokenizer,
+    resolve_device,
+    resolve_dtype,
+)
+
+OFFSET_KEY = "reward_offset"
+
+
+def is_reward_model_folder(name_or_path: str) -> bool:
+    """Whether the folder already holds a sequence-classification model (a trained reward model)."""
+    architectures = AutoConfig.from_pretrained(name_or_path).architectures or []
+    return any(name.endswith("ForSequenceClassification") for name in architectures)
+
+
+def score_head(model: PreTrainedModel) -> torch.nn.Linear:
+    """The scalar head of an HF sequence-classification model (``score`` in most architectures)."""
+    for name in ("score", "classifier", "v_head"):
+        head = getattr(model, name, None)
+        if isinstance(head, torch.nn.Linear):
+            return head
+    raise ValueError(f"cannot find the scalar head of {type(model).__name__}")
+
+
+def load_reward_backbone(
+    name_or_path: str,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    dtype: torch.dtype = torch.float32,
+    gradient_checkpointing: bool = False,
+    lora: LoraSettings | None = None,
+    seed: int = 0,
+) -> PreTrainedModel:
+    """A reward model to train: a causal LM (e.g. the SFT model) with a new scalar head, or an existing
+    reward model to continue training. A new head is initialised with std 1/sqrt(d+1) (GUIDE §4.8)."""
+    fresh_head = not is_reward_model_folder(name_or_path)
+    model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1, dtype=dtype)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    disable_dropout(model)
+    if fresh_head:
+        head = score_head(model)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            head.weight.copy_(torch.randn(head.weight.shape, generator=generator) / math.sqrt(head.in_features + 1))
+            if head.bias is not None:
+                head.bias.zero_()
+        setattr(model.config, OFFSET_KEY, 0.0)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if lora is not None and lora.r > 0:
+        from peft import LoraConfig, get_peft_model
+
+        targets = lora.target_modules
+        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type="SEQ_CLS",
+                            target_modules=targets[0] if targets == ["all-linear"] else targets)
+        if gradient_checkpointing:
+            model.enable_input_require_grads()
+        model = get_peft_model(model, config)  # the head stays fully trainable (modules_to_save)
+    return model
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only: the same for left and right padding."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def sequence_rewards(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Raw head output at each sequence's last real token, ``[batch]`` (float32)."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask))
+    return out.logits.squeeze(-1).float()
+
+
+def pad_batch(sequences: list[list[int]], pad_token_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad token lists into (input_ids, attention_mask) on the given side."""
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        span = slice(0, len(seq)) if side == "right" else slice(width - len(seq), width)
+        input_ids[row, span] = torch.tensor(seq, dtype=torch.long)
+        attention_mask[row, span] = 1
+    return input_ids, attention_mask
+
+
+class RewardModel:
+    """Score (prompt, response) pairs with a reward model folder written by ``rlhfkit rm``.
+
+    >>> rm = RewardModel.from_pretrained("runs/rm")
+    >>> rm.score(["What is 2+2?"], ["4"])
+    """
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_length: int = 1024):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, device: str = "auto", dtype: str = "auto",
+                        max_length: int = 1024) -> RewardModel:
+        torch_device = resolve_device(device)
+        tokenizer = load_tokenizer(str(path))
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(path), num_labels=1, dtype=resolve_dtype(dtype, torch_device)
+        )
+        model.config.pad_token_id = tokenizer.pad_token_id
+        disable_dropout(model)
+        return cls(model.to(torch_device), tokenizer, max_length)
+
+    @property
+    def offset(self) -> float:
+        return float(getattr(self.model.config, OFFSET_KEY, 0.0) or 0.0)
+
+    @torch.inference_mode()
+    def score(self, prompts: list, responses: list, batch_size: int = 16) -> list[float]:
+        """Rewards of ``responses[i]`` to ``prompts[i]`` (strings or messages), minus the stored offset."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        encoded = [
+            tokenize_prompt_response(self.tokenizer, p, r, self.max_length).input_ids
+            for p, r in zip(prompts, responses, strict=True)
+        ]
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        scores = [0.0] * len(encoded)
+        device = next(self.model.parameters()).device
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            ids, mask = pad_batch([encoded[i] for i in chunk], self.tokenizer.pad_token_id)
+            rewards = sequence_rewards(self.model, ids.to(device), mask.to(device)) - self.offset
+            for i, reward in zip(chunk, rewards.tolist(), strict=True):
+                scores[i] = reward
+        return scores
