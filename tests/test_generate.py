@@ -5,8 +5,9 @@ import json
 import torch
 
 from rlhfkit.config import GenerateConfig
+from rlhfkit.data.chat import pad_batch
 from rlhfkit.models import load_causal_lm, load_tokenizer
-from rlhfkit.rollout.generate import cut_after_eos, left_pad, run_generate, sample_responses
+from rlhfkit.rollout.generate import cut_after_eos, run_generate, sample_responses
 
 
 def test_cut_after_eos():
@@ -14,10 +15,13 @@ def test_cut_after_eos():
     assert cut_after_eos([5, 6, 7], eos_token_id=0) == ([5, 6, 7], False)
 
 
-def test_left_pad():
-    ids, mask = left_pad([[1, 2, 3], [4]], pad_token_id=9)
+def test_pad_batch_both_sides():
+    ids, mask = pad_batch([[1, 2, 3], [4]], pad_token_id=9, side="left")
     assert ids.tolist() == [[1, 2, 3], [9, 9, 4]]
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    ids, mask = pad_batch([[1, 2, 3], [4]], pad_token_id=9)
+    assert ids.tolist() == [[1, 2, 3], [4, 9, 9]]
+    assert mask.tolist() == [[1, 1, 1], [1, 0, 0]]
 
 
 def test_batched_greedy_equals_one_at_a_time(tiny_model_dir):

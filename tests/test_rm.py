@@ -12,12 +12,12 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from rlhfkit.config import RMConfig, ScoreConfig
-from rlhfkit.data.chat import tokenize_prompt_response
+from rlhfkit.data.chat import pad_batch, tokenize_prompt_response
 from rlhfkit.evaluate.preferences import pairwise_report
 from rlhfkit.evaluate.score import run_score
 from rlhfkit.losses import bradley_terry_loss
 from rlhfkit.models import load_tokenizer
-from rlhfkit.models.reward import RewardModel, load_reward_backbone, pad_batch, score_head, sequence_rewards
+from rlhfkit.models.reward import RewardModel, load_reward_backbone, score_head, sequence_rewards
 from rlhfkit.train.rm import TokenizedGroup, collate_groups, parse_group, rm_batch_loss, run_rm
 
 

@@ -65,6 +65,25 @@ class LoraSettings:
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
 
 
+def lora_settings(config) -> LoraSettings | None:
+    """The LoRA settings of a trainer config (``--lora-r`` etc.), or None when ``lora_r`` is 0."""
+    if not config.lora_r:
+        return None
+    return LoraSettings(config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
+
+
+def apply_lora(model: PreTrainedModel, lora: LoraSettings, task_type: str, gradient_checkpointing: bool):
+    """Wrap ``model`` with trainable LoRA adapters (peft); the base weights are frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = lora.target_modules
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type=task_type,
+                        target_modules=targets[0] if targets == ["all-linear"] else targets)
+    if gradient_checkpointing:
+        model.enable_input_require_grads()
+    return get_peft_model(model, config)
+
+
 def load_causal_lm(
     name_or_path: str,
     tokenizer: PreTrainedTokenizerBase,
@@ -89,19 +108,7 @@ def load_causal_lm(
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if lora is not None and lora.r > 0:
-        from peft import LoraConfig, get_peft_model
-
-        targets = lora.target_modules
-        config = LoraConfig(
-            r=lora.r,
-            lora_alpha=lora.alpha,
-            lora_dropout=lora.dropout,
-            target_modules=targets[0] if targets == ["all-linear"] else targets,
-            task_type="CAUSAL_LM",
-        )
-        if gradient_checkpointing:
-            model.enable_input_require_grads()
-        model = get_peft_model(model, config)
+        model = apply_lora(model, lora, "CAUSAL_LM", gradient_checkpointing)
     if device is not None:
         model.to(device)
     return model

@@ -27,9 +27,10 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from rlhfkit.data.chat import tokenize_prompt_response
+from rlhfkit.data.chat import pad_batch, tokenize_prompt_response
 from rlhfkit.models.loading import (
     LoraSettings,
+    apply_lora,
     disable_dropout,
     load_tokenizer,
     resolve_device,
@@ -82,14 +83,7 @@ def load_reward_backbone(
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora is not None and lora.r > 0:
-        from peft import LoraConfig, get_peft_model
-
-        targets = lora.target_modules
-        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type="SEQ_CLS",
-                            target_modules=targets[0] if targets == ["all-linear"] else targets)
-        if gradient_checkpointing:
-            model.enable_input_require_grads()
-        model = get_peft_model(model, config)  # the head stays fully trainable (modules_to_save)
+        model = apply_lora(model, lora, "SEQ_CLS", gradient_checkpointing)  # the head stays fully trainable
     return model
 
 
@@ -102,18 +96,6 @@ def sequence_rewards(model: torch.nn.Module, input_ids: torch.Tensor, attention_
     """Raw head output at each sequence's last real token, ``[batch]`` (float32)."""
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask))
     return out.logits.squeeze(-1).float()
-
-
-def pad_batch(sequences: list[list[int]], pad_token_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad token lists into (input_ids, attention_mask) on the given side."""
-    width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        span = slice(0, len(seq)) if side == "right" else slice(width - len(seq), width)
-        input_ids[row, span] = torch.tensor(seq, dtype=torch.long)
-        attention_mask[row, span] = 1
-    return input_ids, attention_mask
 
 
 class RewardModel:

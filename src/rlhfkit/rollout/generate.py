@@ -16,7 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhfkit.config import GenerateConfig
 from rlhfkit.console import console, progress_bar
-from rlhfkit.data.chat import encode_prompt
+from rlhfkit.data.chat import encode_prompt, pad_batch
 
 
 @dataclass
@@ -25,18 +25,6 @@ class Sample:
     token_ids: list[int]  # the answer's tokens, through the first EOS when there is one
     text: str  # decoded without special tokens
     finished: bool  # ended with EOS (rather than running out of max_new_tokens)
-
-
-def left_pad(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token lists into (input_ids, attention_mask)."""
-    width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        if seq:
-            input_ids[row, width - len(seq) :] = torch.tensor(seq)
-            attention_mask[row, width - len(seq) :] = 1
-    return input_ids, attention_mask
 
 
 def cut_after_eos(token_ids: list[int], eos_token_id: int) -> tuple[list[int], bool]:
@@ -77,7 +65,7 @@ def sample_responses(
     batches = [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
     with progress_bar("generate", total=len(jobs), enabled=show_progress) as advance:
         for batch in batches:
-            input_ids, attention_mask = left_pad([encoded[i] for i, _ in batch], tokenizer.pad_token_id)
+            input_ids, attention_mask = pad_batch([encoded[i] for i, _ in batch], tokenizer.pad_token_id, side="left")
             out = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **options)
             new_tokens = out[:, input_ids.shape[1] :].tolist()
             for (prompt_index, _), tokens in zip(batch, new_tokens, strict=True):

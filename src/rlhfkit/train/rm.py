@@ -21,13 +21,13 @@ from rich.table import Table
 from rlhfkit.config import RMConfig
 from rlhfkit.console import console
 from rlhfkit.data import DataError, parse_preference, parse_ranking
-from rlhfkit.data.chat import tokenize_prompt_response
+from rlhfkit.data.chat import pad_batch, tokenize_prompt_response
 from rlhfkit.data.readers import load_records
 from rlhfkit.data.records import is_ranking_record, ranked_index_pairs
 from rlhfkit.evaluate.preferences import pairwise_report
 from rlhfkit.losses import bradley_terry_loss
-from rlhfkit.models import LoraSettings, load_tokenizer, resolve_device, resolve_dtype, save_model
-from rlhfkit.models.reward import OFFSET_KEY, RewardModel, load_reward_backbone, pad_batch, sequence_rewards
+from rlhfkit.models import load_tokenizer, lora_settings, resolve_device, resolve_dtype, save_model
+from rlhfkit.models.reward import OFFSET_KEY, RewardModel, load_reward_backbone, sequence_rewards
 from rlhfkit.train.loop import Stage, make_accelerator, train
 from rlhfkit.train.sft import split_held_out
 
@@ -164,8 +164,7 @@ def run_rm(config: RMConfig) -> Path:
     model = load_reward_backbone(
         config.model, tokenizer, dtype=resolve_dtype(config.dtype, resolve_device(config.device)),
         gradient_checkpointing=config.gradient_checkpointing, seed=config.seed,
-        lora=LoraSettings(config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
-        if config.lora_r else None,
+        lora=lora_settings(config),
     )
     model.to(accelerator.device)
     pad = tokenizer.pad_token_id

@@ -20,9 +20,9 @@ from rlhfkit.data import load_demonstrations
 from rlhfkit.data.chat import IGNORE_INDEX, TokenizedExample, tokenize_demonstration
 from rlhfkit.losses import sft_loss
 from rlhfkit.models import (
-    LoraSettings,
     load_causal_lm,
     load_tokenizer,
+    lora_settings,
     resolve_device,
     resolve_dtype,
     save_model,
@@ -136,9 +136,7 @@ def run_sft(config: SFTConfig, on_step=None) -> Path:
         tokenizer,
         dtype=resolve_dtype(config.dtype, resolve_device(config.device)),
         gradient_checkpointing=config.gradient_checkpointing,
-        lora=LoraSettings(config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
-        if config.lora_r
-        else None,
+        lora=lora_settings(config),
     )
     model.to(device)
     pad = tokenizer.pad_token_id
