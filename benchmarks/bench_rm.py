@@ -1,0 +1,188 @@
+"""Reward-model training throughput: rlhfkit's ``run_rm`` against TRL's ``RewardTrainer``.
+
+Run by hand (never part of the test suite), after installing the ``bench`` extra, which pulls in TRL::
+
+    pip install -e ".[bench]"
+    python benchmarks/bench_rm.py [--steps 30 --warmup 3 --batch-size 8 --pairs 512]
+
+Measured with torch 2.13.0 (CPU), transformers 5.23.0, trl 1.16.0, accelerate 1.15.0, datasets 5.2.0.
+
+Both sides train the same tiny Llama (rlhfkit's factory, 4 layers, width 256, vocabulary 1024) on the
+same synthetic {prompt, chosen, rejected} pairs, with the same batch size (pairs per step), max length,
+learning rate, cosine schedule without warmup, gradient clipping and weight decay, fp32, on the CPU.
+
+What is made equal, so that the step-0 losses must match:
+- initial weights: TRL gets the model built by rlhfkit's ``load_reward_backbone`` with the same seed
+  (same scalar head, std 1/sqrt(d+1)), and the same tokenizer (pad token ``<|pad|>``, distinct from EOS);
+- tokens: TRL's own tokenization joins prompt and answer into one string before tokenizing, which can
+  merge tokens across the boundary; TRL is therefore given the dataset pre-tokenized by rlhfkit
+  (``chosen_ids``/``rejected_ids`` columns, which TRL accepts as processed data);
+- data order: TRL samples sequentially (``train_sampling_strategy="sequential"``) over the pairs put in
+  the order of rlhfkit's first epoch, so both see the same batch at every step;
+- loss: plain Bradley–Terry mean over pairs (``center_rewards_coefficient=None``, no margins).
+
+TRL defaults that differ from rlhfkit's and are switched off here: ``gradient_checkpointing=True`` and
+``bf16=True`` (RewardConfig), a linear learning-rate schedule (Trainer). Pass ``--trl-checkpointing`` to
+time TRL with gradient checkpointing on, as its defaults would have it.
+
+Throughput counts pairs (examples) per second over the optimizer steps after the first ``--warmup``
+steps, from each trainer's own per-step clock (rlhfkit's ``metrics.jsonl`` seconds, a TRL callback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+WORDS = [
+    "the", "a", "river", "mountain", "city", "capital", "quickly", "slowly", "answer", "question",
+    "people", "country", "north", "south", "east", "west", "small", "large", "bright", "dark", "water",
+    "stone", "tree", "forest", "road", "bridge", "market", "garden", "window", "door", "light", "night",
+    "day", "morning", "evening", "winter", "summer", "simple", "careful", "honest", "helpful", "clear",
+    "wrong", "right", "true", "false", "because",
+]
+
+
+def write_pairs(path: Path, count: int, seed: int) -> None:
+    """Synthetic comparison pairs: a prompt of ~15 words, answers of ~20-40 words."""
+    rng = random.Random(seed)
+
+    def sentence(low: int, high: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(low, high)))
+
+    with path.open("w") as handle:
+        for _ in range(count):
+            record = {"prompt": sentence(10, 20) + "?\n", "chosen": sentence(20, 40) + ".",
+                      "rejected": sentence(20, 40) + "."}
+            handle.write(json.dumps(record) + "\n")
+
+
+def throughput(step_times: dict[int, float], warmup: int, last: int, batch_size: int) -> float:
+    """Pairs per second between the end of step ``warmup`` and the end of step ``last`` (1-based)."""
+    return (last - warmup) * batch_size / (step_times[last] - step_times[warmup])
+
+
+def run_rlhfkit(model_dir: Path, data: Path, output: Path, args) -> tuple[dict[int, float], float]:
+    from rlhfkit.config import RMConfig
+    from rlhfkit.train.rm import run_rm
+
+    steps = args.warmup + args.steps
+    run_rm(RMConfig(model=str(model_dir), data=str(data), output=str(output), learning_rate=args.lr,
+                    max_steps=steps, batch_size=args.batch_size, max_length=args.max_length, eval_split=0,
+                    save_every=0, log_every=1, warmup_ratio=0, device="cpu", dtype="float32", seed=args.seed))
+    records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    records = [r for r in records if "loss" in r]
+    times = {r["step"]: r["seconds"] for r in records}
+    return {r["step"]: r["loss"] for r in records}, throughput(times, args.warmup, steps, args.batch_size)
+
+
+def run_trl(model_dir: Path, data: Path, output: Path, args) -> tuple[dict[int, float], float]:
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import RewardConfig, RewardTrainer
+
+    from rlhfkit.models import load_tokenizer
+    from rlhfkit.models.reward import load_reward_backbone
+    from rlhfkit.train.loop import epoch_order
+    from rlhfkit.train.rm import load_comparison_groups, tokenize_group
+
+    tokenizer = load_tokenizer(str(model_dir))
+    groups = load_comparison_groups(str(data))
+    tokenized = [tokenize_group(tokenizer, g, args.max_length, use_margin=False) for g in groups]
+    order = epoch_order(len(tokenized), args.seed, 0)  # rlhfkit's first-epoch order
+    dataset = Dataset.from_dict({
+        "chosen_ids": [tokenized[i].sequences[0] for i in order],
+        "rejected_ids": [tokenized[i].sequences[1] for i in order],
+    })
+    model = load_reward_backbone(str(model_dir), tokenizer, seed=args.seed)
+
+    class Clock(TrainerCallback):
+        def __init__(self):
+            self.started = 0.0
+            self.times: dict[int, float] = {}
+            self.losses: dict[int, float] = {}
+
+        def on_train_begin(self, _args, state, control, **kwargs):
+            self.started = time.perf_counter()
+
+        def on_step_end(self, _args, state, control, **kwargs):
+            self.times[state.global_step] = time.perf_counter() - self.started
+
+        def on_log(self, _args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.losses.setdefault(state.global_step, logs["loss"])
+
+    clock = Clock()
+    steps = args.warmup + args.steps
+    config = RewardConfig(
+        output_dir=str(output), max_steps=steps, per_device_train_batch_size=args.batch_size,
+        learning_rate=args.lr, lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
+        max_length=args.max_length, center_rewards_coefficient=None, disable_dropout=True,
+        gradient_checkpointing=args.trl_checkpointing, bf16=False, fp16=False, use_cpu=True,
+        train_sampling_strategy="sequential", logging_steps=1, save_strategy="no", report_to="none",
+        disable_tqdm=True, seed=args.seed, dataloader_num_workers=0,
+    )
+    trainer = RewardTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+                            callbacks=[clock])
+    trainer.train()
+    return clock.losses, throughput(clock.times, args.warmup, steps, args.batch_size)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=30, help="timed optimizer steps")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps first")
+    parser.add_argument("--batch-size", type=int, default=8, help="pairs per step")
+    parser.add_argument("--pairs", type=int, default=512)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--trl-checkpointing", action="store_true",
+                        help="TRL with gradient checkpointing (its RewardConfig default)")
+    args = parser.parse_args()
+    if (args.warmup + args.steps) * args.batch_size > args.pairs:
+        parser.error("--pairs must cover (warmup + steps) x batch-size: both sides are compared within one epoch")
+    torch.set_num_threads(args.threads)
+
+    import transformers
+    import trl
+
+    from rlhfkit.demo.example import write_example
+    from rlhfkit.models.tiny import write_tiny_model
+
+    folder = Path(tempfile.mkdtemp(prefix="bench_rm_"))
+    files = write_example(folder / "data")
+    model_dir = write_tiny_model(files["corpus"], folder / "model", arch="llama", layers=4, width=256, heads=4,
+                                 vocab_size=1024)
+    data = folder / "pairs.jsonl"
+    write_pairs(data, args.pairs, args.seed)
+
+    ours_losses, ours_rate = run_rlhfkit(model_dir, data, folder / "rlhfkit", args)
+    peer_losses, peer_rate = run_trl(model_dir, data, folder / "trl", args)
+    # losses are logged after each step (1-based) for the batch before the update: step 1 is the step-0 loss
+    ours_loss, peer_loss = ours_losses[1], peer_losses[1]
+    last = args.warmup + args.steps
+
+    print()
+    print(f"reward model, tiny llama (4 layers, width 256, vocab 1024), CPU x{args.threads} threads, "
+          f"{args.batch_size} pairs/step, max length {args.max_length}, {args.steps} timed steps "
+          f"after {args.warmup} warm-up")
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}"
+          + (" (TRL with gradient checkpointing)" if args.trl_checkpointing else ""))
+    print(f"step-0 loss  rlhfkit {ours_loss:.6f}   TRL {peer_loss:.6f}   |diff| {abs(ours_loss - peer_loss):.2e}")
+    print(f"last-step loss rlhfkit {ours_losses[last]:.6f}   TRL {peer_losses[last]:.6f}   "
+          f"|diff| {abs(ours_losses[last] - peer_losses[last]):.2e}  (same batches; kernels may drift)")
+    print(f"rlhfkit run_rm       : {ours_rate:8.2f} pairs/s")
+    print(f"TRL RewardTrainer    : {peer_rate:8.2f} pairs/s")
+    print(f"ratio rlhfkit / TRL  : {ours_rate / peer_rate:8.2f}x")
+
+
+if __name__ == "__main__":
+    main()
