@@ -110,6 +110,25 @@ class BatchPlan:
         return [chunks[micro * self.num_processes + process_index] for micro in range(self.grad_accum)]
 
 
+def split_held_out(records: list, fraction: float, seed: int) -> tuple[list, list]:
+    """A seeded random split: (train, held_out) with ``int(len * fraction)`` held out."""
+    count = int(len(records) * fraction)
+    if count == 0:
+        return list(records), []
+    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed)).tolist()
+    held = set(order[:count])
+    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
+
+
+def load_train_and_held_out(load: Callable[..., list], config: TrainConfig) -> tuple[list, list]:
+    """(training, held-out) records: ``config.eval_data`` when given, else a seeded ``eval_split`` share
+    of ``config.data``. ``load(path, skip_invalid=...)`` reads one file."""
+    records = load(config.data, skip_invalid=config.skip_invalid)
+    if config.eval_data:
+        return records, load(config.eval_data, skip_invalid=config.skip_invalid)
+    return split_held_out(records, config.eval_split, config.seed)
+
+
 def total_steps(config: TrainConfig, plan: BatchPlan) -> int:
     if config.max_steps > 0:
         return config.max_steps

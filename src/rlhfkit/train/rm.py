@@ -28,8 +28,7 @@ from rlhfkit.evaluate.preferences import pairwise_report
 from rlhfkit.losses import bradley_terry_loss
 from rlhfkit.models import load_tokenizer, lora_settings, resolve_device, resolve_dtype, save_model
 from rlhfkit.models.reward import OFFSET_KEY, RewardModel, load_reward_backbone, sequence_rewards
-from rlhfkit.train.loop import Stage, make_accelerator, train
-from rlhfkit.train.sft import split_held_out
+from rlhfkit.train.loop import Stage, load_train_and_held_out, make_accelerator, train
 
 
 @dataclass
@@ -146,11 +145,7 @@ def run_rm(config: RMConfig) -> Path:
     """Train a reward model on ``config.data``; returns the output folder."""
     accelerator = make_accelerator(config)
     tokenizer = load_tokenizer(config.model)
-    groups = load_comparison_groups(config.data, skip_invalid=config.skip_invalid)
-    if config.eval_data:
-        train_groups, eval_groups = groups, load_comparison_groups(config.eval_data, skip_invalid=config.skip_invalid)
-    else:
-        train_groups, eval_groups = split_held_out(groups, config.eval_split, config.seed)
+    train_groups, eval_groups = load_train_and_held_out(load_comparison_groups, config)
     train_set = [tokenize_group(tokenizer, g, config.max_length, config.use_margin) for g in train_groups]
     eval_set = [tokenize_group(tokenizer, g, config.max_length, config.use_margin) for g in eval_groups]
     truncated = sum(g.truncated for g in train_set + eval_set)

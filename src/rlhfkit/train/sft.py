@@ -27,19 +27,9 @@ from rlhfkit.models import (
     resolve_dtype,
     save_model,
 )
-from rlhfkit.train.loop import Stage, make_accelerator, train
+from rlhfkit.train.loop import Stage, load_train_and_held_out, make_accelerator, train
 
 log = logging.getLogger("rlhfkit.sft")
-
-
-def split_held_out(records: list, fraction: float, seed: int) -> tuple[list, list]:
-    """A seeded random split: (train, held_out) with ``int(len * fraction)`` held out."""
-    count = int(len(records) * fraction)
-    if count == 0:
-        return list(records), []
-    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed)).tolist()
-    held = set(order[:count])
-    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
 
 
 def tokenize_demonstrations(tokenizer, demos, max_length: int, what: str) -> list[TokenizedExample]:
@@ -118,11 +108,7 @@ def run_sft(config: SFTConfig, on_step=None) -> Path:
     """
     accelerator = make_accelerator(config)
     tokenizer = load_tokenizer(config.model)
-    demos = load_demonstrations(config.data, skip_invalid=config.skip_invalid)
-    if config.eval_data:
-        train_demos, eval_demos = demos, load_demonstrations(config.eval_data, skip_invalid=config.skip_invalid)
-    else:
-        train_demos, eval_demos = split_held_out(demos, config.eval_split, config.seed)
+    train_demos, eval_demos = load_train_and_held_out(load_demonstrations, config)
     examples = tokenize_demonstrations(tokenizer, train_demos, config.max_length, config.data)
     eval_examples = tokenize_demonstrations(tokenizer, eval_demos, config.max_length, "held-out") if eval_demos else []
     if config.packing:
