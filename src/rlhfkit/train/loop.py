@@ -19,6 +19,7 @@ uninterrupted run would have seen: the final weights are the same.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -57,10 +58,12 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
 # Data order
 
 
-def epoch_order(num_examples: int, seed: int, epoch: int) -> list[int]:
-    """The shuffled example order of one epoch, a pure function of (seed, epoch)."""
+@functools.lru_cache(maxsize=4)
+def epoch_order(num_examples: int, seed: int, epoch: int) -> tuple[int, ...]:
+    """The shuffled example order of one epoch, a pure function of (seed, epoch); cached, since every
+    step (and every process's share of it) reads it."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(num_examples, generator=generator).tolist()
+    return tuple(torch.randperm(num_examples, generator=generator).tolist())
 
 
 @dataclass
@@ -85,7 +88,7 @@ class BatchPlan:
         """Examples of optimizer step ``step`` (0-based). The last batch of an epoch may be smaller."""
         epoch, position = divmod(step, self.steps_per_epoch)
         order = epoch_order(self.num_examples, self.seed, epoch)
-        return order[position * self.global_batch : (position + 1) * self.global_batch]
+        return list(order[position * self.global_batch : (position + 1) * self.global_batch])
 
     def micro_batches(self, step: int, process_index: int) -> list[list[int]]:
         """This process's ``grad_accum`` micro-batches of step ``step``.
