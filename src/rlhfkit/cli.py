@@ -13,6 +13,7 @@ from rlhfkit import __version__
 from rlhfkit.config import (
     ConfigError,
     GenerateConfig,
+    PPOConfig,
     RMConfig,
     ScoreConfig,
     SFTConfig,
@@ -32,6 +33,12 @@ def _rm(config: RMConfig) -> None:
     from rlhfkit.train.rm import run_rm
 
     run_rm(config)
+
+
+def _ppo(config: PPOConfig) -> None:
+    from rlhfkit.train.ppo import run_ppo
+
+    run_ppo(config)
 
 
 def _score(config: ScoreConfig) -> None:
@@ -81,6 +88,7 @@ def _data_check(args: argparse.Namespace) -> None:
 STAGES = {
     "sft": (SFTConfig, _sft, "Supervised fine-tuning on demonstrations (loss on answers only)."),
     "rm": (RMConfig, _rm, "Train a reward model (Bradley-Terry) on comparisons and rankings."),
+    "ppo": (PPOConfig, _ppo, "RL against a reward with a KL penalty: PPO (GAE), GRPO, RLOO or REINFORCE++."),
     "score": (ScoreConfig, _score, "Score {prompt, response(s)} records with a reward model."),
     "generate": (GenerateConfig, _generate, "Sample K answers per prompt to JSONL {prompt, responses}."),
     "tiny-model": (TinyModelConfig, _tiny_model, "Train a tokenizer on a corpus and write a tiny random model."),
@@ -116,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     from rlhfkit.console import console, setup_logging
     from rlhfkit.data import DataError
+    from rlhfkit.rewards import RewardSpecError
     from rlhfkit.train.loop import TrainingError
 
     args = build_parser().parse_args(argv)
@@ -128,6 +137,6 @@ def main(argv: list[str] | None = None) -> None:
             _demo(args)
         elif args.command == "data":
             _data_check(args)
-    except (ConfigError, DataError, FileNotFoundError, TrainingError) as err:
+    except (ConfigError, DataError, FileNotFoundError, RewardSpecError, TrainingError) as err:
         console.print(f"[red]error:[/] {err}", soft_wrap=True)
         sys.exit(2)

@@ -93,6 +93,46 @@ class RMConfig(TrainConfig):
 
 
 @dataclass
+class PPOConfig(TrainConfig):
+    """RL against a reward: PPO (GAE critic) or a critic-free estimator (GRPO, RLOO, REINFORCE++), with a
+    KL penalty to the initial policy. One step = one rollout batch, then --ppo-epochs passes over it."""
+
+    policy: str = option("", "The policy to start from (usually the SFT model); also the frozen reference.",
+                         required=True)
+    reward: str = option("", "A reward-model folder (from 'rlhfkit rm') or a Python function "
+                             "'module:function' or 'file.py:function' taking (prompts, responses) -> scores.",
+                         required=True)
+    prompts: str = option("", "Prompts file: {prompt} records (string or messages).", required=True)
+    estimator: str = option("gae", "Advantage estimator: gae (PPO with a critic), grpo, rloo or reinforce++.")
+    prompts_per_step: int = option(16, "Prompts per rollout batch (over all processes).")
+    samples_per_prompt: int = option(0, "Answers sampled per prompt; 0: 1 for gae/reinforce++, 4 for grpo/rloo.")
+    ppo_epochs: int = option(4, "Passes of policy (and critic) updates over each rollout batch.")
+    num_minibatches: int = option(1, "Optimizer steps per pass: the rollout batch is split into this many.")
+    max_new_tokens: int = option(128, "Answer length limit; answers stop earlier at EOS.")
+    temperature: float = option(1.0, "Sampling temperature (log-probs are computed at the same temperature).")
+    top_p: float = option(1.0, "Nucleus sampling threshold (1: off).")
+    generation_batch_size: int = option(64, "Sequences generated together.")
+    missing_eos_score: float | None = option(None, "Score given instead of the reward to answers that reach "
+                                                   "--max-new-tokens without EOS (null: score them normally).")
+    beta: float = option(0.05, "KL penalty coefficient β (the initial value with --target-kl).")
+    kl_estimator: str = option("k1", "Per-token KL estimator in the reward: k1 (log π - log π_ref) or k3 (never "
+                                     "negative). Both are logged.")
+    target_kl: float | None = option(None, "Adapt β so that the KL per answer approaches this (nats); null: fixed β.")
+    kl_horizon: int = option(10000, "Adaptive KL controller horizon (answers).")
+    reward_clip: float = option(10.0, "Clip scores to ±this before use (0: no clipping).")
+    whiten_rewards: bool = option(False, "Normalise the scores of each rollout batch to mean 0, std 1.")
+    whiten_advantages: bool = option(True, "Normalise advantages (gae and reinforce++) per rollout batch.")
+    gamma: float = option(1.0, "Discount factor γ.")
+    lam: float = option(0.95, "GAE λ.")
+    clip_range: float = option(0.2, "PPO ratio clipping ε.")
+    value_clip: float = option(0.2, "Value clipping around the rollout's values.")
+    value_coef: float = option(0.1, "Weight of the value loss (gae).")
+    value_learning_rate: float | None = option(None, "Critic learning rate (null: --learning-rate).")
+    entropy_coef: float = option(0.0, "Entropy bonus weight.")
+    sample_every: int = option(10, "Print and store (samples.jsonl) a few answers every N steps.")
+
+
+@dataclass
 class ScoreConfig(ModelConfig):
     """Score responses with a reward model."""
 

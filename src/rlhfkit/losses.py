@@ -70,3 +70,137 @@ def bradley_terry_loss(
     if label_smoothing:
         loss = (1 - label_smoothing) * loss - label_smoothing * F.logsigmoid(-difference)
     return loss
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reinforcement learning (PPO and critic-free estimators)
+#
+# Per-token tensors are ``[batch, response_length]`` over the *response* tokens, with a float ``mask``
+# that is 1 up to and including the first EOS and 0 on the padding after it. Every function here
+# ignores masked positions completely: changing a token after EOS changes no result.
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean over the positions where ``mask`` is 1 (all of them, or along ``dim``)."""
+    if dim is None:
+        return (values * mask).sum() / mask.sum().clamp(min=1)
+    return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """Normalise the masked entries to mean 0 (unless ``shift_mean`` is False) and variance 1; masked
+    positions come back as 0."""
+    mean = masked_mean(values, mask)
+    variance = masked_mean((values - mean) ** 2, mask)
+    whitened = (values - mean) * torch.rsqrt(variance + 1e-8)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask
+
+
+def kl_estimates(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-token estimates of KL(π ‖ π_ref) from tokens sampled from π (Schulman, "Approximating KL").
+
+    With ``log r = log π_ref(x) - log π(x)``:
+    ``k1 = -log r`` is unbiased but can be negative per token;
+    ``k3 = (r - 1) - log r`` is unbiased too and never negative (``e^y ≥ 1 + y``).
+    """
+    log_ratio = ref_logprobs - logprobs
+    return {"k1": -log_ratio, "k3": torch.expm1(log_ratio) - log_ratio}
+
+
+def kl_penalized_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
+    """Per-token rewards: ``-β·KL_t`` on every response token, plus the sequence's score on its last
+    real token (Ziegler et al. 2019; InstructGPT)."""
+    rewards = -beta * kl * mask
+    last = (mask.sum(1).long() - 1).clamp(min=0)
+    return rewards.scatter_add(1, last[:, None], scores[:, None].to(rewards.dtype))
+
+
+def gae_advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+                   lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016): ``(advantages, returns)``.
+
+    ``δ_t = r_t + γ·V_{t+1} - V_t`` (``V`` after the last real token is 0: the episode ends there) and
+    ``A_t = δ_t + γλ·A_{t+1}``; returns ``A_t + V_t`` are the value targets. The recursion runs backwards
+    over time, vectorised over the batch.
+    """
+    values = values * mask
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    next_value = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = (delta + gamma * lam * running) * mask[:, t]
+        advantages[:, t] = running
+        next_value = values[:, t]
+    return advantages, (advantages + values) * mask
+
+
+def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """Return-to-go ``G_t = Σ_{k≥t} γ^{k-t}·r_k`` of each response token (REINFORCE)."""
+    returns = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        running = (rewards[:, t] + gamma * running) * mask[:, t]
+        returns[:, t] = running
+    return returns
+
+
+def group_advantages(scores: torch.Tensor, group_size: int, method: str) -> torch.Tensor:
+    """Sequence-level advantages from ``group_size`` consecutive samples per prompt, no critic.
+
+    ``grpo`` (Shao et al. 2024): ``(s - mean_group) / (std_group + 1e-4)``, std unbiased.
+    ``rloo`` (Ahmadian et al. 2024): ``s_i`` minus the mean of the *other* samples of its prompt,
+    ``= K/(K-1)·(s_i - mean_group)``.
+    """
+    if group_size < 2:
+        raise ValueError(f"{method} needs at least 2 samples per prompt, got {group_size}")
+    if scores.numel() % group_size:
+        raise ValueError(f"{scores.numel()} scores do not split into groups of {group_size}")
+    groups = scores.float().view(-1, group_size)
+    mean = groups.mean(1, keepdim=True)
+    if method == "grpo":
+        advantages = (groups - mean) / (groups.std(1, keepdim=True) + 1e-4)
+    elif method == "rloo":
+        advantages = (groups - mean) * group_size / (group_size - 1)
+    else:
+        raise ValueError(f"unknown group estimator {method!r}; expected grpo or rloo")
+    return advantages.view(-1)
+
+
+def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                        mask: torch.Tensor, clip: float = 0.2, num_tokens: float | None = None
+                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's clipped surrogate (Schulman et al. 2017), summed over tokens and divided by ``num_tokens``
+    (default: this batch's token count):
+
+    ``L = -min(ρ·A, clip(ρ, 1-ε, 1+ε)·A)`` with ``ρ = π/π_old`` per token.
+    Also returns the clip fraction and the approximate KL(π_old ‖ π) (k3) as metrics.
+    """
+    log_ratio = (logprobs - old_logprobs) * mask
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - clip, 1 + clip)
+    per_token = torch.maximum(unclipped, clipped)
+    denominator = mask.sum().clamp(min=1) if num_tokens is None else num_tokens
+    loss = (per_token * mask).sum() / denominator
+    with torch.no_grad():
+        clip_fraction = ((clipped > unclipped).float() * mask).sum() / denominator
+        approx_kl = ((torch.expm1(-log_ratio) + log_ratio) * mask).sum() / denominator
+    return loss, {"clip_fraction": clip_fraction, "approx_kl": approx_kl}
+
+
+def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+                       mask: torch.Tensor, clip: float = 0.2, num_tokens: float | None = None) -> torch.Tensor:
+    """PPO's clipped value loss: ``½·max((V - R)², (clip(V, V_old ± ε) - R)²)``, token mean."""
+    clipped = old_values + (values - old_values).clamp(-clip, clip)
+    per_token = 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
+    denominator = mask.sum().clamp(min=1) if num_tokens is None else num_tokens
+    return (per_token * mask).sum() / denominator
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the softmax distribution at each position: ``logsumexp(z) - Σ p·z``."""
+    logits = logits.float()
+    return torch.logsumexp(logits, -1) - (F.softmax(logits, -1) * logits).sum(-1)

@@ -47,12 +47,17 @@ def sample_responses(
     top_p: float = 1.0,
     batch_size: int = 16,
     show_progress: bool = True,
+    prompt_ids: list[list[int]] | None = None,
 ) -> list[list[Sample]]:
-    """``num_samples`` answers for each prompt (strings or message lists), in prompt order."""
+    """``num_samples`` answers for each prompt (strings or message lists), in prompt order.
+
+    ``prompt_ids`` are the prompts already encoded (e.g. truncated by the caller); by default each prompt
+    is encoded with ``encode_prompt``.
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    encoded = prompt_ids if prompt_ids is not None else [encode_prompt(tokenizer, p) for p in prompts]
     jobs = sorted(
         ((i, k) for i in range(len(prompts)) for k in range(num_samples)), key=lambda job: -len(encoded[job[0]])
     )
