@@ -76,10 +76,12 @@ def test_each_estimator_raises_a_known_reward_with_bounded_kl(tmp_path, tiny_mod
     assert (output / "model.safetensors").exists()
 
 
-def test_a_very_large_beta_keeps_the_policy_at_the_reference(tmp_path, tiny_model_dir, rl_files):
+@pytest.mark.parametrize(("estimator", "kl_penalty"), [("rloo", "reward"), ("grpo", "loss")])
+def test_a_very_large_beta_keeps_the_policy_at_the_reference(tmp_path, tiny_model_dir, rl_files, estimator,
+                                                               kl_penalty):
     output = tmp_path / "large-beta"
-    run_ppo(ppo_config(tiny_model_dir, rl_files, output, estimator="rloo", beta=100.0, max_steps=12,
-                       learning_rate=1e-3))
+    run_ppo(ppo_config(tiny_model_dir, rl_files, output, estimator=estimator, kl_penalty=kl_penalty, beta=100.0,
+                       max_steps=12, learning_rate=1e-3))
     history = metrics(output)
     # the same settings with β=0.2 move ~15 nats away (test above); sampling noise alone moves a few tenths
     assert max(r["kl_k1"] for r in history[-4:]) < 0.6, [round(r["kl_k1"], 3) for r in history]

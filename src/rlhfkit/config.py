@@ -117,6 +117,8 @@ class PPOConfig(TrainConfig):
     beta: float = option(0.05, "KL penalty coefficient β (the initial value with --target-kl).")
     kl_estimator: str = option("k1", "Per-token KL estimator in the reward: k1 (log π - log π_ref) or k3 (never "
                                      "negative). Both are logged.")
+    kl_penalty: str = option("reward", "Where β·KL goes: reward (-β·KL per token in the reward, InstructGPT) or loss "
+                                       "(β·k3 added to the policy loss, as in GRPO; its gradient is 0 at the reference).")
     target_kl: float | None = option(None, "Adapt β so that the KL per answer approaches this (nats); null: fixed β.")
     kl_horizon: int = option(10000, "Adaptive KL controller horizon (answers).")
     reward_clip: float = option(10.0, "Clip scores to ±this before use (0: no clipping).")

@@ -13,7 +13,8 @@ One step, top to bottom (``run_ppo``):
    sampling temperature. The reference is the initial policy: the same model with its LoRA adapters
    disabled when ``--lora-r`` is set (no second copy in memory), otherwise a frozen copy.
 4. **Rewards and advantages.** Per-token KL estimate (k1 or k3) to the reference; per-token reward
-   ``-β·KL_t`` plus the score at the last answer token. Then ``gae`` (critic values, γ, λ),
+   ``-β·KL_t`` plus the score at the last answer token (or, with ``--kl-penalty loss``, the score alone
+   and ``β·k3`` in the policy loss, as GRPO does). Then ``gae`` (critic values, γ, λ),
    ``reinforce++`` (return-to-go, whitened over the batch), or ``grpo`` / ``rloo`` (the score minus the
    answer's summed KL, compared within each prompt's group of K; the same advantage on every token).
 5. **Update.** ``--ppo-epochs`` passes over the rollout in ``--num-minibatches`` minibatches: clipped
@@ -244,6 +245,7 @@ class Experience:
 
     rollout: Rollout
     old_logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
     advantages: torch.Tensor
     old_values: torch.Tensor | None
     returns: torch.Tensor | None
@@ -256,6 +258,8 @@ def check_config(config: PPOConfig, num_processes: int) -> int:
         raise ConfigError(f"--estimator {config.estimator!r}: expected one of {', '.join(ESTIMATORS)}")
     if config.kl_estimator not in ("k1", "k3"):
         raise ConfigError(f"--kl-estimator {config.kl_estimator!r}: expected k1 or k3")
+    if config.kl_penalty not in ("reward", "loss"):
+        raise ConfigError(f"--kl-penalty {config.kl_penalty!r}: expected reward or loss")
     if config.grad_accum != 1:
         raise ConfigError("--grad-accum does not apply to ppo: use --num-minibatches and --batch-size")
     if config.temperature <= 0:
@@ -299,7 +303,10 @@ class PPOTrainer:
         self.tokenizer = tokenizer = load_tokenizer(config.policy)
         dtype = resolve_dtype(config.dtype, resolve_device(config.device))
         records = load_prompts(config.prompts, skip_invalid=config.skip_invalid)
-        train_records, eval_records = split_held_out(records, config.eval_split, config.seed)
+        if config.eval_data:
+            train_records, eval_records = records, load_prompts(config.eval_data, skip_invalid=config.skip_invalid)
+        else:
+            train_records, eval_records = split_held_out(records, config.eval_split, config.seed)
         prompt_limit = config.max_length - config.max_new_tokens
         if prompt_limit <= 0:
             raise ConfigError(f"--max-length {config.max_length} leaves no room for prompts after "
@@ -385,8 +392,9 @@ class PPOTrainer:
         mask = rollout.mask
         kls = kl_estimates(old_logprobs, ref_logprobs)
         kl = kls[config.kl_estimator] * mask
+        reward_beta = self.kl.beta if config.kl_penalty == "reward" else 0.0
         advantages, returns = compute_advantages(
-            config.estimator, scores, kl, values, mask, self.kl.beta, self.samples_per_prompt, config.gamma,
+            config.estimator, scores, kl, values, mask, reward_beta, self.samples_per_prompt, config.gamma,
             config.lam, config.whiten_advantages)
         lengths = mask.sum(1)
         metrics = {
@@ -400,7 +408,7 @@ class PPOTrainer:
         }
         if values is not None:
             metrics["explained_variance"] = explained_variance(values, returns, mask)
-        return Experience(rollout, old_logprobs, advantages, values, returns, raw_scores.tolist()), metrics
+        return Experience(rollout, old_logprobs, ref_logprobs, advantages, values, returns, raw_scores.tolist()), metrics
 
     def update(self, experience: Experience) -> dict[str, float]:
         """``ppo_epochs`` passes of minibatch updates; returns the mean of the per-update metrics."""
@@ -455,6 +463,11 @@ class PPOTrainer:
         loss, stats = clipped_policy_loss(logprobs, experience.old_logprobs[indices],
                                           experience.advantages[indices], mask, config.clip_range, num_tokens)
         metrics = {"policy_loss": loss.detach(), **stats}
+        if config.kl_penalty == "loss":  # β·k3(π, π_ref) per token, differentiated (GRPO)
+            kl = kl_estimates(logprobs, experience.ref_logprobs[indices])["k3"]
+            kl_loss = (kl * mask).sum() / num_tokens
+            loss = loss + self.kl.beta * kl_loss
+            metrics["kl_loss"] = kl_loss.detach()
         if self.critic is not None:
             values = response_values(self.critic, rollout)
             value_loss = clipped_value_loss(values, experience.old_values[indices], experience.returns[indices],
