@@ -12,6 +12,7 @@ import sys
 from rlhfkit import __version__
 from rlhfkit.config import (
     ConfigError,
+    DPOConfig,
     GenerateConfig,
     PPOConfig,
     RMConfig,
@@ -33,6 +34,12 @@ def _rm(config: RMConfig) -> None:
     from rlhfkit.train.rm import run_rm
 
     run_rm(config)
+
+
+def _dpo(config: DPOConfig) -> None:
+    from rlhfkit.train.dpo import run_dpo
+
+    run_dpo(config)
 
 
 def _ppo(config: PPOConfig) -> None:
@@ -88,6 +95,8 @@ def _data_check(args: argparse.Namespace) -> None:
 STAGES = {
     "sft": (SFTConfig, _sft, "Supervised fine-tuning on demonstrations (loss on answers only)."),
     "rm": (RMConfig, _rm, "Train a reward model (Bradley-Terry) on comparisons and rankings."),
+    "dpo": (DPOConfig, _dpo, "Preference optimisation without a reward model: DPO, IPO, cDPO, robust DPO, SimPO, "
+                             "ORPO, KTO; --online for iterative DPO on the policy's own samples."),
     "ppo": (PPOConfig, _ppo, "RL against a reward with a KL penalty: PPO (GAE), GRPO, RLOO or REINFORCE++."),
     "score": (ScoreConfig, _score, "Score {prompt, response(s)} records with a reward model."),
     "generate": (GenerateConfig, _generate, "Sample K answers per prompt to JSONL {prompt, responses}."),

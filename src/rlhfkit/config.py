@@ -93,6 +93,44 @@ class RMConfig(TrainConfig):
 
 
 @dataclass
+class DPOConfig(TrainConfig):
+    """Direct preference optimisation (DPO, IPO, cDPO, robust DPO, SimPO, ORPO, KTO) against a frozen
+    reference, without a reward model; or online DPO, which labels its own samples with a reward."""
+
+    model: str = option("", "HF model id or local folder to train (usually the SFT model).", required=True)
+    data: str = option("", "Preferences: {prompt, chosen, rejected} pairs, {prompt, responses, ranks} rankings "
+                           "(expanded to pairs) or HH transcripts; for --loss kto also unpaired "
+                           "{prompt, completion, label: true|false} records. Not used with --online.")
+    learning_rate: float = option(5e-7, "Peak learning rate (AdamW); DPO on real models uses ~5e-7.")
+    loss: str = option("dpo", "Loss: dpo, ipo, cdpo, robust, simpo, orpo or kto.")
+    beta: float = option(0.1, "β: the KL strength of dpo/cdpo/robust/kto, τ of ipo, the reward scale of simpo "
+                              "(its paper uses 2-2.5).")
+    label_smoothing: float = option(0.0, "ε, the assumed rate of flipped labels (cdpo, robust; robust needs < 0.5).")
+    simpo_gamma: float = option(0.5, "SimPO's target reward margin γ.")
+    orpo_lambda: float = option(0.1, "ORPO's weight λ of the odds-ratio term added to the SFT loss.")
+    kto_desirable_weight: float = option(1.0, "KTO's λ_D, the weight of desirable answers.")
+    kto_undesirable_weight: float = option(1.0, "KTO's λ_U, the weight of undesirable answers (raise it when "
+                                                "they are rarer than desirable ones).")
+    reference: str | None = option(None, "Reference model (HF id or folder); null: the --model being trained, "
+                                         "as it is before training.")
+    precompute_ref: bool = option(True, "Compute the reference log-probs once before training and cache them "
+                                        "(the reference is then not kept in memory during training).")
+    eval_kl_prompts: int = option(32, "At evaluation, sample answers for this many held-out prompts and "
+                                      "report KL(policy ‖ reference) on them (0: off).")
+    online: bool = option(False, "Online (iterative) DPO: each round samples answers to --prompts from the current "
+                                 "policy, labels best vs worst with --reward, and trains on those pairs.")
+    reward: str | None = option(None, "Online: a reward-model folder or 'module:function' / 'file.py:function' "
+                                      "taking (prompts, responses) -> scores.")
+    prompts: str | None = option(None, "Online: prompts file ({prompt} records).")
+    rounds: int = option(3, "Online: rounds of sample, label, train.")
+    samples_per_prompt: int = option(4, "Online: answers sampled per prompt (K); the best and the worst make a pair.")
+    max_new_tokens: int = option(256, "Length limit of sampled answers (online rounds and the KL evaluation).")
+    temperature: float = option(1.0, "Sampling temperature (online rounds and the KL evaluation).")
+    top_p: float = option(1.0, "Nucleus sampling threshold for sampled answers (1: off).")
+    generation_batch_size: int = option(32, "Sequences generated together.")
+
+
+@dataclass
 class PPOConfig(TrainConfig):
     """RL against a reward: PPO (GAE critic) or a critic-free estimator (GRPO, RLOO, REINFORCE++), with a
     KL penalty to the initial policy. One step = one rollout batch, then --ppo-epochs passes over it."""

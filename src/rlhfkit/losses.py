@@ -12,7 +12,11 @@ import torch.nn.functional as F
 
 from rlhfkit.data.chat import IGNORE_INDEX
 
-__all__ = ["IGNORE_INDEX", "bradley_terry_loss", "sft_loss", "shift_for_next_token", "token_logprobs"]
+__all__ = [
+    "IGNORE_INDEX", "bradley_terry_loss", "conservative_dpo_loss", "dpo_loss", "ipo_loss", "kto_loss",
+    "kto_reference_point", "orpo_loss", "robust_dpo_loss", "sft_loss", "shift_for_next_token", "simpo_loss",
+    "token_logprobs",
+]
 
 
 def shift_for_next_token(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,6 +74,130 @@ def bradley_terry_loss(
     if label_smoothing:
         loss = (1 - label_smoothing) * loss - label_smoothing * F.logsigmoid(-difference)
     return loss
+
+
+# ---------------------------------------------------------------------------------------------------
+# Direct preference optimisation (DPO) and its family
+#
+# Inputs are per-sequence log-probabilities of the *response* tokens, ``[pairs]``: ``policy_*`` from the
+# model being trained, ``reference_*`` from the frozen reference π_ref. "Summed" log-probs are
+# Σ_t log π(y_t | x, y_<t); "mean" log-probs divide that by the response length. Every function returns
+# the per-pair (or per-example) loss; the trainer weights and averages. Notation: h is the difference of
+# log-ratios, h = (log π(y_w) - log π_ref(y_w)) - (log π(y_l) - log π_ref(y_l)), for the chosen
+# (winning) answer y_w and the rejected (losing) y_l.
+
+
+def preference_log_ratio_difference(
+    policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
+    reference_chosen: torch.Tensor, reference_rejected: torch.Tensor,
+) -> torch.Tensor:
+    """h = (log π(y_w) - log π_ref(y_w)) - (log π(y_l) - log π_ref(y_l)), the quantity DPO-style losses
+    push up: β·h is the difference of the implicit rewards of the two answers."""
+    return (policy_chosen.float() - reference_chosen.float()) - (policy_rejected.float() - reference_rejected.float())
+
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
+             reference_rejected: torch.Tensor, beta: float) -> torch.Tensor:
+    """DPO (Rafailov et al. 2023): ``-log σ(β·h)`` on summed log-probs.
+
+    The Bradley–Terry loss on the implicit reward r(x, y) = β·log(π(y|x) / π_ref(y|x)); β sets how far
+    the policy may move from the reference (the KL coefficient of the RLHF objective it solves).
+    """
+    h = preference_log_ratio_difference(policy_chosen, policy_rejected, reference_chosen, reference_rejected)
+    return -F.logsigmoid(beta * h)
+
+
+def conservative_dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
+                          reference_chosen: torch.Tensor, reference_rejected: torch.Tensor, beta: float,
+                          label_smoothing: float) -> torch.Tensor:
+    """Conservative DPO (cDPO, Mitchell 2023): ``-(1-ε)·log σ(β·h) - ε·log σ(-β·h)``.
+
+    Each label is assumed flipped with probability ε, so the target preference probability is 1-ε
+    rather than 1: the loss is minimised at a finite margin instead of pushing h to infinity.
+    """
+    h = preference_log_ratio_difference(policy_chosen, policy_rejected, reference_chosen, reference_rejected)
+    return -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+
+
+def robust_dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
+                    reference_rejected: torch.Tensor, beta: float, label_smoothing: float) -> torch.Tensor:
+    """Robust DPO (Chowdhury et al. 2024, "Provably Robust DPO"):
+    ``[-(1-ε)·log σ(β·h) + ε·log σ(-β·h)] / (1 - 2ε)``, for 0 ≤ ε < 1/2.
+
+    With labels flipped at rate ε, the expectation of this loss over the noise equals the clean DPO
+    loss (an unbiased estimate), where cDPO instead changes the target. Unlike DPO it can be negative.
+    """
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"robust DPO needs a label-flip rate ε in [0, 0.5), got {label_smoothing}")
+    h = preference_log_ratio_difference(policy_chosen, policy_rejected, reference_chosen, reference_rejected)
+    clean = -F.logsigmoid(beta * h)
+    flipped = -F.logsigmoid(-beta * h)
+    return ((1 - label_smoothing) * clean - label_smoothing * flipped) / (1 - 2 * label_smoothing)
+
+
+def ipo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
+             reference_rejected: torch.Tensor, beta: float) -> torch.Tensor:
+    """IPO (Azar et al. 2023, Eq. 17): ``(h - 1/(2β))²``, β playing the part of the paper's τ.
+
+    A squared loss that pulls h to a finite target 1/(2β) instead of to infinity, so the policy stays
+    regularised even when preferences are deterministic; past the target the gradient pushes back.
+    rlhfkit's trainer passes *mean* (per-token) log-probs here, the form the IPO authors used for their
+    results (as TRL documents), so that β does not depend on answer length.
+    """
+    h = preference_log_ratio_difference(policy_chosen, policy_rejected, reference_chosen, reference_rejected)
+    return (h - 1 / (2 * beta)) ** 2
+
+
+def simpo_loss(policy_chosen_mean: torch.Tensor, policy_rejected_mean: torch.Tensor, beta: float,
+               gamma: float) -> torch.Tensor:
+    """SimPO (Meng et al. 2024): ``-log σ(β·(mean log π(y_w) - mean log π(y_l)) - γ)``, no reference.
+
+    The implicit reward is the length-normalised log-likelihood β/|y|·log π(y|x) (the quantity that
+    sampling ranks by), and γ is a target reward margin. The paper uses β ≈ 2-2.5, γ ≈ 0.5-1.5.
+    """
+    difference = policy_chosen_mean.float() - policy_rejected_mean.float()
+    return -F.logsigmoid(beta * difference - gamma)
+
+
+def log_odds(mean_logprob: torch.Tensor) -> torch.Tensor:
+    """log(P / (1 - P)) of a probability given as its log, P = exp(mean log-prob) < 1."""
+    mean_logprob = mean_logprob.float().clamp(max=-1e-6)  # P = 1 has infinite odds
+    return mean_logprob - torch.log(-torch.expm1(mean_logprob))
+
+
+def orpo_loss(policy_chosen_mean: torch.Tensor, policy_rejected_mean: torch.Tensor, lam: float) -> torch.Tensor:
+    """ORPO (Hong et al. 2024): ``L_SFT + λ·L_OR``, no reference.
+
+    ``L_SFT = -mean log π(y_w)`` is the usual negative log-likelihood of the chosen answer (per token),
+    ``L_OR = -log σ(log odds(y_w) - log odds(y_l))`` with odds(y) = P(y)/(1-P(y)) and P(y) the
+    per-token (geometric mean) probability: fine-tuning and preference alignment in one stage.
+    """
+    odds_ratio = -F.logsigmoid(log_odds(policy_chosen_mean) - log_odds(policy_rejected_mean))
+    return -policy_chosen_mean.float() + lam * odds_ratio
+
+
+def kto_reference_point(policy_mismatched: torch.Tensor, reference_mismatched: torch.Tensor) -> torch.Tensor:
+    """KTO's reference point z₀ = max(0, mean log(π(y'|x) / π_ref(y'|x))), a batch estimate of
+    KL(π ‖ π_ref) from *mismatched* pairs (x, y'): each prompt with another example's answer, as in the
+    KTO paper. It carries no gradient (the paper does not back-propagate through it)."""
+    estimate = (policy_mismatched.float() - reference_mismatched.float()).mean()
+    return estimate.detach().clamp(min=0.0)
+
+
+def kto_loss(policy: torch.Tensor, reference: torch.Tensor, desirable: torch.Tensor, reference_point: torch.Tensor,
+             beta: float, desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> torch.Tensor:
+    """KTO (Ethayarajh et al. 2024) on unpaired answers marked desirable or undesirable: ``λ_y - v(x, y)``.
+
+    With r = log(π(y|x) / π_ref(y|x)) (summed log-probs) and z₀ the reference point
+    (:func:`kto_reference_point`), the value is v = λ_D·σ(β·(r - z₀)) for a desirable answer and
+    v = λ_U·σ(β·(z₀ - r)) for an undesirable one: a prospect-theory value, gains and losses measured
+    against the policy's overall drift from the reference. ``desirable`` is a bool tensor.
+    """
+    reward = policy.float() - reference.float()
+    z0 = reference_point.detach()
+    gain = desirable_weight * (1 - torch.sigmoid(beta * (reward - z0)))
+    loss = undesirable_weight * (1 - torch.sigmoid(beta * (z0 - reward)))
+    return torch.where(desirable, gain, loss)
 
 
 # ---------------------------------------------------------------------------------------------------

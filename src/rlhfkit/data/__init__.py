@@ -8,6 +8,7 @@ a saved Hugging Face dataset folder (``DIR`` or ``DIR:split``). Every problem is
 from rlhfkit.data.errors import DataError
 from rlhfkit.data.hh import hh_pair_to_preference, is_hh_transcript, parse_hh_transcript
 from rlhfkit.data.readers import (
+    load_binary_feedback,
     load_demonstrations,
     load_preferences,
     load_prompts,
@@ -15,10 +16,12 @@ from rlhfkit.data.readers import (
     read_rows,
 )
 from rlhfkit.data.records import (
+    BinaryFeedback,
     Demonstration,
     Preference,
     PromptRecord,
     Ranking,
+    parse_binary_feedback,
     parse_demonstration,
     parse_preference,
     parse_prompt,
@@ -27,6 +30,7 @@ from rlhfkit.data.records import (
 )
 
 __all__ = [
+    "BinaryFeedback",
     "DataError",
     "Demonstration",
     "Preference",
@@ -34,10 +38,12 @@ __all__ = [
     "Ranking",
     "hh_pair_to_preference",
     "is_hh_transcript",
+    "load_binary_feedback",
     "load_demonstrations",
     "load_preferences",
     "load_prompts",
     "load_rankings",
+    "parse_binary_feedback",
     "parse_demonstration",
     "parse_hh_transcript",
     "parse_preference",

@@ -27,11 +27,14 @@ from typing import Any, TextIO, TypeVar
 
 from rlhfkit.data.errors import DataError, short_repr
 from rlhfkit.data.records import (
+    BinaryFeedback,
     Demonstration,
     Preference,
     PromptRecord,
     Ranking,
+    is_binary_feedback_record,
     is_ranking_record,
+    parse_binary_feedback,
     parse_demonstration,
     parse_preference,
     parse_prompt,
@@ -183,6 +186,8 @@ def decode_csv_cell(field: str, cell: str, location: str) -> Any:
             return float(cell)
         except ValueError:
             return cell  # left as text, so that checking the record reports it
+    if field == "label" and cell.strip().lower() in ("true", "false"):
+        return cell.strip().lower() == "true"  # KTO's desirable / undesirable flag
     return cell
 
 
@@ -409,3 +414,27 @@ def load_preferences(
     if not preferences:
         raise DataError(f"{path}: no preference pairs (every ranking has only tied responses)")
     return preferences
+
+
+def load_binary_feedback(path: str | Path, *, skip_invalid: bool = False) -> list[BinaryFeedback]:
+    """Unpaired feedback (KTO data) in the file at ``path``.
+
+    Records ``{"prompt", "completion", "label": true|false}`` give one answer each. Preference records
+    may be mixed in: as in the KTO paper, each pair gives its chosen answer as desirable and its
+    rejected answer as undesirable (a ranking gives its C(K,2) pairs, ties skipped).
+    """
+
+    def parse(raw: dict, location: str) -> list[BinaryFeedback]:
+        if is_binary_feedback_record(raw):
+            return [parse_binary_feedback(raw, location)]
+        if is_ranking_record(raw):
+            pairs = ranking_to_pairs(parse_ranking(raw, location))
+        else:
+            pairs = [parse_preference(raw, location)]
+        return [BinaryFeedback(pair.prompt, answer, desirable, pair.source, location)
+                for pair in pairs for answer, desirable in ((pair.chosen, True), (pair.rejected, False))]
+
+    records = load_records(path, parse, skip_invalid=skip_invalid)
+    if not records:
+        raise DataError(f"{path}: no feedback records (every ranking has only tied responses)")
+    return records

@@ -91,6 +91,20 @@ class Ranking:
     location: str = ""
 
 
+@dataclass(frozen=True)
+class BinaryFeedback:
+    """One answer judged on its own (KTO's unpaired data): ``desirable`` is True for a thumbs-up.
+
+    Either ``prompt`` and ``completion`` are both strings, or both lists of messages.
+    """
+
+    prompt: Text
+    completion: Text
+    desirable: bool
+    source: str | None = None
+    location: str = ""
+
+
 # ---------------------------------------------------------------- field checks
 
 
@@ -430,6 +444,26 @@ def parse_ranking(raw: dict, location: str) -> Ranking:
     source = optional_source(raw, location)
     prompt, responses = unify_forms(prompt, responses, location, fields)
     return Ranking(prompt, responses, ranks, source=source, location=location)
+
+
+def parse_binary_feedback(raw: dict, location: str) -> BinaryFeedback:
+    """A BinaryFeedback from ``{"prompt", "completion", "label": true|false, "source"?}``."""
+    check_object(raw, location)
+    prompt = parse_text(required(raw, "prompt", location, TEXT_EXPECTED), location, "prompt")
+    completion = parse_text(required(raw, "completion", location, TEXT_EXPECTED), location, "completion")
+    label_expected = "true (a desirable answer) or false (an undesirable one)"
+    if "label" not in raw:
+        raise missing_field(location, "label", label_expected, raw)
+    label = raw["label"]
+    if not isinstance(label, bool):
+        raise wrong_value(location, "label", label_expected, label)
+    prompt, (completion,) = unify_forms(prompt, [completion], location, ["completion"])
+    return BinaryFeedback(prompt, completion, label, source=optional_source(raw, location), location=location)
+
+
+def is_binary_feedback_record(raw: Any) -> bool:
+    """Whether a raw record is unpaired feedback (has ``label``) rather than a pair or a ranking."""
+    return isinstance(raw, dict) and "label" in raw
 
 
 def is_ranking_record(raw: Any) -> bool:

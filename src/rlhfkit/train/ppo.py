@@ -408,6 +408,10 @@ class PPOTrainer:
         }
         if values is not None:
             metrics["explained_variance"] = explained_variance(values, returns, mask)
+        if self.accelerator.num_processes > 1:  # report means over all processes' rollouts
+            names = sorted(metrics)
+            values_ = torch.tensor([metrics[n] for n in names], device=self.accelerator.device)
+            metrics = dict(zip(names, self.accelerator.reduce(values_, reduction="mean").tolist(), strict=True))
         return Experience(rollout, old_logprobs, ref_logprobs, advantages, values, returns, raw_scores.tolist()), metrics
 
     def update(self, experience: Experience) -> dict[str, float]:
