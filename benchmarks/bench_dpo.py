@@ -14,8 +14,10 @@ What is made equal, so that the step-0 numbers must match:
 - weights and tokenizer: both load the same folder (pad token ``<|pad|>``, distinct from EOS);
 - tokens: the prompts end with a newline and the answers start with a word, so TRL's tokenization of
   prompt + answer (+ EOS) gives the ids rlhfkit gets by tokenizing the parts; the benchmark checks it;
-- data order: TRL samples sequentially (``train_sampling_strategy="sequential"``) over the pairs put in
-  the order of rlhfkit's first epoch, so both see the same batch at every step.
+- data order: rlhfkit groups batches by length (its default, ``--group-by-length``); TRL samples
+  sequentially (``train_sampling_strategy="sequential"``) over an order that starts with rlhfkit's first
+  batch (same step-0 batch, so equal step-0 losses) and continues in plain random order, which is what
+  TRL's default random sampler gives (``ordering.peer_order``).
 
 At step 0 the policy equals the reference, so both DPO losses are log 2 whatever the data: the step-0
 loss agreeing is a weak check on its own. The mean chosen and rejected log-probs of the step-0 batch
@@ -40,6 +42,7 @@ import time
 from pathlib import Path
 
 import torch
+from ordering import peer_order
 
 WORDS = [
     "the", "a", "river", "mountain", "city", "capital", "quickly", "slowly", "answer", "question",
@@ -94,11 +97,13 @@ def trl_dataset(model_dir: Path, data: Path, args):
     from rlhfkit.data import load_preferences
     from rlhfkit.models import load_tokenizer
     from rlhfkit.train.dpo import tokenize_pairs
-    from rlhfkit.train.loop import epoch_order
 
     tokenizer = load_tokenizer(str(model_dir))
     pairs = load_preferences(data)
-    order = epoch_order(len(pairs), args.seed, 0)
+    # rlhfkit's first batch (same step-0 loss), then TRL's usual random order
+    examples = tokenize_pairs(tokenizer, pairs, args.max_length, "x")
+    lengths = [2 * max(len(e.first.input_ids), len(e.second.input_ids)) for e in examples]
+    order = peer_order(lengths, args.batch_size, args.seed)
     ordered = [pairs[i] for i in order]
     ids = [(e.first.input_ids, e.second.input_ids) for e in tokenize_pairs(tokenizer, ordered, args.max_length, "x")]
     dataset = Dataset.from_dict({"prompt": [p.prompt for p in ordered], "chosen": [p.chosen for p in ordered],

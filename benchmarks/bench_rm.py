@@ -17,8 +17,10 @@ What is made equal, so that the step-0 losses must match:
 - tokens: TRL's own tokenization joins prompt and answer into one string before tokenizing, which can
   merge tokens across the boundary; TRL is therefore given the dataset pre-tokenized by rlhfkit
   (``chosen_ids``/``rejected_ids`` columns, which TRL accepts as processed data);
-- data order: TRL samples sequentially (``train_sampling_strategy="sequential"``) over the pairs put in
-  the order of rlhfkit's first epoch, so both see the same batch at every step;
+- data order: rlhfkit groups batches by length (its default, ``--group-by-length``); TRL samples
+  sequentially (``train_sampling_strategy="sequential"``) over an order that starts with rlhfkit's first
+  batch (same step-0 batch, so equal step-0 losses) and continues in plain random order, which is what
+  TRL's default random sampler gives (``ordering.peer_order``);
 - loss: plain Bradley–Terry mean over pairs (``center_rewards_coefficient=None``, no margins).
 
 TRL defaults that differ from rlhfkit's and are switched off here: ``gradient_checkpointing=True`` and
@@ -39,6 +41,7 @@ import time
 from pathlib import Path
 
 import torch
+from ordering import peer_order
 
 WORDS = [
     "the", "a", "river", "mountain", "city", "capital", "quickly", "slowly", "answer", "question",
@@ -89,13 +92,14 @@ def run_trl(model_dir: Path, data: Path, output: Path, args) -> tuple[dict[int, 
 
     from rlhfkit.models import load_tokenizer
     from rlhfkit.models.reward import load_reward_backbone
-    from rlhfkit.train.loop import epoch_order
     from rlhfkit.train.rm import load_comparison_groups, tokenize_group
 
     tokenizer = load_tokenizer(str(model_dir))
     groups = load_comparison_groups(str(data))
     tokenized = [tokenize_group(tokenizer, g, args.max_length, use_margin=False) for g in groups]
-    order = epoch_order(len(tokenized), args.seed, 0)  # rlhfkit's first-epoch order
+    # rlhfkit's first batch (same step-0 loss), then TRL's usual random order
+    lengths = [len(g.sequences) * max(map(len, g.sequences)) for g in tokenized]
+    order = peer_order(lengths, args.batch_size, args.seed)
     dataset = Dataset.from_dict({
         "chosen_ids": [tokenized[i].sequences[0] for i in order],
         "rejected_ids": [tokenized[i].sequences[1] for i in order],

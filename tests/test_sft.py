@@ -127,6 +127,25 @@ def test_batch_plan_covers_each_example_once_per_epoch():
     assert plan.global_indices(2) != plan.global_indices(0)  # epoch 2 is reshuffled
 
 
+def test_length_grouping_keeps_the_epoch_and_cuts_padding():
+    import random
+
+    lengths = [random.Random(i).randint(5, 200) for i in range(103)]
+    plain = BatchPlan(103, 4, 1, 1, seed=3)
+    grouped = BatchPlan(103, 4, 1, 1, seed=3, lengths=tuple(lengths))
+
+    def padded_tokens(plan, epoch):
+        batches = [plan.global_indices(epoch * plan.steps_per_epoch + s) for s in range(plan.steps_per_epoch)]
+        assert sorted(i for b in batches for i in b) == list(range(103))  # each example once per epoch
+        assert len(batches[-1]) == 3  # the short batch stays last
+        return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+    for epoch in range(2):
+        assert padded_tokens(grouped, epoch) < 0.8 * padded_tokens(plain, epoch)
+    assert grouped.epoch_order(0) != grouped.epoch_order(1)
+    assert grouped.epoch_order(1) == BatchPlan(103, 4, 1, 1, seed=3, lengths=tuple(lengths)).epoch_order(1)
+
+
 def test_packing_keeps_every_answer_token(tokenizer, example_files):
     examples = tokenize_demonstrations(tokenizer, load_demonstrations(example_files["demonstrations"]), 96, "x")
     packed = pack_examples(examples, 64)

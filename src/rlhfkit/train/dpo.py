@@ -629,6 +629,7 @@ def run_dpo(config: DPOConfig, on_step: Callable[[int], None] | None = None) -> 
         weight=lambda example: 1.0,
         evaluate=evaluate if held_set else None,
         name=f"dpo-{config.loss}" if config.loss != "dpo" else "dpo",
+        length=lambda example: 2 * max(len(example.first.input_ids), len(example.second.input_ids)),
     )
     trained = train(config, accelerator, model, stage, on_step=after_step)
     output = Path(config.output)

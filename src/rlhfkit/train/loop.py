@@ -66,15 +66,52 @@ def epoch_order(num_examples: int, seed: int, epoch: int) -> tuple[int, ...]:
     return tuple(torch.randperm(num_examples, generator=generator).tolist())
 
 
+GROUP_BATCHES = 32
+"""With lengths, each run of this many global batches is sorted by length (see ``length_grouped_order``)."""
+
+
+def length_grouped_order(order: Sequence[int], lengths: Sequence[int], global_batch: int, seed: int,
+                         epoch: int) -> tuple[int, ...]:
+    """``order`` rearranged so that each global batch holds examples of similar length (less padding).
+
+    The shuffled order is cut into groups of ``GROUP_BATCHES`` global batches; each group is sorted by
+    length, longest first, and cut into batches; the full batches of the epoch are then shuffled (the
+    short last batch stays last). Which examples share an epoch is unchanged, and the result is still a
+    pure function of (seed, epoch).
+    """
+    group = global_batch * GROUP_BATCHES
+    arranged: list[int] = []
+    for start in range(0, len(order), group):
+        arranged.extend(sorted(order[start : start + group], key=lambda i: -lengths[i]))
+    full = len(arranged) // global_batch
+    batches = [arranged[b * global_batch : (b + 1) * global_batch] for b in range(full)]
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7_919)
+    shuffled = [i for b in torch.randperm(full, generator=generator).tolist() for i in batches[b]]
+    return tuple(shuffled + arranged[full * global_batch :])
+
+
 @dataclass
 class BatchPlan:
-    """How examples map to optimizer steps."""
+    """How examples map to optimizer steps. With ``lengths`` (one per example), batches are grouped by
+    length (:func:`length_grouped_order`)."""
 
     num_examples: int
     batch_size: int
     grad_accum: int
     num_processes: int
     seed: int
+    lengths: tuple[int, ...] | None = None
+
+    def epoch_order(self, epoch: int) -> tuple[int, ...]:
+        """The example order of ``epoch``."""
+        order = epoch_order(self.num_examples, self.seed, epoch)
+        if self.lengths is None:
+            return order
+        cache = self.__dict__.setdefault("_grouped", {})
+        if epoch not in cache:
+            cache.clear()
+            cache[epoch] = length_grouped_order(order, self.lengths, self.global_batch, self.seed, epoch)
+        return cache[epoch]
 
     @property
     def global_batch(self) -> int:
@@ -87,7 +124,7 @@ class BatchPlan:
     def global_indices(self, step: int) -> list[int]:
         """Examples of optimizer step ``step`` (0-based). The last batch of an epoch may be smaller."""
         epoch, position = divmod(step, self.steps_per_epoch)
-        order = epoch_order(self.num_examples, self.seed, epoch)
+        order = self.epoch_order(epoch)
         return list(order[position * self.global_batch : (position + 1) * self.global_batch])
 
     def micro_batches(self, step: int, process_index: int) -> list[list[int]]:
@@ -100,8 +137,7 @@ class BatchPlan:
         indices = self.global_indices(step)
         slots = self.grad_accum * self.num_processes
         if len(indices) < slots:
-            epoch = step // self.steps_per_epoch
-            order = epoch_order(self.num_examples, self.seed, epoch)
+            order = self.epoch_order(step // self.steps_per_epoch)
             indices = indices + [order[i % len(order)] for i in range(slots - len(indices))]
         base, extra = divmod(len(indices), slots)
         chunks, start = [], 0
@@ -222,6 +258,7 @@ class Stage:
     weight: Callable[[Any], float]  # an example's share of the normaliser (e.g. its target tokens)
     evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None
     name: str = "train"
+    length: Callable[[Any], int] | None = None  # an example's padded cost in tokens, for --group-by-length
 
 
 def train(config: TrainConfig, accelerator: Accelerator, model: torch.nn.Module, stage: Stage,
@@ -235,8 +272,9 @@ def train(config: TrainConfig, accelerator: Accelerator, model: torch.nn.Module,
     if accelerator.is_main_process:
         save_config(config, output / "config.yaml")
 
+    lengths = tuple(stage.length(e) for e in stage.examples) if config.group_by_length and stage.length else None
     plan = BatchPlan(len(stage.examples), config.batch_size, config.grad_accum, accelerator.num_processes,
-                     config.seed)
+                     config.seed, lengths)
     steps = total_steps(config, plan)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)

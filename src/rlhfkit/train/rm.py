@@ -172,6 +172,7 @@ def run_rm(config: RMConfig) -> Path:
                              evaluate_groups(m, eval_set, pad, config.batch_size, accelerator).items()
                              if k in ("accuracy", "mean_margin")}) if eval_set else None,
         name="rm",
+        length=lambda group: len(group.sequences) * max(map(len, group.sequences)),
     )
     trained = train(config, accelerator, model, stage)
     output = Path(config.output)

@@ -135,6 +135,7 @@ def run_sft(config: SFTConfig, on_step=None) -> Path:
         if eval_examples
         else None,
         name="sft",
+        length=lambda example: len(example.input_ids),
     )
     trained = train(config, accelerator, model, stage, on_step=on_step)
     if accelerator.is_main_process:
