@@ -16,8 +16,8 @@ What is made equal, so that the step-0 numbers must match:
   prompt + answer (+ EOS) gives the ids rlhfkit gets by tokenizing the parts; the benchmark checks it;
 - data order: rlhfkit groups batches by length (its default, ``--group-by-length``); TRL samples
   sequentially (``train_sampling_strategy="sequential"``) over an order that starts with rlhfkit's first
-  batch (same step-0 batch, so equal step-0 losses) and continues in plain random order, which is what
-  TRL's default random sampler gives (``ordering.peer_order``).
+  two batches (so equal step-0 and step-1 losses) and continues in plain random order, which is what
+  TRL's default random sampler gives (``peers.peer_order``).
 
 At step 0 the policy equals the reference, so both DPO losses are log 2 whatever the data: the step-0
 loss agreeing is a weak check on its own. The mean chosen and rejected log-probs of the step-0 batch
@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 import torch
-from ordering import peer_order
+from peers import TrainerClock, peer_order
 
 WORDS = [
     "the", "a", "river", "mountain", "city", "capital", "quickly", "slowly", "answer", "question",
@@ -100,7 +100,7 @@ def trl_dataset(model_dir: Path, data: Path, args):
 
     tokenizer = load_tokenizer(str(model_dir))
     pairs = load_preferences(data)
-    # rlhfkit's first batch (same step-0 loss), then TRL's usual random order
+    # rlhfkit's first two batches (same step-0/1 losses), then TRL's usual random order
     examples = tokenize_pairs(tokenizer, pairs, args.max_length, "x")
     lengths = [2 * max(len(e.first.input_ids), len(e.second.input_ids)) for e in examples]
     order = peer_order(lengths, args.batch_size, args.seed)
@@ -112,7 +112,7 @@ def trl_dataset(model_dir: Path, data: Path, args):
 
 
 def run_trl(model_dir: Path, data: Path, output: Path, args, precompute: bool) -> dict:
-    from transformers import AutoModelForCausalLM, TrainerCallback
+    from transformers import AutoModelForCausalLM
     from trl import DPOConfig as TRLDPOConfig
     from trl import DPOTrainer
 
@@ -120,23 +120,7 @@ def run_trl(model_dir: Path, data: Path, output: Path, args, precompute: bool) -
     tokenizer, dataset, rlhfkit_ids = trl_dataset(model_dir, data, args)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
 
-    class Clock(TrainerCallback):
-        def __init__(self):
-            self.started = 0.0
-            self.times: dict[int, float] = {}
-            self.logs: dict[int, dict] = {}
-
-        def on_train_begin(self, _args, state, control, **kwargs):
-            self.started = time.perf_counter()
-
-        def on_step_end(self, _args, state, control, **kwargs):
-            self.times[state.global_step] = time.perf_counter() - self.started
-
-        def on_log(self, _args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                self.logs.setdefault(state.global_step, dict(logs))
-
-    clock = Clock()
+    clock = TrainerClock()
     steps = args.warmup + args.steps
     config = TRLDPOConfig(
         output_dir=str(output), max_steps=steps, per_device_train_batch_size=args.batch_size, learning_rate=args.lr,
@@ -209,7 +193,7 @@ def main() -> None:
           f"|diff| {abs(ours['losses'][2] - trl_default['losses'][2]):.2e}  (after one identical update)")
     last = args.warmup + args.steps
     print(f"last-step loss       rlhfkit {ours['losses'][last]:.6f}   TRL {trl_default['losses'][last]:.6f}   "
-          "(same batches; kernels may drift)")
+          "(different batches after step 0)")
     print(f"rlhfkit run_dpo (precomputed ref) : {ours['rate']:8.2f} pairs/s   whole run {ours['wall']:6.1f} s")
     print(f"TRL DPOTrainer, default           : {trl_default['rate']:8.2f} pairs/s   whole run "
           f"{trl_default['wall']:6.1f} s")

@@ -19,8 +19,8 @@ What is made equal, so that the step-0 losses must match:
   (``chosen_ids``/``rejected_ids`` columns, which TRL accepts as processed data);
 - data order: rlhfkit groups batches by length (its default, ``--group-by-length``); TRL samples
   sequentially (``train_sampling_strategy="sequential"``) over an order that starts with rlhfkit's first
-  batch (same step-0 batch, so equal step-0 losses) and continues in plain random order, which is what
-  TRL's default random sampler gives (``ordering.peer_order``);
+  two batches (so equal step-0 and step-1 losses) and continues in plain random order, which is what
+  TRL's default random sampler gives (``peers.peer_order``);
 - loss: plain Bradley–Terry mean over pairs (``center_rewards_coefficient=None``, no margins).
 
 TRL defaults that differ from rlhfkit's and are switched off here: ``gradient_checkpointing=True`` and
@@ -37,11 +37,10 @@ import argparse
 import json
 import random
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-from ordering import peer_order
+from peers import TrainerClock, peer_order
 
 WORDS = [
     "the", "a", "river", "mountain", "city", "capital", "quickly", "slowly", "answer", "question",
@@ -87,7 +86,6 @@ def run_rlhfkit(model_dir: Path, data: Path, output: Path, args) -> tuple[dict[i
 
 def run_trl(model_dir: Path, data: Path, output: Path, args) -> tuple[dict[int, float], float]:
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import RewardConfig, RewardTrainer
 
     from rlhfkit.models import load_tokenizer
@@ -97,7 +95,7 @@ def run_trl(model_dir: Path, data: Path, output: Path, args) -> tuple[dict[int, 
     tokenizer = load_tokenizer(str(model_dir))
     groups = load_comparison_groups(str(data))
     tokenized = [tokenize_group(tokenizer, g, args.max_length, use_margin=False) for g in groups]
-    # rlhfkit's first batch (same step-0 loss), then TRL's usual random order
+    # rlhfkit's first two batches (same step-0/1 losses), then TRL's usual random order
     lengths = [len(g.sequences) * max(map(len, g.sequences)) for g in tokenized]
     order = peer_order(lengths, args.batch_size, args.seed)
     dataset = Dataset.from_dict({
@@ -106,23 +104,7 @@ def run_trl(model_dir: Path, data: Path, output: Path, args) -> tuple[dict[int, 
     })
     model = load_reward_backbone(str(model_dir), tokenizer, seed=args.seed)
 
-    class Clock(TrainerCallback):
-        def __init__(self):
-            self.started = 0.0
-            self.times: dict[int, float] = {}
-            self.losses: dict[int, float] = {}
-
-        def on_train_begin(self, _args, state, control, **kwargs):
-            self.started = time.perf_counter()
-
-        def on_step_end(self, _args, state, control, **kwargs):
-            self.times[state.global_step] = time.perf_counter() - self.started
-
-        def on_log(self, _args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                self.losses.setdefault(state.global_step, logs["loss"])
-
-    clock = Clock()
+    clock = TrainerClock()
     steps = args.warmup + args.steps
     config = RewardConfig(
         output_dir=str(output), max_steps=steps, per_device_train_batch_size=args.batch_size,
@@ -135,7 +117,8 @@ def run_trl(model_dir: Path, data: Path, output: Path, args) -> tuple[dict[int, 
     trainer = RewardTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                             callbacks=[clock])
     trainer.train()
-    return clock.losses, throughput(clock.times, args.warmup, steps, args.batch_size)
+    losses = {step: logs["loss"] for step, logs in clock.logs.items()}
+    return losses, throughput(clock.times, args.warmup, steps, args.batch_size)
 
 
 def main() -> None:
@@ -182,7 +165,7 @@ def main() -> None:
           + (" (TRL with gradient checkpointing)" if args.trl_checkpointing else ""))
     print(f"step-0 loss  rlhfkit {ours_loss:.6f}   TRL {peer_loss:.6f}   |diff| {abs(ours_loss - peer_loss):.2e}")
     print(f"last-step loss rlhfkit {ours_losses[last]:.6f}   TRL {peer_losses[last]:.6f}   "
-          f"|diff| {abs(ours_losses[last] - peer_losses[last]):.2e}  (same batches; kernels may drift)")
+          f"|diff| {abs(ours_losses[last] - peer_losses[last]):.2e}  (different batches after step 0)")
     print(f"rlhfkit run_rm       : {ours_rate:8.2f} pairs/s")
     print(f"TRL RewardTrainer    : {peer_rate:8.2f} pairs/s")
     print(f"ratio rlhfkit / TRL  : {ours_rate / peer_rate:8.2f}x")
