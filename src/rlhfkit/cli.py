@@ -14,6 +14,7 @@ from rlhfkit.config import (
     ConfigError,
     DPOConfig,
     GenerateConfig,
+    JudgeConfig,
     PPOConfig,
     RMConfig,
     ScoreConfig,
@@ -46,6 +47,12 @@ def _ppo(config: PPOConfig) -> None:
     from rlhfkit.train.ppo import run_ppo
 
     run_ppo(config)
+
+
+def _judge(config: JudgeConfig) -> None:
+    from rlhfkit.judge.run import run_judge
+
+    run_judge(config)
 
 
 def _score(config: ScoreConfig) -> None:
@@ -98,6 +105,8 @@ STAGES = {
     "dpo": (DPOConfig, _dpo, "Preference optimisation without a reward model: DPO, IPO, cDPO, robust DPO, SimPO, "
                              "ORPO, KTO; --online for iterative DPO on the policy's own samples."),
     "ppo": (PPOConfig, _ppo, "RL against a reward with a KL penalty: PPO (GAE), GRPO, RLOO or REINFORCE++."),
+    "judge": (JudgeConfig, _judge, "Label {prompt, responses} records with an AI judge (local LM, reward model, "
+                                   "or a Python function); position swap; length-bias report."),
     "score": (ScoreConfig, _score, "Score {prompt, response(s)} records with a reward model."),
     "generate": (GenerateConfig, _generate, "Sample K answers per prompt to JSONL {prompt, responses}."),
     "tiny-model": (TinyModelConfig, _tiny_model, "Train a tokenizer on a corpus and write a tiny random model."),

@@ -175,6 +175,26 @@ class PPOConfig(TrainConfig):
 
 
 @dataclass
+class JudgeConfig(ModelConfig):
+    """Label {prompt, responses} records with an AI judge: preference pairs (2 answers) or rankings (K)."""
+
+    judge: str = option("", "The judge: a causal-LM folder or hub id (reads its next-token preference for A or "
+                            "B), a reward-model folder, or a Python function 'module:function' scoring "
+                            "(prompts, responses).", required=True)
+    data: str = option("", "Records {prompt, responses: [...]} (e.g. from 'rlhfkit generate').", required=True)
+    output: str = option("", "Output JSONL: preference pairs or rankings, with confidence and source.",
+                         required=True)
+    swap: bool = option(True, "Judge both orders of every pair; orders that disagree make a tie.")
+    constitution: str | None = option(None, "Constitution YAML (principles: [{name, text, weight}]); null: the "
+                                            "built-in one (helpful, honest, harmless, not over-refusing).")
+    principles: str = option("all", "Language-model judges: ask about all principles, or 'sample' one per "
+                                    "comparison by weight (Constitutional AI).")
+    batch_size: int = option(8, "Comparisons (or answers, for reward models) per forward pass.")
+    max_length: int = option(1024, "Maximum tokens per scored sequence (reward-model judges).")
+    seed: int = option(0, "Seed for sampling principles.")
+
+
+@dataclass
 class ScoreConfig(ModelConfig):
     """Score responses with a reward model."""
 
