@@ -18,6 +18,7 @@ from rlhfkit.config import (
     PPOConfig,
     RMConfig,
     ScoreConfig,
+    ServeConfig,
     SFTConfig,
     TinyModelConfig,
     add_config_arguments,
@@ -53,6 +54,12 @@ def _judge(config: JudgeConfig) -> None:
     from rlhfkit.judge.run import run_judge
 
     run_judge(config)
+
+
+def _serve(config: ServeConfig) -> None:
+    from rlhfkit.serve import run_serve
+
+    run_serve(config)
 
 
 def _score(config: ScoreConfig) -> None:
@@ -107,6 +114,7 @@ STAGES = {
     "ppo": (PPOConfig, _ppo, "RL against a reward with a KL penalty: PPO (GAE), GRPO, RLOO or REINFORCE++."),
     "judge": (JudgeConfig, _judge, "Label {prompt, responses} records with an AI judge (local LM, reward model, "
                                    "or a Python function); position swap; length-bias report."),
+    "serve": (ServeConfig, _serve, "Serve a local model behind an OpenAI-compatible /v1/chat/completions API."),
     "score": (ScoreConfig, _score, "Score {prompt, response(s)} records with a reward model."),
     "generate": (GenerateConfig, _generate, "Sample K answers per prompt to JSONL {prompt, responses}."),
     "tiny-model": (TinyModelConfig, _tiny_model, "Train a tokenizer on a corpus and write a tiny random model."),
@@ -142,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     from rlhfkit.console import console, setup_logging
     from rlhfkit.data import DataError
+    from rlhfkit.judge.http import JudgeRequestError
     from rlhfkit.rewards import RewardSpecError
     from rlhfkit.train.loop import TrainingError
 
@@ -155,6 +164,6 @@ def main(argv: list[str] | None = None) -> None:
             _demo(args)
         elif args.command == "data":
             _data_check(args)
-    except (ConfigError, DataError, FileNotFoundError, RewardSpecError, TrainingError) as err:
+    except (ConfigError, DataError, FileNotFoundError, JudgeRequestError, RewardSpecError, TrainingError) as err:
         console.print(f"[red]error:[/] {err}", soft_wrap=True)
         sys.exit(2)

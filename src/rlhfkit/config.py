@@ -179,8 +179,9 @@ class JudgeConfig(ModelConfig):
     """Label {prompt, responses} records with an AI judge: preference pairs (2 answers) or rankings (K)."""
 
     judge: str = option("", "The judge: a causal-LM folder or hub id (reads its next-token preference for A or "
-                            "B), a reward-model folder, or a Python function 'module:function' scoring "
-                            "(prompts, responses).", required=True)
+                            "B), an OpenAI-compatible URL (http://host:port/v1, or 'openai' for $OPENAI_BASE_URL; "
+                            "key from $OPENAI_API_KEY), a reward-model folder, or a Python function "
+                            "'module:function' scoring (prompts, responses).", required=True)
     data: str = option("", "Records {prompt, responses: [...]} (e.g. from 'rlhfkit generate').", required=True)
     output: str = option("", "Output JSONL: preference pairs or rankings, with confidence and source.",
                          required=True)
@@ -192,6 +193,23 @@ class JudgeConfig(ModelConfig):
     batch_size: int = option(8, "Comparisons (or answers, for reward models) per forward pass.")
     max_length: int = option(1024, "Maximum tokens per scored sequence (reward-model judges).")
     seed: int = option(0, "Seed for sampling principles.")
+    judge_model: str | None = option(None, "HTTP judges: the model name to ask for (default: the server's first).")
+    concurrency: int = option(8, "HTTP judges: requests in flight at once.")
+    timeout: float = option(60.0, "HTTP judges: seconds before a request is abandoned (and retried).")
+    retries: int = option(4, "HTTP judges: retries of a failed request, with exponential backoff.")
+    cache: str | None = option(None, "HTTP judges: cache file (SQLite) of answers, so a rerun sends no request; "
+                                     "default: OUTPUT.cache.sqlite.")
+
+
+@dataclass
+class ServeConfig(ModelConfig):
+    """Serve a local model behind an OpenAI-compatible chat-completions API (batched)."""
+
+    model: str = option("", "HF model id or local folder to serve.", required=True)
+    host: str = option("127.0.0.1", "Address to listen on (0.0.0.0: every interface).")
+    port: int = option(8001, "Port to listen on.")
+    max_batch: int = option(32, "Most answers generated together.")
+    name: str | None = option(None, "Model name reported by /v1/models (default: --model).")
 
 
 @dataclass

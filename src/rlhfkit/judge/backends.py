@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 
-from rlhfkit.config import ConfigError
 from rlhfkit.data.chat import encode_prompt, pad_batch
 from rlhfkit.judge.base import Comparison, Verdict
 from rlhfkit.judge.constitution import DEFAULT_CONSTITUTION, Principle, load_constitution, principles_for
@@ -102,14 +101,19 @@ class ScoreJudge:
 
 
 def load_judge(spec: str, *, constitution: str | None = None, principles: str = "all", device: str = "auto",
-               dtype: str = "auto", batch_size: int = 8, max_length: int = 1024, seed: int = 0):
-    """A judge from a spec: a reward-model folder, a causal-LM folder (or hub id), or ``module:function``."""
+               dtype: str = "auto", batch_size: int = 8, max_length: int = 1024, seed: int = 0,
+               http_options: dict | None = None):
+    """A judge from a spec: an OpenAI-compatible URL (or ``openai``), a reward-model folder, a causal-LM
+    folder (or hub id), or ``module:function``. ``http_options`` go to :class:`HTTPJudge`."""
     from rlhfkit.models import load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
     from rlhfkit.models.reward import is_reward_model_folder
     from rlhfkit.rewards import checked, load_callable, load_reward_function
 
-    if spec.startswith(("http://", "https://")):
-        raise ConfigError(f"judge {spec!r}: OpenAI-compatible HTTP judges are not available in this version")
+    if spec.startswith(("http://", "https://")) or spec == "openai":
+        from rlhfkit.judge.http import http_judge_from_spec
+
+        return http_judge_from_spec(spec, load_constitution(constitution or DEFAULT_CONSTITUTION),
+                                    principles=principles, seed=seed, **(http_options or {}))
     if Path(spec).is_dir() and is_reward_model_folder(spec):
         return ScoreJudge(load_reward_function(spec, device=device, dtype=dtype, batch_size=batch_size,
                                                max_length=max_length), name=f"rm:{spec}")

@@ -52,9 +52,12 @@ def length_bias(rows: list[dict]) -> float | None:
 
 
 def run_judge(config: JudgeConfig) -> Path:
+    output = Path(config.output)
+    http_options = {"model": config.judge_model, "concurrency": config.concurrency, "timeout": config.timeout,
+                    "retries": config.retries, "cache": config.cache or str(output) + ".cache.sqlite"}
     judge = load_judge(config.judge, constitution=config.constitution, principles=config.principles,
                        device=config.device, dtype=config.dtype, batch_size=config.batch_size,
-                       max_length=config.max_length, seed=config.seed)
+                       max_length=config.max_length, seed=config.seed, http_options=http_options)
     if config.swap:
         judge = PositionSwap(judge)
     records = read_answer_sets(config.data)
@@ -71,7 +74,6 @@ def run_judge(config: JudgeConfig) -> Path:
                      "confidence": verdict.confidence, "consistent": verdict.consistent,
                      "length_a": len(comparison.a), "length_b": len(comparison.b), "rationale": verdict.rationale})
 
-    output = Path(config.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     written = all_ties = 0
     source = f"judge:{judge.name}"

@@ -1,0 +1,205 @@
+"""``rlhfkit serve``: an OpenAI-compatible chat server for a local HF model.
+
+Endpoints: ``GET /v1/models`` and ``POST /v1/chat/completions`` (``messages``, ``max_tokens``,
+``temperature`` (0 = greedy), ``top_p``, ``n``, ``logprobs``, ``top_logprobs``; ``seed`` is accepted and
+ignored, since requests share batches). Users chat with their policy through any OpenAI client, and
+judges point at it.
+
+Batching: requests wait in a queue; a single worker thread takes everything queued (up to
+``--max-batch`` answers), groups it by sampling settings and generates each group in one batched,
+KV-cached ``generate`` call (the same sampler as ``rlhfkit generate``). Log-probs, when asked for,
+come from one teacher-forced forward pass over prompt + answer (at the sampling temperature, 1 for
+greedy), with the ``top_logprobs`` most likely tokens at each position (capped at the vocabulary size,
+not at OpenAI's 20, so that a judge can always see the labels it asks about).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from pydantic import BaseModel, Field
+
+from rlhfkit.data.chat import encode_prompt, pad_batch
+from rlhfkit.models.reward import position_ids_from_mask
+from rlhfkit.rollout.generate import sample_responses
+
+
+class ChatRequest(BaseModel):
+    """The body of ``POST /v1/chat/completions`` (the OpenAI fields rlhfkit uses; others are ignored)."""
+
+    model: str | None = None
+    messages: list[dict[str, str]] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    n: int = Field(default=1, ge=1, le=64)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0)
+    seed: int | None = None
+
+
+@dataclass
+class Job:
+    """One chat-completion request waiting for the worker."""
+
+    messages: list[dict]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    n: int
+    top_logprobs: int | None  # None: no log-probs
+    done: threading.Event = field(default_factory=threading.Event)
+    result: list[dict] | None = None
+    error: Exception | None = None
+
+
+class ChatEngine:
+    """Owns the model; ``submit`` blocks until a batch containing the job has been generated."""
+
+    def __init__(self, model, tokenizer, name: str, max_batch: int = 32):
+        self.model, self.tokenizer, self.name, self.max_batch = model.eval(), tokenizer, name, max_batch
+        self.jobs: queue.Queue[Job] = queue.Queue()
+        self.requests = 0  # chat-completion requests served (tests read it)
+        self.batches = 0
+        threading.Thread(target=self._work, daemon=True, name="rlhfkit-serve").start()
+
+    def submit(self, job: Job) -> list[dict]:
+        self.jobs.put(job)
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _work(self) -> None:
+        while True:
+            batch = [self.jobs.get()]
+            answers = batch[0].n
+            while answers < self.max_batch:
+                try:
+                    job = self.jobs.get_nowait()
+                except queue.Empty:
+                    break
+                batch.append(job)
+                answers += job.n
+            groups: dict[tuple, list[Job]] = {}
+            for job in batch:
+                groups.setdefault((job.temperature, job.top_p), []).append(job)
+            for group in groups.values():
+                try:
+                    self._generate(group)
+                except Exception as err:  # reported to each waiting request, never kills the worker
+                    for job in group:
+                        job.error = err
+                for job in group:
+                    job.done.set()
+            self.batches += 1
+
+    @torch.inference_mode()
+    def _generate(self, jobs: list[Job]) -> None:
+        first = jobs[0]
+        prompt_ids = [encode_prompt(self.tokenizer, job.messages) for job in jobs]
+        flat_prompts = [i for i, job in enumerate(jobs) for _ in range(job.n)]
+        samples = sample_responses(
+            self.model, self.tokenizer, [jobs[i].messages for i in flat_prompts],
+            prompt_ids=[prompt_ids[i] for i in flat_prompts], num_samples=1,
+            max_new_tokens=max(job.max_tokens for job in jobs), temperature=first.temperature, top_p=first.top_p,
+            batch_size=self.max_batch, show_progress=False)
+        eos = self.tokenizer.eos_token_id
+        position = 0
+        for index, job in enumerate(jobs):
+            choices = []
+            for k in range(job.n):
+                [sample] = samples[position]
+                position += 1
+                tokens = sample.token_ids[: job.max_tokens]
+                finished = bool(tokens) and tokens[-1] == eos
+                choice = {"index": k, "message": {"role": "assistant",
+                                                  "content": self.tokenizer.decode(tokens, skip_special_tokens=True)},
+                          "finish_reason": "stop" if finished else "length", "logprobs": None,
+                          "_tokens": len(tokens)}
+                if job.top_logprobs is not None and tokens:
+                    temperature = job.temperature if job.temperature > 0 else 1.0
+                    choice["logprobs"] = {"content": self._logprobs(prompt_ids[index], tokens, temperature,
+                                                                    job.top_logprobs)}
+                choices.append(choice)
+            job.result = choices
+
+    def _logprobs(self, prompt: list[int], answer: list[int], temperature: float, top: int) -> list[dict]:
+        """Per answer token: its log-prob and the ``top`` most likely tokens, from one forward pass."""
+        ids, mask = pad_batch([prompt + answer], self.tokenizer.pad_token_id)
+        device = next(self.model.parameters()).device
+        ids, mask = ids.to(device), mask.to(device)
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
+        logprobs = torch.log_softmax(logits[0, len(prompt) - 1 : -1].float() / temperature, dim=-1)
+        top = max(0, min(top, logprobs.shape[-1]))
+        best = logprobs.topk(top, dim=-1) if top else None
+        content = []
+        for t, token in enumerate(answer):
+            entry: dict[str, Any] = {"token": self.tokenizer.decode([token]), "logprob": logprobs[t, token].item(),
+                                     "top_logprobs": []}
+            if best is not None:
+                entry["top_logprobs"] = [{"token": self.tokenizer.decode([i]), "logprob": v}
+                                         for v, i in zip(best.values[t].tolist(), best.indices[t].tolist(),
+                                                         strict=True)]
+            content.append(entry)
+        return content
+
+
+def create_app(engine: ChatEngine):
+    """The FastAPI app serving ``engine``."""
+    from fastapi import FastAPI, HTTPException
+    from fastapi.concurrency import run_in_threadpool
+
+    app = FastAPI(title="rlhfkit serve")
+    app.state.engine = engine
+
+    @app.get("/v1/models")
+    def models() -> dict:
+        return {"object": "list", "data": [{"id": engine.name, "object": "model", "owned_by": "rlhfkit"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: ChatRequest) -> dict:
+        for message in request.messages:
+            if not isinstance(message.get("role"), str) or not isinstance(message.get("content"), str):
+                raise HTTPException(400, "every message needs a string 'role' and 'content'")
+        job = Job([{"role": m["role"], "content": m["content"]} for m in request.messages],
+                  request.max_completion_tokens or request.max_tokens or 256, request.temperature, request.top_p,
+                  request.n, (request.top_logprobs or 0) if request.logprobs else None)
+        engine.requests += 1
+        choices = await run_in_threadpool(engine.submit, job)
+        completion_tokens = sum(c.pop("_tokens") for c in choices)
+        prompt_tokens = len(encode_prompt(engine.tokenizer, job.messages))
+        return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
+                "model": engine.name, "choices": choices,
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                          "total_tokens": prompt_tokens + completion_tokens}}
+
+    return app
+
+
+def load_engine(model: str, device: str = "auto", dtype: str = "auto", max_batch: int = 32,
+                name: str | None = None) -> ChatEngine:
+    from rlhfkit.models import load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
+
+    torch_device = resolve_device(device)
+    tokenizer = load_tokenizer(model)
+    policy = load_causal_lm(model, tokenizer, dtype=resolve_dtype(dtype, torch_device), device=torch_device)
+    return ChatEngine(policy, tokenizer, name or model, max_batch)
+
+
+def run_serve(config) -> None:
+    """Serve ``config.model`` until interrupted."""
+    import uvicorn
+
+    from rlhfkit.console import console
+
+    engine = load_engine(config.model, config.device, config.dtype, config.max_batch, config.name)
+    console.print(f"serve: {engine.name} at http://{config.host}:{config.port}/v1 (OpenAI-compatible chat completions)")
+    uvicorn.run(create_app(engine), host=config.host, port=config.port, log_level="warning")
