@@ -132,3 +132,33 @@ def test_cli_judges_pairs_and_rankings_into_files_rm_and_dpo_read(tmp_path):
     assert len(verdicts) == 1 + 3 + 1
     with pytest.raises(SystemExit):
         main(["judge", "--judge", "https://example.invalid/v1", "--data", str(data), "--output", str(output)])
+
+
+def test_critique_and_revise_builds_the_conversations_and_writes_demonstrations(tmp_path, tiny_model_dir):
+    from rlhfkit.data import load_demonstrations
+    from rlhfkit.judge.revise import REVISION_REQUEST, revise
+
+    seen = []
+
+    def scripted(chats):  # a stand-in model whose replies we know
+        seen.append(chats)
+        return [f"reply {len(seen)}.{i}" for i in range(len(chats))]
+
+    constitution = [Principle("kind", "Be kind.")]
+    records = revise(scripted, [("Hi", "Go away."), ("Help?", "No.")], constitution, random.Random(0))
+    critique_chats, revision_chats = seen
+    assert "Be kind." in critique_chats[0][0]["content"] and "Go away." in critique_chats[0][0]["content"]
+    assert revision_chats[1][1] == {"role": "assistant", "content": "reply 1.1"}
+    assert revision_chats[1][2]["content"] == REVISION_REQUEST
+    assert records[1] == {"prompt": "Help?", "completion": "reply 2.1", "critique": "reply 1.1", "principle": "kind",
+                          "original": "No."}
+
+    data = tmp_path / "answers.jsonl"
+    data.write_text(json.dumps({"prompt": "Say hi", "responses": ["hi", "go away"]}) + "\n")
+    output = tmp_path / "revised.jsonl"
+    main(["revise", "--model", str(tiny_model_dir), "--data", str(data), "--output", str(output), "--device", "cpu",
+          "--max-new-tokens", "8"])
+    lines = output.read_text().splitlines()  # a random tiny model may revise to nothing: those are left out
+    assert len(lines) <= 2 and {json.loads(line)["original"] for line in lines} <= {"hi", "go away"}
+    if lines:
+        assert len(load_demonstrations(output)) == len(lines)

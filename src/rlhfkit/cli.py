@@ -16,6 +16,7 @@ from rlhfkit.config import (
     GenerateConfig,
     JudgeConfig,
     PPOConfig,
+    ReviseConfig,
     RMConfig,
     ScoreConfig,
     ServeConfig,
@@ -54,6 +55,12 @@ def _judge(config: JudgeConfig) -> None:
     from rlhfkit.judge.run import run_judge
 
     run_judge(config)
+
+
+def _revise(config: ReviseConfig) -> None:
+    from rlhfkit.judge.revise import run_revise
+
+    run_revise(config)
 
 
 def _serve(config: ServeConfig) -> None:
@@ -114,6 +121,8 @@ STAGES = {
     "ppo": (PPOConfig, _ppo, "RL against a reward with a KL penalty: PPO (GAE), GRPO, RLOO or REINFORCE++."),
     "judge": (JudgeConfig, _judge, "Label {prompt, responses} records with an AI judge (local LM, reward model, "
                                    "or a Python function); position swap; length-bias report."),
+    "revise": (ReviseConfig, _revise, "Constitutional AI: critique answers against principles, revise them, "
+                                      "write the revisions as SFT demonstrations."),
     "serve": (ServeConfig, _serve, "Serve a local model behind an OpenAI-compatible /v1/chat/completions API."),
     "score": (ScoreConfig, _score, "Score {prompt, response(s)} records with a reward model."),
     "generate": (GenerateConfig, _generate, "Sample K answers per prompt to JSONL {prompt, responses}."),

@@ -202,6 +202,22 @@ class JudgeConfig(ModelConfig):
 
 
 @dataclass
+class ReviseConfig(ModelConfig):
+    """Constitutional AI's supervised stage: critique answers against a principle, revise them, and write
+    the revisions as SFT demonstrations."""
+
+    model: str = option("", "The model that critiques and revises (HF id or folder).", required=True)
+    data: str = option("", "Records {prompt, response} or {prompt, responses: [...]} to revise.", required=True)
+    output: str = option("", "Output JSONL of demonstrations {prompt, completion, critique, principle, original}.",
+                         required=True)
+    constitution: str | None = option(None, "Constitution YAML; null: the built-in one.")
+    max_new_tokens: int = option(256, "Longest critique or revision.")
+    temperature: float = option(0.0, "Sampling temperature (0: greedy).")
+    batch_size: int = option(16, "Conversations generated together.")
+    seed: int = option(0, "Seed for drawing principles and for sampling.")
+
+
+@dataclass
 class ServeConfig(ModelConfig):
     """Serve a local model behind an OpenAI-compatible chat-completions API (batched)."""
 
