@@ -226,7 +226,7 @@ def test_online_dpo_raises_the_reward_and_resumes_between_rounds(tmp_path, tiny_
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in PROMPTS * 8])
     def config(output, **overrides):
         settings = dict(online=True, prompts=str(prompts), reward="test_dpo:letter_a_reward", rounds=3,
-                        samples_per_prompt=4, max_new_tokens=8, epochs=4, batch_size=8, learning_rate=3e-3,
+                        samples_per_prompt=4, max_new_tokens=8, epochs=4, batch_size=8, learning_rate=6e-3,
                         eval_kl_prompts=0)
         return dpo_config(tiny_model_dir, "", output, **{**settings, **overrides})
 

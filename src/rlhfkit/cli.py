@@ -153,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", help="JSONL, JSON, Parquet, CSV file or HF dataset folder (DIR or DIR:split).")
     check.add_argument("--kind", required=True, choices=["prompts", "demonstrations", "preferences", "rankings"])
     check.add_argument("--skip-invalid", action="store_true", help="Report all invalid records instead of the first.")
+
+    from rlhfkit.feedback.cli import add_label_parser  # here, so that startup stays fast
+
+    add_label_parser(commands)
     return parser
 
 
@@ -173,6 +177,10 @@ def main(argv: list[str] | None = None) -> None:
             _demo(args)
         elif args.command == "data":
             _data_check(args)
+        elif args.command == "label":
+            from rlhfkit.feedback.cli import run_label
+
+            run_label(args)
     except (ConfigError, DataError, FileNotFoundError, JudgeRequestError, RewardSpecError, TrainingError) as err:
         console.print(f"[red]error:[/] {err}", soft_wrap=True)
         sys.exit(2)

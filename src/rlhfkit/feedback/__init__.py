@@ -1,0 +1,18 @@
+"""The human feedback app: people compare, rank and rate model answers; rlhfkit trains on the result.
+
+Layout:
+
+* ``db.py``: the tables (SQLAlchemy 2), engines, sessions and the Alembic migration entry point;
+* ``importing.py``: projects from ``rlhfkit generate`` JSONL (or pair/HH records), checked whole;
+* ``lexicon.py``: the built-in sensitive-content lexicon (content warnings);
+* ``assignment.py``: which item an annotator gets next (overlap, gold items, opt-outs), in one
+  serialised transaction;
+* ``welfare.py``: breaks and daily caps, as pure functions of the annotator's work intervals;
+* ``labels.py``: checking and storing labels, skips, reveals and flags;
+* ``agreement.py``: pairwise agreement, Cohen's and Fleiss' kappa, Krippendorff's alpha (pure);
+* ``stats.py``: the dashboard numbers (progress, per-annotator counts, gold accuracy, exposure);
+* ``export.py``: preference pairs, rankings, SFT demonstrations, KTO records and raw labels;
+* ``auth.py``: passwords (argon2), sessions and CSRF tokens, invitations;
+* ``web.py``, ``templates/``, ``static/``: the FastAPI app, server-rendered pages, plain JavaScript;
+* ``cli.py``: ``rlhfkit label init|import|export|stats|serve``.
+"""

@@ -1,0 +1,206 @@
+"""``rlhfkit label``: run the feedback app and move data in and out of its database.
+
+::
+
+    rlhfkit label init   --db sqlite:///feedback.db --admin alice          # schema + first admin
+    rlhfkit label import --db ... --project NAME --task pairwise samples.jsonl
+    rlhfkit label invite --db ... --role annotator --base-url http://host:8000
+    rlhfkit label serve  --db ... --port 8000
+    rlhfkit label stats  --db ... --project NAME
+    rlhfkit label export --db ... --project NAME --output DIR            # preferences, rankings, sft, kto, labels
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+
+DEFAULT_DB = "sqlite:///feedback.db"
+PASSWORD_ENV = "RLHFKIT_ADMIN_PASSWORD"
+TASK_TYPES = ("pairwise", "rank", "rating")  # as rlhfkit.feedback.db.TASK_TYPES; not imported, to start fast
+
+
+def add_label_parser(commands) -> None:
+    """Add ``label`` and its subcommands to the top-level subparsers."""
+    label = commands.add_parser("label", help="The human feedback app: init, import, serve, stats, export.",
+                                description="The human feedback app and its database.")
+    actions = label.add_subparsers(dest="label_command", metavar="ACTION", required=True)
+
+    def action(name: str, help_text: str) -> argparse.ArgumentParser:
+        parser = actions.add_parser(name, help=help_text, description=help_text)
+        parser.add_argument("--db", default=DEFAULT_DB,
+                            help="Database URL: sqlite:///FILE (default feedback.db) or postgresql://...")
+        return parser
+
+    init = action("init", "Create (or upgrade) the database and the first admin account.")
+    init.add_argument("--admin", required=True, help="The admin's username.")
+    init.add_argument("--password", help=f"The admin's password (default: ${PASSWORD_ENV}, else asked).")
+
+    imp = action("import", "Add items to a project (created if new) from {prompt, responses} JSONL.")
+    imp.add_argument("file", help="JSONL from 'rlhfkit generate' ({prompt, responses}), or pair/HH records.")
+    imp.add_argument("--project", required=True, help="Project name.")
+    imp.add_argument("--task", default="pairwise", choices=TASK_TYPES, help="Task type of a new project.")
+    imp.add_argument("--overlap", type=int, default=1, help="Annotators per item.")
+    imp.add_argument("--gold-rate", type=float, default=0.0, help="Share of gold items in each annotator's work.")
+    imp.add_argument("--guidelines", help="A Markdown file shown beside every task.")
+    imp.add_argument("--rationale", action="store_true", help="Ask annotators for a rationale.")
+    imp.add_argument("--edit", action="store_true", help="Let annotators edit the best answer (SFT data).")
+    imp.add_argument("--rating-scale", type=int, default=5, help="Points of the rating scale (rating tasks).")
+    imp.add_argument("--no-lexicon", action="store_true", help="Do not flag sensitive items with the lexicon.")
+
+    invite = action("invite", "Print a one-use invitation link.")
+    invite.add_argument("--role", default="annotator", choices=("annotator", "admin"))
+    invite.add_argument("--by", help="The inviting admin (default: the first admin).")
+    invite.add_argument("--base-url", default="http://127.0.0.1:8000", help="Where the app is served.")
+
+    serve = action("serve", "Serve the app (migrates the database first).")
+    serve.add_argument("--host", default="127.0.0.1", help="Address to listen on.")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--secure-cookies", action="store_true", help="Send cookies over HTTPS only.")
+
+    stats = action("stats", "Print a project's progress, annotators and agreement.")
+    stats.add_argument("--project", required=True)
+    stats.add_argument("--json", action="store_true", help="Print JSON instead of tables.")
+
+    export = action("export", "Write a project's training files (see the README) into a folder.")
+    export.add_argument("--project", required=True)
+    export.add_argument("--output", required=True, help="Output folder.")
+    export.add_argument("--per-label", action="store_true",
+                        help="One record per label (annotator as source) instead of aggregating annotators.")
+
+
+def open_database(url: str):
+    from rlhfkit.feedback.db import make_engine, make_session_factory, migrate
+
+    engine = make_engine(url)
+    migrate(engine)
+    return make_session_factory(engine)()
+
+
+def find_project(session, name: str):
+    from sqlalchemy import select
+
+    from rlhfkit.data import DataError
+    from rlhfkit.feedback.db import Project
+
+    project = session.scalar(select(Project).where(Project.name == name))
+    if project is None:
+        names = ", ".join(session.scalars(select(Project.name))) or "none"
+        raise DataError(f"no project called {name!r} (projects: {names})")
+    return project
+
+
+def run_init(args, console) -> None:
+    from sqlalchemy import select
+
+    from rlhfkit.feedback.auth import create_user
+    from rlhfkit.feedback.db import User, utcnow
+
+    password = args.password or os.environ.get(PASSWORD_ENV) or getpass.getpass(f"Password for {args.admin}: ")
+    with open_database(args.db) as session:
+        if session.scalar(select(User).where(User.username == args.admin)) is not None:
+            console.print(f"label init: database ready; {args.admin!r} already exists")
+            return
+        create_user(session, args.admin, password, "admin", utcnow())
+        session.commit()
+    console.print(f"label init: database ready at {args.db}; admin {args.admin!r} created")
+
+
+def run_import(args, console) -> None:
+    from pathlib import Path
+
+    from rlhfkit.feedback.importing import ProjectOptions, import_file
+
+    guidelines = Path(args.guidelines).read_text(encoding="utf-8") if args.guidelines else ""
+    options = ProjectOptions(args.task, guidelines, args.overlap, args.gold_rate, args.rationale, args.edit,
+                             args.rating_scale)
+    with open_database(args.db) as session:
+        project, count = import_file(session, args.file, args.project, options, use_lexicon=not args.no_lexicon)
+        console.print(f"label import: {count} items added to {project.name!r} ({project.task_type})")
+
+
+def run_invite(args, console) -> None:
+    from sqlalchemy import select
+
+    from rlhfkit.feedback.auth import create_invitation
+    from rlhfkit.feedback.db import User, utcnow
+
+    with open_database(args.db) as session:
+        query = select(User).where(User.role == "admin").order_by(User.id)
+        if args.by:
+            query = query.where(User.username == args.by)
+        admin = session.scalar(query)
+        if admin is None:
+            raise ValueError("no admin account to invite from; run 'rlhfkit label init' first")
+        token = create_invitation(session, admin, args.role, utcnow())
+        session.commit()
+    print(f"{args.base_url.rstrip('/')}/invite/{token}")
+
+
+def run_stats(args, console) -> None:
+    from rich.table import Table
+
+    from rlhfkit.feedback.db import settings_row
+    from rlhfkit.feedback.stats import project_report
+
+    with open_database(args.db) as session:
+        report = project_report(session, find_project(session, args.project), settings_row(session))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    progress = report["progress"]
+    console.print(f"{report['project']} ({report['task_type']}, overlap {report['overlap']}): "
+                  f"{progress['complete_items']}/{progress['items']} items complete, {progress['labels']} labels, "
+                  f"{progress['gold_items']} gold items, {progress['skips']} skips")
+    table = Table(title="Annotators")
+    columns = ("annotator", "labels", "skips", "median_seconds", "too_fast", "gold_answered", "gold_accuracy")
+    for column in columns:
+        table.add_column(column)
+    for row in report["annotators"]:
+        table.add_row(*(str(row[c]) for c in columns))
+    console.print(table)
+    agreement = Table(title="Agreement")
+    agreement.add_column("statistic")
+    agreement.add_column("value")
+    for name, value in report["agreement"].items():
+        agreement.add_row(name, f"{value:.3f}" if isinstance(value, float) else str(value))
+    console.print(agreement)
+
+
+def run_export(args, console) -> None:
+    from rlhfkit.feedback.export import write_exports
+
+    with open_database(args.db) as session:
+        written = write_exports(session, find_project(session, args.project), args.output,
+                                aggregate=not args.per_label)
+    summary = ", ".join(f"{kind}.jsonl ({count})" for kind, count in written.items())
+    console.print(f"label export: wrote {summary} to {args.output}")
+
+
+def run_serve(args, console) -> None:
+    import uvicorn
+
+    from rlhfkit.feedback.web import create_app
+
+    app = create_app(args.db, secure_cookies=args.secure_cookies)
+    console.print(f"label serve: http://{args.host}:{args.port}/ on {args.db}")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+
+
+def run_label(args: argparse.Namespace) -> None:
+    """Run one ``rlhfkit label`` action; option and account errors are printed, exit status 2."""
+    from rlhfkit.console import console
+    from rlhfkit.data import DataError
+
+    runners = {"init": run_init, "import": run_import, "invite": run_invite, "serve": run_serve,
+               "stats": run_stats, "export": run_export}
+    try:
+        runners[args.label_command](args, console)
+    except DataError:
+        raise
+    except ValueError as error:  # AuthError and option errors
+        console.print(f"[red]error:[/] {error}", soft_wrap=True)
+        sys.exit(2)
