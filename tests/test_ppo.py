@@ -237,3 +237,20 @@ def test_cli_runs_ppo(tmp_path, tiny_model_dir, rl_files):
         main(["ppo", "--policy", str(tiny_model_dir), "--reward", "nowhere", "--prompts",
               str(rl_files / "prompts.jsonl"), "--output", str(tmp_path / "bad"), "--device", "cpu"])
     assert exit_info.value.code == 2
+
+
+def test_single_update_reusing_its_own_logprobs_equals_a_separate_old_pass(tmp_path, tiny_model_dir, rl_files,
+                                                                           monkeypatch):
+    import rlhfkit.train.ppo as ppo
+
+    settings = dict(estimator="grpo", kl_penalty="loss", ppo_epochs=1, num_minibatches=1, max_steps=3, batch_size=16)
+    assert ppo.reuses_update_logprobs(ppo_config(tiny_model_dir, rl_files, tmp_path / "x", **settings))
+    run_ppo(ppo_config(tiny_model_dir, rl_files, tmp_path / "reused", **settings))
+    monkeypatch.setattr(ppo, "reuses_update_logprobs", lambda config: False)
+    run_ppo(ppo_config(tiny_model_dir, rl_files, tmp_path / "separate", **settings))
+    reused, separate = load_file(tmp_path / "reused" / "model.safetensors"), load_file(
+        tmp_path / "separate" / "model.safetensors")
+    assert all(torch.allclose(reused[k], separate[k], atol=1e-6) for k in reused)
+    for a, b in zip(metrics(tmp_path / "reused"), metrics(tmp_path / "separate"), strict=True):
+        for name in ("kl_k1", "kl_k3", "entropy", "policy_loss", "score"):
+            assert a[name] == pytest.approx(b[name], rel=1e-4, abs=1e-6), name

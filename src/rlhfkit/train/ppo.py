@@ -244,12 +244,19 @@ class Experience:
     """A scored rollout with everything the update needs."""
 
     rollout: Rollout
-    old_logprobs: torch.Tensor
+    old_logprobs: torch.Tensor | None  # None: the update takes them from its own forward pass
     ref_logprobs: torch.Tensor
     advantages: torch.Tensor
     old_values: torch.Tensor | None
     returns: torch.Tensor | None
     raw_scores: list[float]
+
+
+def reuses_update_logprobs(config: PPOConfig) -> bool:
+    """Whether the old log-probs can come from the update's own forward pass instead of a separate one:
+    with a single update per rollout the policy is still the sampling policy, and with the KL in the
+    loss no reward needs the log-probs before the update (TRL's GRPO does the same)."""
+    return config.ppo_epochs * config.num_minibatches == 1 and config.kl_penalty == "loss"
 
 
 def check_config(config: PPOConfig, num_processes: int) -> int:
@@ -382,30 +389,29 @@ class PPOTrainer:
         config = self.config
         size = config.batch_size
         scores, raw_scores = self.score(rollout)
-        pieces = in_chunks(lambda r: response_logprobs(self.policy, r, config.temperature, with_entropy=True),
-                           rollout, size)
-        old_logprobs = torch.cat([p[0] for p in pieces])
-        entropy = torch.cat([p[1] for p in pieces])
+        mask = rollout.mask
+        old_logprobs = entropy = None
+        if not reuses_update_logprobs(config):
+            pieces = in_chunks(lambda r: response_logprobs(self.policy, r, config.temperature, with_entropy=True),
+                               rollout, size)
+            old_logprobs = torch.cat([p[0] for p in pieces])
+            entropy = torch.cat([p[1] for p in pieces])
         ref_logprobs = torch.cat(in_chunks(self.reference_logprobs, rollout, size))
         values = torch.cat(in_chunks(lambda r: response_values(self.critic, r), rollout, size)) \
             if self.critic is not None else None
-        mask = rollout.mask
-        kls = kl_estimates(old_logprobs, ref_logprobs)
-        kl = kls[config.kl_estimator] * mask
+        # with reused log-probs the KL is in the loss, not the reward: no KL is needed here
+        kls = kl_estimates(old_logprobs, ref_logprobs) if old_logprobs is not None else None
+        kl = kls[config.kl_estimator] * mask if kls is not None else torch.zeros_like(mask)
         reward_beta = self.kl.beta if config.kl_penalty == "reward" else 0.0
         advantages, returns = compute_advantages(
             config.estimator, scores, kl, values, mask, reward_beta, self.samples_per_prompt, config.gamma,
             config.lam, config.whiten_advantages)
         lengths = mask.sum(1)
-        metrics = {
-            "score": raw_scores.mean().item(),
-            "kl_k1": (kls["k1"] * mask).sum(1).mean().item(),
-            "kl_k3": (kls["k3"] * mask).sum(1).mean().item(),
-            "beta": self.kl.beta,
-            "entropy": masked_mean(entropy, mask).item(),
-            "response_length": lengths.mean().item(),
-            "eos_rate": rollout.finished.float().mean().item(),
-        }
+        metrics = {"score": raw_scores.mean().item(), "beta": self.kl.beta,
+                   "response_length": lengths.mean().item(), "eos_rate": rollout.finished.float().mean().item()}
+        if kls is not None:  # otherwise the update reports them (see minibatch_loss)
+            metrics.update(kl_k1=(kls["k1"] * mask).sum(1).mean().item(),
+                           kl_k3=(kls["k3"] * mask).sum(1).mean().item(), entropy=masked_mean(entropy, mask).item())
         if values is not None:
             metrics["explained_variance"] = explained_variance(values, returns, mask)
         if self.accelerator.num_processes > 1:  # report means over all processes' rollouts
@@ -436,7 +442,8 @@ class PPOTrainer:
                         if not last and accelerator.num_processes > 1:
                             for model in models:
                                 stack.enter_context(accelerator.no_sync(model))
-                        loss, metrics = self.minibatch_loss(experience, part, num_tokens.clamp(min=1))
+                        loss, metrics = self.minibatch_loss(experience, part, num_tokens.clamp(min=1),
+                                                            len(indices) * accelerator.num_processes)
                         if not torch.isfinite(loss):
                             raise TrainingError(
                                 f"non-finite loss ({loss.item()}); the last good checkpoint is kept in "
@@ -457,16 +464,26 @@ class PPOTrainer:
             summed = accelerator.reduce(summed, reduction="sum")
         return dict(zip(names, summed.tolist(), strict=True))
 
-    def minibatch_loss(self, experience: Experience, indices: list[int], num_tokens: torch.Tensor):
-        """The loss of micro-batch ``indices``, as its share of the minibatch's token mean."""
+    def minibatch_loss(self, experience: Experience, indices: list[int], num_tokens: torch.Tensor,
+                       num_answers: int):
+        """The loss of micro-batch ``indices``, as its share of the minibatch's token mean (``num_tokens``
+        over ``num_answers`` answers)."""
         config = self.config
         rollout = experience.rollout.select(indices)
         mask = rollout.mask
+        reused = experience.old_logprobs is None
         logprobs, entropy = response_logprobs(self.policy, rollout, config.temperature,
-                                              with_entropy=config.entropy_coef > 0)
-        loss, stats = clipped_policy_loss(logprobs, experience.old_logprobs[indices],
-                                          experience.advantages[indices], mask, config.clip_range, num_tokens)
+                                              with_entropy=config.entropy_coef > 0 or reused)
+        # a single on-policy update: the policy has not moved since sampling, so its log-probs now are the
+        # old ones (exactly: same weights, same forward)
+        old_logprobs = logprobs.detach() if reused else experience.old_logprobs[indices]
+        loss, stats = clipped_policy_loss(logprobs, old_logprobs, experience.advantages[indices], mask,
+                                          config.clip_range, num_tokens)
         metrics = {"policy_loss": loss.detach(), **stats}
+        if reused:  # what the skipped pass would have reported
+            kls = kl_estimates(old_logprobs, experience.ref_logprobs[indices])
+            metrics.update(kl_k1=(kls["k1"] * mask).sum() / num_answers, kl_k3=(kls["k3"] * mask).sum() / num_answers,
+                           entropy=(entropy.detach() * mask).sum() / num_tokens)
         if config.kl_penalty == "loss":  # β·k3(π, π_ref) per token, differentiated (GRPO)
             kl = kl_estimates(logprobs, experience.ref_logprobs[indices])["k3"]
             kl_loss = (kl * mask).sum() / num_tokens
@@ -478,7 +495,7 @@ class PPOTrainer:
                                             mask, config.value_clip, num_tokens)
             loss = loss + config.value_coef * value_loss
             metrics["value_loss"] = value_loss.detach()
-        if entropy is not None:
+        if config.entropy_coef > 0:
             loss = loss - config.entropy_coef * (entropy * mask).sum() / num_tokens
         return loss, metrics
 
