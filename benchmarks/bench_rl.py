@@ -26,11 +26,10 @@ num_minibatches=1``; TRL ``num_iterations=1`` and ``steps_per_generation = gradi
 every step.
 
 - GRPO: both put β·k3(π, π_ref) per token in the loss (rlhfkit ``kl_penalty="loss"``), take a token mean
-  over the rollout (TRL ``loss_type="dapo"``) and scale advantages by the group's std. One difference in
-  work remains, by TRL's design: when the rollout is used for a single on-policy update TRL skips the
-  no-grad "old log-probs" forward pass (the ratio is taken against the detached current log-probs),
-  while rlhfkit always runs it (with the entropy). Per step: TRL runs generate + reference pass + one
-  forward/backward; rlhfkit runs generate + old pass + reference pass + one forward/backward.
+  over the rollout (TRL ``loss_type="dapo"``) and scale advantages by the group's std. With a single
+  on-policy update per rollout, both skip the separate no-grad "old log-probs" pass (the ratio is taken
+  against the detached log-probs of the update's own forward). Per step, both run generate + reference
+  pass + one forward/backward.
 - RLOO: TRL's RLOO puts β·KL in the reward only, as the k1 estimate summed over the answer, which is
   what rlhfkit's ``kl_penalty="reward", kl_estimator="k1"`` does for ``estimator="rloo"``; both
   compute the old and the reference log-probs, so the passes are the same. TRL's RLOO loss takes the
