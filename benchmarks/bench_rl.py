@@ -74,14 +74,8 @@ import time
 from pathlib import Path
 
 import torch
+from peers import sentence
 
-WORDS = [
-    "the", "a", "river", "mountain", "city", "capital", "quickly", "slowly", "answer", "question",
-    "people", "country", "north", "south", "east", "west", "small", "large", "bright", "dark", "water",
-    "stone", "tree", "forest", "road", "bridge", "market", "garden", "window", "door", "light", "night",
-    "day", "morning", "evening", "winter", "summer", "simple", "careful", "honest", "helpful", "clear",
-    "wrong", "right", "true", "false", "because",
-]
 TARGET = "river"
 
 
@@ -89,9 +83,6 @@ def target_word_reward(prompts, completions, **kwargs) -> list[float]:
     """The rule-based reward both trainers use: how often the target word occurs in the answer."""
     return [float(str(text).lower().split().count(TARGET)) for text in completions]
 
-
-def sentence(rng: random.Random, low: int, high: int) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(low, high)))
 
 
 def write_corpus(path: Path, lines: int, seed: int) -> Path:

@@ -35,39 +35,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import tempfile
 from pathlib import Path
 
 import torch
-from peers import TrainerClock, peer_order
-
-WORDS = [
-    "the", "a", "river", "mountain", "city", "capital", "quickly", "slowly", "answer", "question",
-    "people", "country", "north", "south", "east", "west", "small", "large", "bright", "dark", "water",
-    "stone", "tree", "forest", "road", "bridge", "market", "garden", "window", "door", "light", "night",
-    "day", "morning", "evening", "winter", "summer", "simple", "careful", "honest", "helpful", "clear",
-    "wrong", "right", "true", "false", "because",
-]
-
-
-def write_pairs(path: Path, count: int, seed: int) -> None:
-    """Synthetic comparison pairs: a prompt of ~15 words, answers of ~20-40 words."""
-    rng = random.Random(seed)
-
-    def sentence(low: int, high: int) -> str:
-        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(low, high)))
-
-    with path.open("w") as handle:
-        for _ in range(count):
-            record = {"prompt": sentence(10, 20) + "?\n", "chosen": sentence(20, 40) + ".",
-                      "rejected": sentence(20, 40) + "."}
-            handle.write(json.dumps(record) + "\n")
-
-
-def throughput(step_times: dict[int, float], warmup: int, last: int, batch_size: int) -> float:
-    """Pairs per second between the end of step ``warmup`` and the end of step ``last`` (1-based)."""
-    return (last - warmup) * batch_size / (step_times[last] - step_times[warmup])
+from peers import TrainerClock, peer_order, throughput, write_pairs
 
 
 def run_rlhfkit(model_dir: Path, data: Path, output: Path, args) -> tuple[dict[int, float], float]:

@@ -3,6 +3,8 @@
 - ``peer_order``: rlhfkit groups batches by length by default (``--group-by-length``); the peers sample
   at random. To check that both compute the same step-0 (and step-1) loss, the peer must see
   rlhfkit's first batches; after that it gets a plain random order, as its own default would.
+- ``WORDS``, ``sentence``, ``write_pairs``, ``throughput``: the synthetic text every benchmark trains
+  on, and the rate read from a per-step clock.
 - ``TrainerClock``: a transformers ``TrainerCallback`` that records each optimizer step's end time
   (seconds since training began) and the logs of each step, so throughput is read from the peer's
   own per-step clock, as rlhfkit's is read from its ``metrics.jsonl``.
@@ -10,11 +12,42 @@
 
 from __future__ import annotations
 
+import json
+import random
 import time
+from pathlib import Path
 
 from transformers import TrainerCallback
 
 from rlhfkit.train.loop import BatchPlan, epoch_order
+
+WORDS = [
+    "the", "a", "river", "mountain", "city", "capital", "quickly", "slowly", "answer", "question",
+    "people", "country", "north", "south", "east", "west", "small", "large", "bright", "dark", "water",
+    "stone", "tree", "forest", "road", "bridge", "market", "garden", "window", "door", "light", "night",
+    "day", "morning", "evening", "winter", "summer", "simple", "careful", "honest", "helpful", "clear",
+    "wrong", "right", "true", "false", "because",
+]
+
+
+def sentence(rng: random.Random, low: int, high: int) -> str:
+    """Between ``low`` and ``high`` random words."""
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(low, high)))
+
+
+def write_pairs(path: Path, count: int, seed: int) -> None:
+    """Synthetic preference pairs: a prompt of ~15 words ending in a newline, answers of ~20-40 words."""
+    rng = random.Random(seed)
+    with path.open("w") as handle:
+        for _ in range(count):
+            record = {"prompt": sentence(rng, 10, 20) + "?\n", "chosen": sentence(rng, 20, 40) + ".",
+                      "rejected": sentence(rng, 20, 40) + "."}
+            handle.write(json.dumps(record) + "\n")
+
+
+def throughput(step_times: dict[int, float], warmup: int, last: int, batch_size: int) -> float:
+    """Examples per second between the end of step ``warmup`` and the end of step ``last`` (1-based)."""
+    return (last - warmup) * batch_size / (step_times[last] - step_times[warmup])
 
 
 def peer_order(lengths: list[int], global_batch: int, seed: int, shared_batches: int = 2) -> list[int]:
