@@ -254,3 +254,20 @@ def test_single_update_reusing_its_own_logprobs_equals_a_separate_old_pass(tmp_p
     for a, b in zip(metrics(tmp_path / "reused"), metrics(tmp_path / "separate"), strict=True):
         for name in ("kl_k1", "kl_k3", "entropy", "policy_loss", "score"):
             assert a[name] == pytest.approx(b[name], rel=1e-4, abs=1e-6), name
+
+
+def test_left_padded_prompts_give_the_same_logprobs_and_values_as_each_row_alone(tiny_model_dir):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    policy = load_causal_lm(str(tiny_model_dir), tokenizer).eval()
+    critic = ValueModel(load_reward_backbone(str(tiny_model_dir), tokenizer, seed=2)).eval()
+    eos = tokenizer.eos_token_id
+    prompt_ids = [tokenizer.encode("What colour is snow? Tell me in detail."), tokenizer.encode("Hi")]
+    answers = [[11, 12, eos], [13, 14, 15, 16, eos]]
+    batch = _rollout(tokenizer, prompt_ids, answers, tokenizer.pad_token_id)
+    assert (batch.query_mask == 0).any()  # the short prompt is left-padded
+    with torch.no_grad():
+        logprobs, values = response_logprobs(policy, batch, 1.0)[0], response_values(critic, batch)
+        for row in range(2):
+            alone = _rollout(tokenizer, [prompt_ids[row]], [answers[row]], tokenizer.pad_token_id)
+            assert torch.allclose(response_logprobs(policy, alone, 1.0)[0][0], logprobs[row], atol=1e-5)
+            assert torch.allclose(response_values(critic, alone)[0], values[row], atol=1e-5)

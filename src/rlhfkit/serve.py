@@ -55,6 +55,7 @@ class Job:
     top_p: float
     n: int
     top_logprobs: int | None  # None: no log-probs
+    prompt_tokens: int = 0  # set by the worker
     done: threading.Event = field(default_factory=threading.Event)
     result: list[dict] | None = None
     error: Exception | None = None
@@ -105,6 +106,8 @@ class ChatEngine:
     def _generate(self, jobs: list[Job]) -> None:
         first = jobs[0]
         prompt_ids = [encode_prompt(self.tokenizer, job.messages) for job in jobs]
+        for job, ids in zip(jobs, prompt_ids, strict=True):
+            job.prompt_tokens = len(ids)
         flat_prompts = [i for i, job in enumerate(jobs) for _ in range(job.n)]
         samples = sample_responses(
             self.model, self.tokenizer, [jobs[i].messages for i in flat_prompts],
@@ -175,7 +178,7 @@ def create_app(engine: ChatEngine):
         engine.requests += 1
         choices = await run_in_threadpool(engine.submit, job)
         completion_tokens = sum(c.pop("_tokens") for c in choices)
-        prompt_tokens = len(encode_prompt(engine.tokenizer, job.messages))
+        prompt_tokens = job.prompt_tokens
         return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
                 "model": engine.name, "choices": choices,
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,

@@ -2,6 +2,7 @@
 
 from rlhfkit.models.loading import (
     LoraSettings,
+    accepts_logits_to_keep,
     disable_dropout,
     load_causal_lm,
     load_tokenizer,
@@ -14,6 +15,7 @@ from rlhfkit.models.tiny import build_tiny_model, train_tokenizer, write_tiny_mo
 
 __all__ = [
     "LoraSettings",
+    "accepts_logits_to_keep",
     "build_tiny_model",
     "disable_dropout",
     "load_causal_lm",

@@ -84,6 +84,16 @@ def apply_lora(model: PreTrainedModel, lora: LoraSettings, task_type: str, gradi
     return get_peft_model(model, config)
 
 
+def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether ``model``'s forward takes ``logits_to_keep`` (logits for chosen positions only), looking
+    through a DDP wrapper and a peft model to the HF model underneath."""
+    import inspect
+
+    inner = getattr(model, "module", model)  # DDP
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # peft
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+
+
 def load_causal_lm(
     name_or_path: str,
     tokenizer: PreTrainedTokenizerBase,

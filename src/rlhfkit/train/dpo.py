@@ -63,6 +63,7 @@ from rlhfkit.losses import (
     token_logprobs,
 )
 from rlhfkit.models import (
+    accepts_logits_to_keep,
     load_causal_lm,
     load_tokenizer,
     lora_settings,
@@ -223,13 +224,9 @@ def rows(batch: dict[str, torch.Tensor], part: slice) -> dict[str, torch.Tensor]
 def supports_logit_mask(model: torch.nn.Module) -> bool:
     """Whether ``model`` can compute logits at chosen positions only (``logits_to_keep`` as a boolean mask,
     transformers >= 5)."""
-    import inspect
-
     import transformers.modeling_utils as modeling_utils
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    accepts = "logits_to_keep" in inspect.signature(base.forward).parameters
-    return accepts and hasattr(modeling_utils, "slice_logits_to_keep")
+    return accepts_logits_to_keep(model) and hasattr(modeling_utils, "slice_logits_to_keep")
 
 
 def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, logit_mask: bool,

@@ -31,7 +31,6 @@ HF ``generate`` (no vLLM); the critic is a separate model (no shared trunk with 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import math
 import time
@@ -58,6 +57,7 @@ from rlhfkit.losses import (
     masked_whiten,
 )
 from rlhfkit.models import (
+    accepts_logits_to_keep,
     load_causal_lm,
     load_tokenizer,
     lora_settings,
@@ -137,19 +137,13 @@ def generate_rollout(policy, tokenizer, prompts: list, prompt_ids: list[list[int
                    [prompts[s.prompt_index] for s in flat], [s.text for s in flat])
 
 
-def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
-    inner = getattr(model, "module", model)  # DDP
-    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # peft
-    return "logits_to_keep" in inspect.signature(inner.forward).parameters
-
-
 def response_logprobs(model, rollout: Rollout, temperature: float, with_entropy: bool = False):
     """Log-probs of the answer tokens under ``model`` at the sampling temperature, ``[N, R]`` (0 after
     EOS), and the per-token entropy when asked. Logits are computed for the answer positions only when
     the model supports it."""
     width = rollout.response.shape[1]
     inputs = rollout.model_inputs()
-    if _accepts_logits_to_keep(model):
+    if accepts_logits_to_keep(model):
         logits = model(**inputs, logits_to_keep=width + 1).logits[:, :-1]
     else:
         logits = model(**inputs).logits[:, -width - 1 : -1]
