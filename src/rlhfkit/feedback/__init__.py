@@ -12,7 +12,8 @@ Layout:
 * ``agreement.py``: pairwise agreement, Cohen's and Fleiss' kappa, Krippendorff's alpha (pure);
 * ``stats.py``: the dashboard numbers (progress, per-annotator counts, gold accuracy, exposure);
 * ``export.py``: preference pairs, rankings, SFT demonstrations, KTO records and raw labels;
+* ``semi_ai.py``: a judge labels everything, a share goes to people, the two are merged;
 * ``auth.py``: passwords (argon2), sessions and CSRF tokens, invitations;
 * ``web.py``, ``templates/``, ``static/``: the FastAPI app, server-rendered pages, plain JavaScript;
-* ``cli.py``: ``rlhfkit label init|import|export|stats|serve``.
+* ``cli.py``: ``rlhfkit label init|import|export|stats|serve|semi-ai``.
 """

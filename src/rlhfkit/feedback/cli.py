@@ -8,6 +8,9 @@
     rlhfkit label serve  --db ... --port 8000
     rlhfkit label stats  --db ... --project NAME
     rlhfkit label export --db ... --project NAME --output DIR            # preferences, rankings, sft, kto, labels
+    rlhfkit label semi-ai send     --db ... --project NAME --judge SPEC --data FILE --output DIR
+    rlhfkit label semi-ai progress --db ... --project NAME --output DIR
+    rlhfkit label semi-ai merge    --db ... --project NAME --output DIR  # merged.jsonl, agreement.json
 """
 
 from __future__ import annotations
@@ -25,12 +28,13 @@ TASK_TYPES = ("pairwise", "rank", "rating")  # as rlhfkit.feedback.db.TASK_TYPES
 
 def add_label_parser(commands) -> None:
     """Add ``label`` and its subcommands to the top-level subparsers."""
-    label = commands.add_parser("label", help="The human feedback app: init, import, serve, stats, export.",
+    label = commands.add_parser("label", help="The human feedback app: init, import, serve, stats, export, "
+                                              "semi-ai.",
                                 description="The human feedback app and its database.")
     actions = label.add_subparsers(dest="label_command", metavar="ACTION", required=True)
 
-    def action(name: str, help_text: str) -> argparse.ArgumentParser:
-        parser = actions.add_parser(name, help=help_text, description=help_text)
+    def action(name: str, help_text: str, parent=actions) -> argparse.ArgumentParser:
+        parser = parent.add_parser(name, help=help_text, description=help_text)
         parser.add_argument("--db", default=DEFAULT_DB,
                             help="Database URL: sqlite:///FILE (default feedback.db) or postgresql://...")
         return parser
@@ -70,6 +74,45 @@ def add_label_parser(commands) -> None:
     export.add_argument("--output", required=True, help="Output folder.")
     export.add_argument("--per-label", action="store_true",
                         help="One record per label (annotator as source) instead of aggregating annotators.")
+
+    semi = actions.add_parser("semi-ai", help="A judge labels everything, people review a share, then merge.",
+                              description="Semi-automatic labelling: 'send' judges every record and pushes a "
+                                          "share (least confident first, plus a random sample) to a project; "
+                                          "'progress' counts the sent items people labelled; 'merge' writes "
+                                          "the merged dataset (human labels win) and the agreement report.")
+    steps = semi.add_subparsers(dest="semi_ai_command", metavar="STEP", required=True)
+
+    def semi_ai_step(name: str, help_text: str) -> argparse.ArgumentParser:
+        parser = action(name, help_text, parent=steps)
+        parser.add_argument("--project", required=True, help="Project name (created by 'send' if new).")
+        parser.add_argument("--output", required=True,
+                            help="Folder of judge.jsonl, selection.jsonl, merged.jsonl and agreement.json.")
+        return parser
+
+    send = semi_ai_step("send", "Judge every record; push the chosen share into the project (idempotent).")
+    send.add_argument("--judge", required=True,
+                      help="As 'rlhfkit judge --judge': a causal-LM folder or hub id, an OpenAI-compatible URL "
+                           "(or 'openai'), a reward-model folder, or a Python function 'module:function'.")
+    send.add_argument("--data", required=True, help="Records {prompt, responses: [...]} (2 answers: pairwise "
+                                                    "items; K > 2: rank items).")
+    send.add_argument("--human-share", type=float, default=0.2, help="Share of the items sent to people.")
+    send.add_argument("--random-fraction", type=float, default=0.25,
+                      help="Part of that share drawn at random (the rest: the least confident items).")
+    send.add_argument("--seed", type=int, default=0, help="Seed of the random sample (and of sampled principles).")
+    send.add_argument("--swap", action=argparse.BooleanOptionalAction, default=True,
+                      help="Judge both orders of every pair; orders that disagree make a tie.")
+    send.add_argument("--constitution", help="Constitution YAML (default: the built-in one).")
+    send.add_argument("--principles", default="all", choices=("all", "sample"),
+                      help="Ask about all principles, or sample one per comparison.")
+    send.add_argument("--judge-model", help="HTTP judges: the model name to ask for.")
+    send.add_argument("--device", default="auto", help="Model judges: auto, cpu, cuda, cuda:N or mps.")
+    send.add_argument("--dtype", default="auto", help="Model judges: auto, float32, bfloat16, float16.")
+    send.add_argument("--batch-size", type=int, default=8, help="Comparisons per forward pass (model judges).")
+    send.add_argument("--overlap", type=int, default=1, help="Annotators per item (a new project).")
+    send.add_argument("--guidelines", help="A Markdown file shown beside every task (a new project).")
+    send.add_argument("--no-lexicon", action="store_true", help="Do not flag sensitive items with the lexicon.")
+    semi_ai_step("progress", "Print how many sent items have at least one human label.")
+    semi_ai_step("merge", "Write merged.jsonl (human labels win) and agreement.json; print the agreement.")
 
 
 def open_database(url: str):
@@ -190,13 +233,48 @@ def run_serve(args, console) -> None:
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
 
 
+def run_semi_ai(args, console) -> None:
+    from pathlib import Path
+
+    from rlhfkit.feedback import semi_ai
+
+    if args.semi_ai_command == "send":
+        from rlhfkit.config import JudgeConfig
+        from rlhfkit.feedback.importing import ProjectOptions
+
+        semi_ai.check_fractions(args.human_share, args.random_fraction)
+        judge = JudgeConfig(judge=args.judge, data=args.data, output=str(Path(args.output) / semi_ai.JUDGE_FILE),
+                            swap=args.swap, constitution=args.constitution, principles=args.principles,
+                            judge_model=args.judge_model, device=args.device, dtype=args.dtype,
+                            batch_size=args.batch_size, seed=args.seed)
+        guidelines = Path(args.guidelines).read_text(encoding="utf-8") if args.guidelines else ""
+        with open_database(args.db) as session:
+            summary = semi_ai.send_for_review(
+                session, judge, args.data, args.output, args.project, human_share=args.human_share,
+                random_fraction=args.random_fraction, seed=args.seed,
+                options=ProjectOptions(guidelines=guidelines, overlap=args.overlap), use_lexicon=not args.no_lexicon)
+        console.print(f"label semi-ai send: judged {summary.items} items into {args.output}; {summary.added} added "
+                      f"to {summary.project!r} ({summary.task_type}), {summary.sent} sent in all "
+                      f"(share: {summary.target})")
+        return
+    with open_database(args.db) as session:
+        if args.semi_ai_command == "progress":
+            progress = semi_ai.review_progress(session, args.project, args.output)
+            console.print(f"label semi-ai progress: {progress.labelled} of {progress.sent} sent items labelled, "
+                          f"{progress.waiting} waiting")
+        else:
+            semi_ai.print_agreement(semi_ai.merge_reviews(session, args.project, args.output), console)
+            console.print(f"label semi-ai merge: wrote {semi_ai.MERGED_FILE} and {semi_ai.AGREEMENT_FILE} "
+                          f"to {args.output}")
+
+
 def run_label(args: argparse.Namespace) -> None:
     """Run one ``rlhfkit label`` action; option and account errors are printed, exit status 2."""
     from rlhfkit.console import console
     from rlhfkit.data import DataError
 
     runners = {"init": run_init, "import": run_import, "invite": run_invite, "serve": run_serve,
-               "stats": run_stats, "export": run_export}
+               "stats": run_stats, "export": run_export, "semi-ai": run_semi_ai}
     try:
         runners[args.label_command](args, console)
     except DataError:

@@ -7,11 +7,15 @@ win counts share a rank). Both are what ``rlhfkit rm`` and ``rlhfkit dpo`` read.
 judgements are all ties are left out and counted. Beside the output, ``OUTPUT.verdicts.jsonl`` keeps
 every pairwise verdict (probability, winner, confidence, position consistency) and
 ``OUTPUT.report.json`` the summary, including the length bias: how often the longer answer wins.
+
+The pieces are reusable (``rlhfkit label semi-ai`` uses them): :func:`load_configured_judge`,
+:func:`read_answer_sets`, :func:`judge_answer_sets` -> :class:`JudgedAnswers` (verdicts, ranks, record).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from rlhfkit.config import JudgeConfig
@@ -51,58 +55,94 @@ def length_bias(rows: list[dict]) -> float | None:
     return longer_won / len(decisive)
 
 
-def run_judge(config: JudgeConfig) -> Path:
-    output = Path(config.output)
+@dataclass
+class JudgedAnswers:
+    """One record's answers with the judge's verdict on every pair ``(i, j)``, ``i < j``."""
+
+    prompt: object
+    answers: list[str]
+    location: str
+    verdicts: list[tuple[int, int, Verdict]]
+
+    @property
+    def all_ties(self) -> bool:
+        return all(v.winner == "tie" for _, _, v in self.verdicts)
+
+    @property
+    def mean_confidence(self) -> float:
+        return sum(v.confidence for _, _, v in self.verdicts) / len(self.verdicts)
+
+    def ranks(self) -> list[int]:
+        """Ranks (1 = best) by pairwise wins, a tie counting half; equal wins share a rank."""
+        wins = [0.0] * len(self.answers)
+        for i, j, verdict in self.verdicts:
+            if verdict.winner == "tie":
+                wins[i] += 0.5
+                wins[j] += 0.5
+            else:
+                wins[i if verdict.winner == "a" else j] += 1.0
+        return ranks_from_wins(wins)
+
+    def record(self) -> dict | None:
+        """The training record: a pair (2 answers) or a ranking (K), or None when every verdict is a tie."""
+        if self.all_ties:
+            return None
+        if len(self.answers) == 2:
+            (_, _, verdict), = self.verdicts
+            first, second = self.answers
+            chosen, rejected = (first, second) if verdict.winner == "a" else (second, first)
+            return {"prompt": self.prompt, "chosen": chosen, "rejected": rejected}
+        return {"prompt": self.prompt, "responses": self.answers, "ranks": self.ranks()}
+
+
+def load_configured_judge(config: JudgeConfig):
+    """The judge ``config`` names, wrapped in :class:`PositionSwap` when ``config.swap``."""
     http_options = {"model": config.judge_model, "concurrency": config.concurrency, "timeout": config.timeout,
-                    "retries": config.retries, "cache": config.cache or str(output) + ".cache.sqlite"}
+                    "retries": config.retries, "cache": config.cache or str(config.output) + ".cache.sqlite"}
     judge = load_judge(config.judge, constitution=config.constitution, principles=config.principles,
                        device=config.device, dtype=config.dtype, batch_size=config.batch_size,
                        max_length=config.max_length, seed=config.seed, http_options=http_options)
-    if config.swap:
-        judge = PositionSwap(judge)
-    records = read_answer_sets(config.data)
+    return PositionSwap(judge) if config.swap else judge
+
+
+def judge_answer_sets(judge, records: list[tuple[object, list[str], str]]) -> list[JudgedAnswers]:
+    """Every pair of every record's answers judged in one call to ``judge`` (records as
+    :func:`read_answer_sets` returns them)."""
     jobs = [(r, i, j) for r, (_, answers, _) in enumerate(records)
             for i in range(len(answers)) for j in range(i + 1, len(answers))]
     comparisons = [Comparison(records[r][0], records[r][1][i], records[r][1][j]) for r, i, j in jobs]
     verdicts: list[Verdict] = judge.judge(comparisons)
+    judged = [JudgedAnswers(prompt, answers, location, []) for prompt, answers, location in records]
+    for (r, i, j), verdict in zip(jobs, verdicts, strict=True):
+        judged[r].verdicts.append((i, j, verdict))
+    return judged
 
-    per_record: dict[int, list[tuple[int, int, Verdict]]] = {}
-    rows = []
-    for (r, i, j), comparison, verdict in zip(jobs, comparisons, verdicts, strict=True):
-        per_record.setdefault(r, []).append((i, j, verdict))
-        rows.append({"record": r, "a": i, "b": j, "prob_a": verdict.prob_a, "winner": verdict.winner,
-                     "confidence": verdict.confidence, "consistent": verdict.consistent,
-                     "length_a": len(comparison.a), "length_b": len(comparison.b), "rationale": verdict.rationale})
+
+def run_judge(config: JudgeConfig) -> Path:
+    output = Path(config.output)
+    judge = load_configured_judge(config)
+    judged = judge_answer_sets(judge, read_answer_sets(config.data))
+    rows = [{"record": r, "a": i, "b": j, "prob_a": verdict.prob_a, "winner": verdict.winner,
+             "confidence": verdict.confidence, "consistent": verdict.consistent,
+             "length_a": len(item.answers[i]), "length_b": len(item.answers[j]), "rationale": verdict.rationale}
+            for r, item in enumerate(judged) for i, j, verdict in item.verdicts]
 
     output.parent.mkdir(parents=True, exist_ok=True)
     written = all_ties = 0
     source = f"judge:{judge.name}"
     with output.open("w") as handle:
-        for r, (prompt, answers, _) in enumerate(records):
-            judged = per_record[r]
-            if all(v.winner == "tie" for _, _, v in judged):
+        for item in judged:
+            record = item.record()
+            if record is None:
                 all_ties += 1
                 continue
-            confidence = sum(v.confidence for _, _, v in judged) / len(judged)
-            if len(answers) == 2:
-                (_, _, verdict), = judged
-                chosen, rejected = (answers[0], answers[1]) if verdict.winner == "a" else (answers[1], answers[0])
-                record = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
-            else:
-                wins = [0.0] * len(answers)
-                for i, j, verdict in judged:
-                    if verdict.winner == "tie":
-                        wins[i] += 0.5
-                        wins[j] += 0.5
-                    else:
-                        wins[i if verdict.winner == "a" else j] += 1.0
-                record = {"prompt": prompt, "responses": answers, "ranks": ranks_from_wins(wins)}
-            handle.write(json.dumps({**record, "confidence": round(confidence, 6), "source": source}) + "\n")
+            handle.write(json.dumps({**record, "confidence": round(item.mean_confidence, 6), "source": source})
+                         + "\n")
             written += 1
     with output.with_name(output.name + ".verdicts.jsonl").open("w") as handle:
         handle.writelines(json.dumps(row) + "\n" for row in rows)
     report = {
-        "judge": judge.name, "records": len(records), "written": written, "all_ties": all_ties,
+        "judge": judge.name, "records": len(judged), "written": written, "all_ties": all_ties,
         "comparisons": len(rows), "ties": sum(r["winner"] == "tie" for r in rows),
         "inconsistent_positions": sum(not r["consistent"] for r in rows),
         "mean_confidence": sum(r["confidence"] for r in rows) / max(len(rows), 1),
@@ -111,7 +151,7 @@ def run_judge(config: JudgeConfig) -> Path:
     output.with_name(output.name + ".report.json").write_text(json.dumps(report, indent=2))
     bias = report["longer_answer_wins"]
     console.print(
-        f"judge ({judge.name}): {len(rows)} comparisons over {len(records)} records; {report['ties']} ties"
+        f"judge ({judge.name}): {len(rows)} comparisons over {len(judged)} records; {report['ties']} ties"
         + (f" ({report['inconsistent_positions']} from position disagreement)" if config.swap else "")
         + f"; the longer answer won {'n/a' if bias is None else f'{bias:.0%}'} of decisive verdicts; "
         f"{written} records written to {output} ({all_ties} left out: all ties)"
