@@ -13,6 +13,7 @@ from rlhfkit import __version__
 from rlhfkit.config import (
     ConfigError,
     DPOConfig,
+    EvalConfig,
     GenerateConfig,
     JudgeConfig,
     PPOConfig,
@@ -75,6 +76,12 @@ def _score(config: ScoreConfig) -> None:
     run_score(config)
 
 
+def _eval(config: EvalConfig) -> None:
+    from rlhfkit.evaluate.run import run_eval
+
+    run_eval(config)
+
+
 def _generate(config: GenerateConfig) -> None:
     from rlhfkit.rollout.generate import run_generate
 
@@ -126,6 +133,8 @@ STAGES = {
     "serve": (ServeConfig, _serve, "Serve a local model behind an OpenAI-compatible /v1/chat/completions API."),
     "score": (ScoreConfig, _score, "Score {prompt, response(s)} records with a reward model."),
     "generate": (GenerateConfig, _generate, "Sample K answers per prompt to JSONL {prompt, responses}."),
+    "eval": (EvalConfig, _eval, "Compare policy A with policy B: win rate (reward model, judge, function or "
+                                "people) with a 95% interval, KL, length, refusal and over-refusal rates."),
     "tiny-model": (TinyModelConfig, _tiny_model, "Train a tokenizer on a corpus and write a tiny random model."),
 }
 

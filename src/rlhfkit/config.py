@@ -256,6 +256,37 @@ class GenerateConfig(ModelConfig):
 
 
 @dataclass
+class EvalConfig(ModelConfig):
+    """Compare policy A with policy B on a prompt set: win rate with a 95% interval, KL to a reference,
+    answer length, EOS rate, refusal and over-refusal rates."""
+
+    policy: str = option("", "Policy A: HF model folder or hub id (e.g. the PPO or DPO policy).", required=True)
+    baseline: str = option("", "Policy B, the one A is compared with (e.g. the SFT model).", required=True)
+    prompts: str = option("", "Prompts file: {prompt} records; an optional boolean 'harmful' field enables "
+                              "refusal (harmful) and over-refusal (benign) rates.", required=True)
+    judge: str = option("", "Who compares the answers: a reward-model folder or 'module:function' scoring "
+                            "(prompts, responses) (higher wins); a causal-LM judge folder or hub id, or an "
+                            "OpenAI-compatible URL (asked in both orders); or 'people': the pairs go to the "
+                            "feedback app (--db, --project), and a later run with the same --output reads "
+                            "the labels.", required=True)
+    output: str = option("", "Output folder: eval.json, samples.jsonl (and people.json for --judge people).",
+                         required=True)
+    reference: str | None = option(None, "The model KL is measured against (default: --baseline).")
+    samples_per_prompt: int = option(1, "Answers sampled per prompt from each policy (each one compared).")
+    max_new_tokens: int = option(64, "Maximum tokens per answer; answers stop earlier at EOS.")
+    temperature: float = option(1.0, "Sampling temperature (0: greedy); KL log-probs use the same temperature.")
+    top_p: float = option(1.0, "Nucleus sampling threshold (1: off).")
+    seed: int = option(0, "Seed for sampling (both policies are sampled from the same seed) and for the "
+                          "A/B order shown to people.")
+    batch_size: int = option(16, "Sequences generated, scored or judged together.")
+    max_length: int = option(1024, "Maximum tokens per prompt + answer scored by a reward-model judge.")
+    db: str | None = option(None, "--judge people: the feedback app's database URL (sqlite:///FILE or postgresql://...).")
+    project: str | None = option(None, "--judge people: the name of the pairwise project to create.")
+    overlap: int = option(1, "--judge people: annotators per pair.")
+    skip_invalid: bool = option(False, "Skip malformed prompt records (reported) instead of failing.")
+
+
+@dataclass
 class TinyModelConfig:
     """Train a byte-level BPE tokenizer on a corpus and write a small randomly initialised model."""
 

@@ -37,6 +37,7 @@ class PromptRecord:
 
     prompt: Text
     location: str = ""
+    harmful: bool | None = None  # optional field: a harmful request (evaluation's refusal rates); None: unknown
 
 
 @dataclass(frozen=True)
@@ -327,10 +328,15 @@ def split_implicit_prompt(chosen: Text, rejected: Text, location: str) -> tuple[
 
 
 def parse_prompt(raw: dict, location: str) -> PromptRecord:
-    """A PromptRecord from ``{"prompt": text}``."""
+    """A PromptRecord from ``{"prompt": text, "harmful"?: bool}``."""
     check_object(raw, location)
     prompt = parse_text(required(raw, "prompt", location, TEXT_EXPECTED), location, "prompt")
-    return PromptRecord(prompt=prompt, location=location)
+    harmful = raw.get("harmful")
+    if isinstance(harmful, str) and harmful.strip().lower() in ("true", "false", ""):  # a CSV cell
+        harmful = {"true": True, "false": False, "": None}[harmful.strip().lower()]
+    if harmful is not None and not isinstance(harmful, bool):
+        raise wrong_value(location, "harmful", "true or false (or absent)", harmful)
+    return PromptRecord(prompt=prompt, location=location, harmful=harmful)
 
 
 def parse_chat_demonstration(raw: dict, location: str) -> Demonstration:
