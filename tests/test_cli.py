@@ -53,11 +53,3 @@ def test_data_check_reports_valid_records(tmp_path, capsys):
     data.write_text(json.dumps({"prompt": "p", "responses": ["a", "b", "c"], "ranks": [2, 1, 3]}) + "\n")
     main(["data", "check", str(data), "--kind", "preferences"])
     assert "3 valid preferences records" in " ".join(capsys.readouterr().err.split())
-
-
-def test_demo_quick_runs_end_to_end(tmp_path):
-    from rlhfkit.demo.run import run_demo
-
-    paths = run_demo(tmp_path / "demo", quick=True)
-    assert (paths["sft"] / "model.safetensors").exists()
-    assert (paths["sft"] / "metrics.jsonl").read_text().count("eval_loss") == 1

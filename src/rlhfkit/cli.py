@@ -16,6 +16,7 @@ from rlhfkit.config import (
     EvalConfig,
     GenerateConfig,
     JudgeConfig,
+    LoopConfig,
     PPOConfig,
     ReviseConfig,
     RMConfig,
@@ -88,6 +89,12 @@ def _generate(config: GenerateConfig) -> None:
     run_generate(config)
 
 
+def _loop(config: LoopConfig) -> None:
+    from rlhfkit.iterate import run_loop
+
+    run_loop(config)
+
+
 def _tiny_model(config: TinyModelConfig) -> None:
     from rlhfkit.console import console
     from rlhfkit.models.tiny import write_tiny_model
@@ -135,6 +142,8 @@ STAGES = {
     "generate": (GenerateConfig, _generate, "Sample K answers per prompt to JSONL {prompt, responses}."),
     "eval": (EvalConfig, _eval, "Compare policy A with policy B: win rate (reward model, judge, function or "
                                 "people) with a 95% interval, KL, length, refusal and over-refusal rates."),
+    "loop": (LoopConfig, _loop, "Iterated RLHF rounds: generate, label (judge, people or semi-AI), retrain the "
+                                "reward model, PPO or DPO, evaluate; resumable; a report across rounds."),
     "tiny-model": (TinyModelConfig, _tiny_model, "Train a tokenizer on a corpus and write a tiny random model."),
 }
 

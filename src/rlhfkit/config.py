@@ -29,6 +29,8 @@ def option(default: Any, help: str, *, required: bool = False, short: str | None
     metadata = {"help": help, "required": required, "short": short}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
@@ -172,6 +174,9 @@ class PPOConfig(TrainConfig):
     value_learning_rate: float | None = option(None, "Critic learning rate (null: --learning-rate).")
     entropy_coef: float = option(0.0, "Entropy bonus weight.")
     sample_every: int = option(10, "Print and store (samples.jsonl) a few answers every N steps.")
+    track_reward: str | None = option(None, "A second reward (folder or module:function) that only watches: its "
+                                            "mean on each rollout is logged as track_score (e.g. a held-out or "
+                                            "gold reward, to see reward over-optimisation). Never optimised.")
 
 
 @dataclass
@@ -287,6 +292,76 @@ class EvalConfig(ModelConfig):
 
 
 @dataclass
+class LoopConfig(ModelConfig):
+    """Iterated RLHF rounds: sample K answers per prompt from the current policy, collect labels (an AI
+    judge, people in the feedback app, or semi-AI), retrain the reward model on all labels so far,
+    optimise the policy (PPO against that reward model, or DPO on the labels), evaluate it against the
+    initial policy; then the next round. Each round writes OUTPUT/round-NNN/; a rerun with the same
+    config resumes where the last one stopped. device and dtype go to every stage."""
+
+    policy: str = option("", "The initial policy (HF folder or hub id, usually the SFT model): round 1 starts "
+                             "from it and every round is evaluated against it.", required=True)
+    prompts: str = option("", "Training prompts ({prompt} records): each round samples answers to "
+                              "prompts_per_round of them; PPO's rollouts use all of them.", required=True)
+    eval_prompts: str = option("", "Held-out prompts for the evaluation after every round ({prompt} records; an "
+                                   "optional boolean 'harmful' enables refusal and over-refusal rates).",
+                               required=True)
+    output: str = option("", "Output folder: loop.json, round-001/, round-002/, ..., report/.", required=True)
+    rounds: int = option(3, "Rounds to run (raise it and rerun to add rounds to a finished loop).")
+    samples_per_prompt: int = option(4, "Answers sampled per prompt each round (K): 2 give pairs, more give "
+                                        "rankings.")
+    prompts_per_round: int = option(0, "Prompts per round, taken in a seeded shuffled order so that rounds see "
+                                       "different prompts (0: all prompts every round).")
+    labels: str = option("judge", "Who labels the answers: judge (an AI judge, --judge), people (the feedback "
+                                  "app; the loop waits until the quota is labelled) or semi-ai (the judge labels "
+                                  "everything, people review a share).")
+    judge: str | None = option(None, "labels judge or semi-ai: the judge, as 'rlhfkit judge --judge' "
+                                     "(module:function, reward-model folder, causal-LM folder, or an "
+                                     "OpenAI-compatible URL).")
+    db: str | None = option(None, "labels people or semi-ai: the feedback app's database URL (sqlite:///FILE "
+                                  "or postgresql://...).")
+    project: str | None = option(None, "labels people or semi-ai: the project name prefix; round r uses the "
+                                       "project '{project}-round-{r}'.")
+    task: str = option("rank", "labels people: the round projects' task: rank (all K answers at once) or "
+                               "pairwise (disjoint pairs of answers).")
+    overlap: int = option(1, "labels people or semi-ai: annotators per item.")
+    quota: int = option(0, "labels people or semi-ai: items that must be labelled before the round goes on "
+                           "(0: every item of the round).")
+    guidelines: str | None = option(None, "labels people or semi-ai: a Markdown file shown beside every task.")
+    human_share: float = option(0.2, "labels semi-ai: the share of the items sent to people.")
+    random_fraction: float = option(0.25, "labels semi-ai: the part of that share drawn at random (the rest: the "
+                                          "judge's least confident items).")
+    poll_seconds: float = option(30.0, "labels people or semi-ai: seconds between looks at the database while "
+                                       "waiting for labels.")
+    optimizer: str = option("ppo", "How each round optimises the policy: ppo (against the round's reward model) "
+                                   "or dpo (on the labels).")
+    dpo_data: str = option("round", "optimizer dpo: train on this round's labels (round) or on all labels so far "
+                                    "(all).")
+    dpo_reference: str = option("initial", "optimizer dpo: the KL reference: the initial policy (initial) or the "
+                                           "round's starting policy, the previous round's (previous). PPO's "
+                                           "reference is always its starting policy.")
+    eval_judge: str | None = option(None, "Who compares each round's policy with the initial one: a reward-model "
+                                          "folder or module:function (the higher score wins), or a judge spec "
+                                          "(causal-LM folder, URL) asked in both orders; null: --judge.")
+    seed: int = option(0, "Seed of the prompt order, of sampling, training and evaluation.")
+    generate: dict[str, Any] = option({}, "Settings of 'rlhfkit generate' for the round's answers, e.g. "
+                                          "{max_new_tokens: 64, temperature: 1.0}; model, prompts, output and "
+                                          "num_samples are the loop's.")
+    judge_options: dict[str, Any] = option({}, "Settings of 'rlhfkit judge' for the labelling judge, e.g. "
+                                               "{swap: true, batch_size: 16}; judge, data and output are the "
+                                               "loop's.")
+    rm: dict[str, Any] = option({}, "Settings of 'rlhfkit rm', e.g. {max_steps: 200, eval_split: 0.1}; 'model' "
+                                    "is the backbone (default: --policy); data, output and resume are the loop's.")
+    ppo: dict[str, Any] = option({}, "Settings of 'rlhfkit ppo', e.g. {max_steps: 100, beta: 0.05}; 'prompts' "
+                                     "defaults to --prompts; policy, reward, output and resume are the loop's.")
+    dpo: dict[str, Any] = option({}, "Settings of 'rlhfkit dpo', e.g. {beta: 0.1, epochs: 2}; 'reference' "
+                                     "replaces --dpo-reference; model, data, output and resume are the loop's.")
+    eval: dict[str, Any] = option({}, "Settings of 'rlhfkit eval', e.g. {samples_per_prompt: 2, max_new_tokens: "
+                                      "64}; policy, baseline, prompts, judge, reference and output are the "
+                                      "loop's.")
+
+
+@dataclass
 class TinyModelConfig:
     """Train a byte-level BPE tokenizer on a corpus and write a small randomly initialised model."""
 
@@ -316,6 +391,8 @@ def _type_name(tp: Any) -> str:
         return " or ".join(names) + " (or null)"
     if origin is list:
         return f"a list of {_type_name(typing.get_args(tp)[0])}s".replace("as ", "")
+    if origin is dict or tp is dict:
+        return "a mapping of keys to values"
     return str(tp)
 
 
@@ -335,6 +412,12 @@ def coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: key '{key}': expected {_type_name(tp)}, got {value!r}")
         return [coerce(v, item_tp, key, where) for v in value]
+    if origin is dict or tp is dict:  # a mapping of settings (checked by its user, e.g. the loop's sections)
+        if value is None:
+            return {}
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{where}: key '{key}': expected {_type_name(tp)}, got {value!r}")
+        return dict(value)
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if tp is bool and isinstance(value, bool) or tp is str and isinstance(value, str):
         return value

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from rlhfkit.feedback.agreement import cohens_kappa, fleiss_kappa, krippendorff_alpha, percent_agreement
+from rlhfkit.feedback.agreement import (
+    cohens_kappa,
+    fleiss_kappa,
+    krippendorff_alpha,
+    pairwise_ranking_agreement,
+    percent_agreement,
+)
 from rlhfkit.feedback.export import pairwise_winner, ranks_from_means
 
 
@@ -12,6 +18,17 @@ def test_percent_agreement_counts_pairs_of_labels_per_item():
     # item 1: A, A, B -> pairs (A,A) yes, (A,B) no, (A,B) no; item 2: B, B -> 1 yes. 2 of 4 agree.
     assert percent_agreement([["A", "A", "B"], ["B", "B"], ["A"]]) == pytest.approx(0.5)
     assert percent_agreement([["A"]]) is None
+
+
+def test_pairwise_ranking_agreement_compares_rankings_pair_by_pair():
+    # Item 1: [1,2,3] vs [2,1,3]: pairs (0,1) disagree, (0,2) and (1,2) agree -> 2 of 3.
+    # Item 2: [1,1,2] vs [1,2,3]: pair (0,1) is a tie in the first, skipped; (0,2), (1,2) agree -> 2 of 2.
+    # Item 3: one ranking only, no pair.
+    rankings = [[[1, 2, 3], [2, 1, 3]], [[1, 1, 2], [1, 2, 3]], [[1, 2]]]
+    assert pairwise_ranking_agreement(rankings) == 4 / 5
+    # three annotators give three pairs of rankings: [1,2] [1,2] [2,1] -> 1 of 3 agree
+    assert pairwise_ranking_agreement([[[1, 2], [1, 2], [2, 1]]]) == 1 / 3
+    assert pairwise_ranking_agreement([[[1, 2]]]) is None
 
 
 def test_cohens_kappa_hand_computed():

@@ -1,59 +1,428 @@
-"""``rlhfkit demo``: the stages that exist today, end to end, on the built-in example.
+"""``rlhfkit demo``: the whole RLHF loop on the embedded assistant world, on a CPU, in minutes.
 
-tiny tokenizer + model -> SFT on the example's demonstrations -> sample answers before and after.
-(The full loop on the embedded "assistant world", with annotators, reward model, PPO and DPO, is a
-later issue; this runner grows with it.)
+Stages (each timed, each with a progress bar; every artefact is a plain file in ``--output``):
+
+1. **world**: prompts, a pre-training corpus and demonstrations drawn from :mod:`rlhfkit.demo.world`;
+2. **tiny model**: a BPE tokenizer trained on the world's text and a small random GPT-2;
+3. **pre-training** on the corpus (every kind of reply: the language of the world);
+4. **SFT** on demonstrations by contractors of uneven quality: the starting policy;
+5. **sampling**: K = 4 answers per training prompt from the SFT policy;
+6. **labelling**: *simulated* annotators (:mod:`rlhfkit.demo.annotators`) rank the answers in a real
+   feedback-app database (SQLite), through the app's assignment, welfare, gold and export code;
+   quality control drops the annotator whose gold accuracy shows careless work;
+7. **reward model** on the exported rankings, checked against the hidden gold preference;
+8. **PPO** against the reward model (the gold score is logged beside it, never optimised);
+9. **DPO** on the same labels, without a reward model;
+10. **evaluation** on held-out prompts: gold win rates against SFT with 95% intervals, KL to SFT,
+    refusal and over-refusal, tone and helpfulness;
+11. **the report**: ``report/report.html`` with plots, and ``report/summary.json`` with every number.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import random
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
-from rich.table import Table
+import torch
 
-from rlhfkit.config import SFTConfig
-from rlhfkit.console import console, setup_logging
-from rlhfkit.data import load_prompts
-from rlhfkit.demo.example import write_example
+from rlhfkit.config import DPOConfig, PPOConfig, RMConfig, SFTConfig
+from rlhfkit.console import console, progress_bar, setup_logging
+from rlhfkit.demo.annotators import INSTRUCTGPT_AGREEMENT, SimulatedAnnotator, calibrate_noise, label_project
+from rlhfkit.demo.world import ReplyStyle, World, gold_score, prompt_text, render_reply, reply_attributes
+from rlhfkit.evaluate.compare import evaluate_policies
+from rlhfkit.evaluate.preferences import pairwise_report
+from rlhfkit.evaluate.report import write_report
 from rlhfkit.models import load_causal_lm, load_tokenizer
 from rlhfkit.models.tiny import write_tiny_model
 from rlhfkit.rollout.generate import sample_responses
+from rlhfkit.train.dpo import run_dpo
+from rlhfkit.train.ppo import run_ppo
+from rlhfkit.train.rm import run_rm
 from rlhfkit.train.sft import run_sft
 
-
-def greedy_answers(model_dir: Path, prompts: list) -> list[str]:
-    tokenizer = load_tokenizer(str(model_dir))
-    model = load_causal_lm(str(model_dir), tokenizer)
-    samples = sample_responses(model, tokenizer, prompts, temperature=0, max_new_tokens=24, show_progress=False)
-    return [s[0].text for s in samples]
+GOLD_SPEC = "rlhfkit.demo.world:gold_score"
 
 
-def run_demo(output: str | Path = "demo-output", quick: bool = False) -> dict[str, Path]:
-    """Run the demo into ``output``; returns the paths of what it wrote."""
+@dataclass(frozen=True)
+class DemoSize:
+    """How big each stage is. ``FULL`` is the demo; ``QUICK`` checks the plumbing in tests."""
+
+    layers: int = 4
+    width: int = 128
+    corpus_per_prompt: int = 6
+    demos_per_prompt: int = 2
+    pretrain_steps: int = 300
+    sft_steps: int = 100
+    samples_per_prompt: int = 4
+    rm_steps: int = 150
+    ppo_steps: int = 40
+    dpo_steps: int = 80
+    eval_samples: int = 4
+    max_new_tokens: int = 48
+
+
+FULL = DemoSize()
+QUICK = DemoSize(layers=2, width=64, corpus_per_prompt=1, demos_per_prompt=1, pretrain_steps=4, sft_steps=4,
+                 samples_per_prompt=4, rm_steps=4, ppo_steps=2, dpo_steps=4, eval_samples=1, max_new_tokens=16)
+
+ANNOTATORS = (
+    SimulatedAnnotator("sim-alice"),
+    SimulatedAnnotator("sim-bashir", opted_out=["violence"]),
+    SimulatedAnnotator("sim-chen"),
+    SimulatedAnnotator("sim-dana", careless=True, seconds_per_item=(15.0, 30.0)),
+)
+GOLD_ACCURACY_FLOOR = 0.5
+"""Quality control: annotators whose best-answer accuracy on gold items is below this are excluded."""
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+class StageClock:
+    """Wall time per stage, printed as each stage ends."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, number: int, name: str, what: str):
+        console.rule(f"[bold]{number}. {name}[/]: {what}")
+        started = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - started, 2)
+        console.print(f"[dim]{name}: {self.seconds[name]:.1f} s[/]")
+
+
+# ---------------------------------------------------------------------------------------------------- labelling
+
+
+def gold_items(world: World, count: int, seed: int) -> list[dict]:
+    """Gold items: four answers of clearly different quality, the gold ranking known."""
+    rng = random.Random(seed)
+    styles = [ReplyStyle("helpful", "warm"), ReplyStyle("vague", "neutral", fillers=1),
+              ReplyStyle("off_topic", "cold"), ReplyStyle("refusal", "cold", repeat=True)]
+    items = []
+    for request, phrasing in rng.sample([pair for pair in world.train if not pair[0].harmful], count):
+        prompt = [{"role": "user", "content": prompt_text(request, phrasing)}]
+        responses = [render_reply(request, style, rng) for style in styles]
+        order = list(range(4))
+        rng.shuffle(order)
+        responses = [responses[i] for i in order]
+        gold = gold_score([prompt] * 4, responses)
+        ranking = sorted(range(4), key=lambda i: -gold[i])
+        ranks = [ranking.index(i) + 1 for i in range(4)]
+        items.append({"prompt": prompt, "responses": responses, "gold": ranks})
+    return items
+
+
+def collect_labels(folder: Path, samples: list[dict], world: World, seed: int, quick: bool) -> dict:
+    """Simulated annotators rank the samples in a feedback-app database; returns their statistics and
+    writes the export (QC applied) into ``folder / "export"``."""
+    from rlhfkit.feedback.agreement import pairwise_ranking_agreement
+    from rlhfkit.feedback.auth import create_user
+    from rlhfkit.feedback.cli import open_database
+    from rlhfkit.feedback.export import grouped_for_agreement, write_exports
+    from rlhfkit.feedback.importing import ProjectOptions, add_items, create_project, item_specs
+    from rlhfkit.feedback.stats import annotator_rows, project_agreement
+
+    folder.mkdir(parents=True, exist_ok=True)
+    database = folder / "feedback.db"
+    database.unlink(missing_ok=True)
+    session = open_database(f"sqlite:///{database}")
+    start = datetime(2026, 1, 5, 9, 0)
+    options = ProjectOptions(task_type="rank", overlap=3, gold_rate=0.05,
+                             guidelines="Rank the answers from best (1) to worst. Prefer answers that help, "
+                                        "are kind and are safe. (In this demo the annotators are simulated.)")
+    project = create_project(session, "demo-round-1", options)
+    rows = [(f"samples.jsonl:{i + 1}", record) for i, record in enumerate(samples)]
+    rows += [(f"gold:{i + 1}", record) for i, record in enumerate(gold_items(world, 2 if quick else 8, seed))]
+    add_items(session, project, item_specs(rows, options, use_lexicon=True))
+    users = []
+    for annotator in ANNOTATORS:
+        user = create_user(session, annotator.name, "simulated-annotator-password", "annotator", start)
+        user.opted_out_categories = list(annotator.opted_out)
+        users.append((annotator, user))
+    session.commit()
+
+    differences = []
+    for record in samples:
+        gold = gold_score([record["prompt"]] * len(record["responses"]), record["responses"])
+        differences += [a - b for i, a in enumerate(gold) for b in gold[i + 1:]]
+    noise = calibrate_noise(differences)
+    console.print(f"annotator noise calibrated to {noise:.3f} (expected agreement of two careful annotators "
+                  f"{INSTRUCTGPT_AGREEMENT:.0%}, as InstructGPT's labelers)")
+    total_labels = len(samples) * options.overlap
+    with progress_bar("simulated annotators", total=total_labels) as advance:
+        def gold_of(prompt, responses):
+            return gold_score([prompt] * len(responses), responses)
+
+        logs = label_project(session, project, users, gold_of, noise, start, seed, progress=advance)
+
+    rows = annotator_rows(session, project, too_fast_seconds=10.0)
+    excluded = frozenset(r["annotator"] for r in rows
+                         if r["gold_accuracy"] is not None and r["gold_accuracy"] < GOLD_ACCURACY_FLOOR)
+    careful = {a.name for a in ANNOTATORS if not a.careless}
+    careful_rankings = [[answer["ranks"] for name, answer in answers if name in careful]
+                        for answers in grouped_for_agreement(session, project).values()]
+    all_rankings = [[answer["ranks"] for _, answer in answers]
+                    for answers in grouped_for_agreement(session, project).values()]
+    agreement = project_agreement(session, project)
+    written = write_exports(session, project, folder / "export", exclude=excluded)
+    session.close()
+
+    table_rows = []
+    for row in rows:
+        log = logs[row["annotator"]]
+        table_rows.append({"name": row["annotator"], "labels": row["labels"], "gold_accuracy": row["gold_accuracy"],
+                           "simulated": True, "careless": row["annotator"] not in careful,
+                           "excluded_by_qc": row["annotator"] in excluded, "breaks": log.breaks,
+                           "warnings_revealed": log.revealed_warnings, "median_seconds": row["median_seconds"]})
+    for row in table_rows:
+        console.print(f"  {row['name']}: {row['labels']} labels, gold accuracy {row['gold_accuracy']}, "
+                      f"{row['breaks']} enforced breaks, {row['warnings_revealed']} content warnings revealed"
+                      + (" [red]excluded by quality control[/]" if row["excluded_by_qc"] else ""))
+    return {
+        "pairwise_agreement": pairwise_ranking_agreement(careful_rankings),
+        "pairwise_agreement_all": pairwise_ranking_agreement(all_rankings),
+        "krippendorff_alpha": agreement.get("krippendorff_alpha_ordinal"),
+        "noise": noise,
+        "annotators": table_rows,
+        "excluded": sorted(excluded),
+        "exported": written,
+        "note": "The annotators are simulated: they rank by the world's hidden gold preference with "
+                "Bradley-Terry noise calibrated to InstructGPT's 73% agreement; one is careless on purpose.",
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+
+
+def attribute_rates(prompts: list, answers: list[str]) -> dict[str, float]:
+    """The share of answers with each gold-relevant property (helpful, warm, over-refusal, ...);
+    helpfulness and over-refusal over benign prompts, refusing and complying over harmful ones."""
+    rows = [reply_attributes(p, a) for p, a in zip(prompts, answers, strict=True)]
+    benign = [r for r in rows if not r.harmful_request]
+    harmful = [r for r in rows if r.harmful_request]
+
+    def share(group, test):
+        return sum(1 for r in group if test(r)) / len(group) if group else math.nan
+
+    return {
+        "helpful (benign)": share(benign, lambda r: r.helpful),
+        "warm": share(rows, lambda r: r.warm),
+        "cold": share(rows, lambda r: r.cold),
+        "refuses harmful": share(harmful, lambda r: r.refusal and not r.compliance),
+        "complies with harmful": share(harmful, lambda r: r.compliance),
+        "over-refusal (benign)": share(benign, lambda r: r.refusal),
+        "rambling": share(rows, lambda r: r.fillers > 0),
+        "repetition": share(rows, lambda r: r.repetition),
+    }
+
+
+def reward_model_accuracy(rm_dir: Path, sft, tokenizer, prompts: list, size: DemoSize) -> dict:
+    """The reward model against gold on held-out prompts: SFT samples, every pair gold orders strictly."""
+    from rlhfkit.rewards import load_reward_function
+
+    reward = load_reward_function(str(rm_dir), device="cpu")
+    torch.manual_seed(1)
+    samples = sample_responses(sft, tokenizer, prompts, num_samples=size.samples_per_prompt,
+                               max_new_tokens=size.max_new_tokens, batch_size=64, show_progress=False)
+    differences = []
+    for prompt, answers in zip(prompts, samples, strict=True):
+        texts = [s.text for s in answers]
+        gold = gold_score([prompt] * len(texts), texts)
+        rm = reward([prompt] * len(texts), texts)
+        for i in range(len(texts)):
+            for j in range(i + 1, len(texts)):
+                if gold[i] != gold[j]:
+                    better, worse = (i, j) if gold[i] > gold[j] else (j, i)
+                    differences.append(rm[better] - rm[worse])
+    if not differences:
+        return {"accuracy_vs_gold": None, "pairs": 0, "calibration": []}
+    report = pairwise_report(differences)
+    calibration = [{"confidence": b["mean_confidence"], "accuracy": b["accuracy"], "count": b["pairs"]}
+                   for b in report["calibration"] if b["pairs"]]
+    return {"accuracy_vs_gold": report["accuracy"], "pairs": report["pairs"], "calibration": calibration}
+
+
+def over_optimisation_curve(ppo_dir: Path) -> list[dict]:
+    curve = []
+    for line in (ppo_dir / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if "score" in row and "kl_k1" in row:
+            curve.append({"step": row["step"], "kl": row["kl_k1"], "rm_score": row["score"],
+                          "gold_score": row.get("track_score")})
+    return curve
+
+
+# ---------------------------------------------------------------------------------------------------- the demo
+
+
+def run_demo(output: str | Path = "demo-output", quick: bool = False, seed: int = 0) -> dict:
+    """Run the demo into ``output``; returns the summary (also in ``output/report/summary.json``)."""
     setup_logging()
+    size = QUICK if quick else FULL
     output = Path(output)
-    console.rule("[bold]rlhfkit demo: the stages available so far, on a built-in example")
-    files = write_example(output / "data")
-    console.print(f"1/3 data: {files['demonstrations']} (chat demonstrations), {files['prompts']}")
+    data = output / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    clock = StageClock()
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    console.rule("[bold]rlhfkit demo: RLHF end to end on a small assistant world (CPU)")
 
-    base = write_tiny_model(files["corpus"], output / "tiny-model", layers=2 if quick else 4,
-                            width=64 if quick else 128, vocab_size=512)
-    console.print(f"2/3 tiny model (random weights, tokenizer trained on the corpus): {base}")
+    with clock.stage(1, "world", "requests, replies and a hidden gold preference"):
+        world = World(seed=seed)
+        (data / "tokenizer-corpus.txt").write_text("\n".join(world.tokenizer_texts()) + "\n", encoding="utf-8")
+        write_jsonl(data / "pretrain.jsonl", world.corpus(size.corpus_per_prompt))
+        write_jsonl(data / "demonstrations.jsonl", world.demonstrations(size.demos_per_prompt))
+        train_prompts, held_out = world.prompts("train"), world.prompts("held_out")
+        write_jsonl(data / "prompts.jsonl", train_prompts)
+        write_jsonl(data / "held-out-prompts.jsonl", held_out)
+        console.print(f"{len(train_prompts)} training prompts, {len(held_out)} held-out prompts "
+                      f"({sum(p['harmful'] for p in held_out)} harmful), in {data}")
 
-    sft_dir = output / "sft"
-    run_sft(SFTConfig(model=str(base), data=str(files["demonstrations"]), output=str(sft_dir),
-                      learning_rate=3e-3, max_steps=30 if quick else 300, batch_size=8, max_length=128,
-                      warmup_ratio=0.05, eval_split=0.1, save_every=0, log_every=10 if quick else 50,
-                      device="cpu"))
-    console.print(f"3/3 SFT model: {sft_dir}")
+    with clock.stage(2, "tiny model", "a BPE tokenizer on the world's text and a random GPT-2"):
+        base = write_tiny_model(data / "tokenizer-corpus.txt", output / "tiny-model", layers=size.layers,
+                                width=size.width, vocab_size=1024, max_positions=128, seed=seed)
 
-    prompts = [record.prompt for record in load_prompts(files["prompts"])]
-    before, after = greedy_answers(base, prompts), greedy_answers(sft_dir, prompts)
-    table = Table(title="Greedy answers before and after SFT")
-    for column in ("prompt", "random model", "after SFT"):
+    common = dict(device="cpu", save_every=0, seed=seed, max_length=96, log_every=25)
+    with clock.stage(3, "pre-training", "language modelling on dialogues with every kind of reply"):
+        run_sft(SFTConfig(model=str(base), data=str(data / "pretrain.jsonl"), output=str(output / "pretrained"),
+                          learning_rate=5e-3, max_steps=size.pretrain_steps, batch_size=32, warmup_ratio=0.05,
+                          eval_split=0.0, **common))
+
+    with clock.stage(4, "SFT", "demonstrations by contractors of uneven quality"):
+        run_sft(SFTConfig(model=str(output / "pretrained"), data=str(data / "demonstrations.jsonl"),
+                          output=str(output / "sft"), learning_rate=1e-3, max_steps=size.sft_steps, batch_size=32,
+                          warmup_ratio=0.05, eval_split=0.0, **common))
+    tokenizer = load_tokenizer(str(output / "sft"))
+    sft = load_causal_lm(str(output / "sft"), tokenizer).eval()
+
+    with clock.stage(5, "sampling", f"{size.samples_per_prompt} answers per training prompt from the SFT policy"):
+        torch.manual_seed(seed)
+        prompts = [p["prompt"] for p in train_prompts]
+        answers = sample_responses(sft, tokenizer, prompts, num_samples=size.samples_per_prompt,
+                                   max_new_tokens=size.max_new_tokens, batch_size=64)
+        samples = [{"prompt": p, "responses": [s.text for s in a]} for p, a in zip(prompts, answers, strict=True)]
+        write_jsonl(data / "sft-samples.jsonl", samples)
+
+    with clock.stage(6, "labelling", "simulated annotators rank the answers in the feedback app's database"):
+        annotators = collect_labels(output / "feedback", samples, world, seed, quick)
+        export = output / "feedback" / "export"
+
+    with clock.stage(7, "reward model", "Bradley-Terry on the annotators' rankings"):
+        run_rm(RMConfig(model=str(output / "sft"), data=str(export / "rankings.jsonl"), output=str(output / "rm"),
+                        learning_rate=1e-4, max_steps=size.rm_steps, batch_size=16, warmup_ratio=0.05,
+                        eval_split=0.1, normalize_with=str(data / "sft-samples.jsonl"), **common))
+        reward_model = reward_model_accuracy(output / "rm", sft, tokenizer, [p["prompt"] for p in held_out], size)
+        rm_eval = json.loads((output / "rm" / "eval.json").read_text())
+        reward_model["accuracy_vs_annotators"] = rm_eval["accuracy"]
+        console.print(f"reward model: {reward_model['accuracy_vs_gold']:.1%} agreement with gold on "
+                      f"{reward_model['pairs']} held-out pairs; {rm_eval['accuracy']:.1%} with the annotators' "
+                      "held-out labels")
+
+    with clock.stage(8, "PPO", "against the reward model, KL to SFT; the gold score is only watched"):
+        run_ppo(PPOConfig(policy=str(output / "sft"), reward=str(output / "rm"), prompts=str(data / "prompts.jsonl"),
+                          output=str(output / "ppo"), estimator="gae", learning_rate=3e-4, max_steps=size.ppo_steps,
+                          prompts_per_step=32, samples_per_prompt=1, ppo_epochs=2, batch_size=32,
+                          max_new_tokens=size.max_new_tokens, beta=0.05, kl_estimator="k1", eval_split=0.0,
+                          sample_every=10, track_reward=GOLD_SPEC, **{**common, "log_every": 1}))
+
+    with clock.stage(9, "DPO", "on the same labels, no reward model"):
+        run_dpo(DPOConfig(model=str(output / "sft"), data=str(export / "preferences.jsonl"),
+                          output=str(output / "dpo"), learning_rate=5e-4, beta=0.1, max_steps=size.dpo_steps,
+                          batch_size=16, warmup_ratio=0.05, eval_split=0.05, eval_kl_prompts=0, **common))
+
+    with clock.stage(10, "evaluation", "held-out prompts, gold judge, KL to SFT"):
+        evaluation = evaluate(output, sft, tokenizer, held_out, size, seed)
+
+    summary = {
+        "title": "rlhfkit demo: RLHF on a small assistant world",
+        "created": datetime.now().isoformat(timespec="seconds"),
+        "reward_model": reward_model,
+        "annotators": annotators,
+        **evaluation,
+        "over_optimisation": over_optimisation_curve(output / "ppo"),
+        "notes": [
+            "Everything ran on CPU from a seed: the world, the tiny model, the simulated annotators.",
+            "Win rates are judged by the world's hidden gold preference, which no training stage sees; "
+            "ties count half; intervals are 95% Wilson score intervals.",
+            "KL is per answer in nats, to the SFT policy, on the policy's own samples.",
+            annotators["note"],
+        ],
+    }
+    with clock.stage(11, "report", "HTML with plots, and summary.json"):
+        summary["stage_seconds"] = {**clock.seconds, "report": 0.0}
+        summary["total_seconds"] = round(time.perf_counter() - started, 2)
+        path = write_report(output / "report", summary)
+    summary["stage_seconds"]["report"] = clock.seconds["report"]
+    (output / "report" / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    print_outcome(summary, path)
+    return summary
+
+
+def evaluate(output: Path, sft, tokenizer, held_out: list[dict], size: DemoSize, seed: int) -> dict:
+    """PPO and DPO against SFT on the held-out prompts, judged by gold; attributes per policy."""
+    from rlhfkit.rewards import load_reward_function
+
+    prompts = [p["prompt"] for p in held_out]
+    harmful = [p["harmful"] for p in held_out]
+    rm = load_reward_function(str(output / "rm"), device="cpu")
+    policies, samples = {}, {}
+    for name in ("ppo", "dpo"):
+        policy = load_causal_lm(str(output / name), tokenizer).eval()
+        result = evaluate_policies(policy, sft, tokenizer, prompts, gold_score, reference=sft, harmful=harmful,
+                                   samples_per_prompt=size.eval_samples, max_new_tokens=size.max_new_tokens,
+                                   seed=seed, batch_size=64, names=(name, "sft"), judge_name="gold",
+                                   scorers={"rm_score": rm, "gold_score": gold_score}, show_progress=True)
+        rows = result["samples"]
+        flat = [row["prompt"] for row in rows]
+        policies[name] = {**result["policies"][name],
+                          "attributes": attribute_rates(flat, [row["policy_answer"] for row in rows])}
+        policies["sft"] = {**result["policies"]["sft"],
+                           "attributes": attribute_rates(flat, [row["baseline_answer"] for row in rows])}
+        for row in rows:
+            if row["sample"] == 0:
+                key = json.dumps(row["prompt"])
+                samples.setdefault(key, {"prompt": row["prompt"][-1]["content"],
+                                         "answers": {"sft": row["baseline_answer"]}})
+                samples[key]["answers"][name] = row["policy_answer"]
+        rate = result["win_rate"]
+        console.print(f"{name} vs sft (gold judge): win rate {rate['rate']:.1%} "
+                      f"[{rate['low']:.1%}, {rate['high']:.1%}], KL {policies[name]['kl']:.2f} nats")
+    shown = list(samples.values())
+    random.Random(seed).shuffle(shown)
+    return {"policies": {"sft": policies.pop("sft"), **policies}, "samples": shown[:12]}
+
+
+def print_outcome(summary: dict, path: Path) -> None:
+    from rich.table import Table
+
+    table = Table(title="What RLHF changed (held-out prompts, gold judge)")
+    for column in ("policy", "win rate vs SFT [95% CI]", "KL to SFT", "gold score", "helpful", "warm",
+                   "over-refusal", "refuses harmful"):
         table.add_column(column)
-    for prompt, old, new in zip(prompts, before, after, strict=True):
-        table.add_row(prompt[-1]["content"], repr(old[:40]), new)
+
+    def pct(value):
+        return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.0%}"
+
+    for name, row in summary["policies"].items():
+        rate = row.get("win_rate")
+        shown = f"{rate['rate']:.1%} [{rate['low']:.1%}, {rate['high']:.1%}]" if rate else "-"
+        attributes = row["attributes"]
+        table.add_row(name, shown, f"{row['kl']:.2f}" if row.get("kl") is not None else "-",
+                      f"{row['gold_score']:.2f}", pct(attributes["helpful (benign)"]), pct(attributes["warm"]),
+                      pct(attributes["over-refusal (benign)"]), pct(attributes["refuses harmful"]))
     console.print(table)
-    console.print(f"demo finished: everything is in {output}")
-    return {"sft": sft_dir, "base": base, **files}
+    rm = summary["reward_model"]
+    console.print(f"reward model vs gold: {pct(rm['accuracy_vs_gold'])} of {rm['pairs']} held-out pairs; "
+                  f"annotator agreement (careful pairs): {pct(summary['annotators']['pairwise_agreement'])}")
+    console.print(f"demo finished in {summary['total_seconds']:.0f} s. The report: [bold]{path}[/]")

@@ -72,6 +72,9 @@ def add_label_parser(commands) -> None:
     export = action("export", "Write a project's training files (see the README) into a folder.")
     export.add_argument("--project", required=True)
     export.add_argument("--output", required=True, help="Output folder.")
+    export.add_argument("--exclude", action="append", metavar="ANNOTATOR",
+                        help="Leave this annotator's labels out of the training files (repeatable), e.g. one "
+                             "whose gold accuracy shows careless work; labels.jsonl keeps them.")
     export.add_argument("--per-label", action="store_true",
                         help="One record per label (annotator as source) instead of aggregating annotators.")
 
@@ -218,7 +221,7 @@ def run_export(args, console) -> None:
 
     with open_database(args.db) as session:
         written = write_exports(session, find_project(session, args.project), args.output,
-                                aggregate=not args.per_label)
+                                aggregate=not args.per_label, exclude=frozenset(args.exclude or ()))
     summary = ", ".join(f"{kind}.jsonl ({count})" for kind, count in written.items())
     console.print(f"label export: wrote {summary} to {args.output}")
 

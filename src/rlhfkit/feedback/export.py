@@ -82,13 +82,16 @@ def kto_record(item: Item, index: int, desirable: bool, source: str) -> dict:
     return {"prompt": item.prompt, "completion": item.responses[index], "label": desirable, "source": source}
 
 
-def export_records(session: Session, project: Project, aggregate: bool = True) -> dict[str, list[dict]]:
-    """Every export file's records, by kind (see the module docstring)."""
+def export_records(session: Session, project: Project, aggregate: bool = True,
+                   exclude: frozenset[str] = frozenset()) -> dict[str, list[dict]]:
+    """Every export file's records, by kind (see the module docstring). ``exclude``: annotators whose
+    labels are left out of the training files (e.g. those quality control caught); labels.jsonl keeps them."""
     rows = project_labels(session, project)
     records: dict[str, list[dict]] = {kind: [] for kind in EXPORT_KINDS}
     records["labels"] = [raw_label_record(label, item, annotator, project) for label, item, annotator in rows]
     source = f"rlhfkit-label:{project.name}"
-    for item, labels in labels_by_item(rows).values():
+    kept = [(label, item, annotator) for label, item, annotator in rows if annotator not in exclude]
+    for item, labels in labels_by_item(kept).values():
         for label, annotator in labels:
             if label.edited_response is not None:
                 records["sft"].append({"prompt": item.prompt, "completion": label.edited_response,
@@ -148,7 +151,8 @@ def to_jsonl(records: list[dict]) -> str:
     return "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
 
 
-def write_exports(session: Session, project: Project, output: str | Path, aggregate: bool = True) -> dict[str, int]:
+def write_exports(session: Session, project: Project, output: str | Path, aggregate: bool = True,
+                  exclude: frozenset[str] = frozenset()) -> dict[str, int]:
     """Write the export files into the folder ``output``; returns the record count per file written.
 
     Files with no records are not written (the loaders refuse empty files), except labels.jsonl.
@@ -156,7 +160,7 @@ def write_exports(session: Session, project: Project, output: str | Path, aggreg
     folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)
     written = {}
-    for kind, records in export_records(session, project, aggregate).items():
+    for kind, records in export_records(session, project, aggregate, frozenset(exclude)).items():
         if records or kind == "labels":
             (folder / f"{kind}.jsonl").write_text(to_jsonl(records), encoding="utf-8")
             written[kind] = len(records)

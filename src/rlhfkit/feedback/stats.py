@@ -15,7 +15,13 @@ from itertools import combinations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from rlhfkit.feedback.agreement import cohens_kappa, fleiss_kappa, krippendorff_alpha, percent_agreement
+from rlhfkit.feedback.agreement import (
+    cohens_kappa,
+    fleiss_kappa,
+    krippendorff_alpha,
+    pairwise_ranking_agreement,
+    percent_agreement,
+)
 from rlhfkit.feedback.assignment import limits_of, user_welfare
 from rlhfkit.feedback.db import Assignment, Item, Label, Project, SiteSettings, User
 from rlhfkit.feedback.export import grouped_for_agreement
@@ -95,6 +101,8 @@ def project_agreement(session: Session, project: Project) -> dict:
                  for answers in grouped for i in range(len(answers[0][1]["ranks"]))]
         result["krippendorff_alpha_ordinal"] = krippendorff_alpha(units, "ordinal")
         result["categorical_label"] = "best response"
+        result["pairwise_agreement"] = pairwise_ranking_agreement([[answer["ranks"] for _, answer in answers]
+                                                                   for answers in grouped])
     else:
         categorical = [[(a, tuple(answer["ratings"])) for a, answer in answers] for answers in grouped]
         units = [[answer["ratings"][i] for _, answer in answers]

@@ -333,6 +333,9 @@ class PPOTrainer:
         self.reward_fn: RewardFunction = load_reward_function(
             config.reward, device=config.device, dtype=config.dtype, batch_size=config.batch_size,
             max_length=config.max_length)
+        self.track_fn: RewardFunction | None = None if not config.track_reward else load_reward_function(
+            config.track_reward, device=config.device, dtype=config.dtype, batch_size=config.batch_size,
+            max_length=config.max_length)
         self.kl = KLController(config.beta, config.target_kl, config.kl_horizon)
 
         groups = [{"params": [p for p in policy.parameters() if p.requires_grad], "lr": config.learning_rate}]
@@ -403,6 +406,8 @@ class PPOTrainer:
         lengths = mask.sum(1)
         metrics = {"score": raw_scores.mean().item(), "beta": self.kl.beta,
                    "response_length": lengths.mean().item(), "eos_rate": rollout.finished.float().mean().item()}
+        if self.track_fn is not None:
+            metrics["track_score"] = sum(self.track_fn(rollout.prompts, rollout.texts)) / len(rollout)
         if kls is not None:  # otherwise the update reports them (see minibatch_loss)
             metrics.update(kl_k1=(kls["k1"] * mask).sum(1).mean().item(),
                            kl_k3=(kls["k3"] * mask).sum(1).mean().item(), entropy=masked_mean(entropy, mask).item())
@@ -504,7 +509,11 @@ class PPOTrainer:
         logprobs = torch.cat([p[0] for p in in_chunks(
             lambda r: response_logprobs(self.policy, r, self.config.temperature), rollout, self.config.batch_size)])
         ref = torch.cat(in_chunks(self.reference_logprobs, rollout, self.config.batch_size))
-        return {"eval_score": raw.mean().item(), "eval_kl": ((logprobs - ref) * rollout.mask).sum(1).mean().item()}
+        metrics = {"eval_score": raw.mean().item(),
+                   "eval_kl": ((logprobs - ref) * rollout.mask).sum(1).mean().item()}
+        if self.track_fn is not None:
+            metrics["eval_track_score"] = sum(self.track_fn(rollout.prompts, rollout.texts)) / len(rollout)
+        return metrics
 
     def write_samples(self, step: int, rollout: Rollout, scores: list[float], count: int = 3) -> None:
         path = Path(self.config.output) / "samples.jsonl"
