@@ -229,9 +229,12 @@ def test_cli_runs_ppo(tmp_path, tiny_model_dir, rl_files):
     main(["ppo", "--policy", str(tiny_model_dir), "--reward", f"{rl_files / 'rewards.py'}:blue",
           "--prompts", str(rl_files / "prompts.jsonl"), "--output", str(output), "--device", "cpu",
           "--max-steps", "2", "--prompts-per-step", "4", "--estimator", "rloo", "--max-new-tokens", "4",
-          "--eval-split", "0.25", "--sample-every", "1"])
+          "--eval-split", "0.25", "--sample-every", "1", "--track-reward", f"{rl_files / 'rewards.py'}:blue"])
     records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
     assert any("eval_kl" in r for r in records) and sum("score" in r for r in records) == 2
+    # the watched reward is logged beside the optimised one (here the same function, so the same mean)
+    assert all(r["track_score"] == pytest.approx(r["score"]) for r in records if "score" in r)
+    assert all(r["eval_track_score"] == pytest.approx(r["eval_score"]) for r in records if "eval_score" in r)
     assert (output / "samples.jsonl").read_text().count("\n") >= 3
     with pytest.raises(SystemExit) as exit_info:
         main(["ppo", "--policy", str(tiny_model_dir), "--reward", "nowhere", "--prompts",

@@ -57,19 +57,20 @@ class DemoSize:
     width: int = 128
     corpus_per_prompt: int = 6
     demos_per_prompt: int = 2
-    pretrain_steps: int = 300
-    sft_steps: int = 100
+    pretrain_steps: int = 250
+    sft_steps: int = 80
     samples_per_prompt: int = 4
-    rm_steps: int = 150
-    ppo_steps: int = 40
-    dpo_steps: int = 80
+    sample_rounds: int = 2
+    rm_steps: int = 100
+    ppo_steps: int = 30
+    dpo_steps: int = 100
     eval_samples: int = 4
     max_new_tokens: int = 48
 
 
 FULL = DemoSize()
 QUICK = DemoSize(layers=2, width=64, corpus_per_prompt=1, demos_per_prompt=1, pretrain_steps=4, sft_steps=4,
-                 samples_per_prompt=4, rm_steps=4, ppo_steps=2, dpo_steps=4, eval_samples=1, max_new_tokens=16)
+                 samples_per_prompt=4, sample_rounds=1, rm_steps=4, ppo_steps=2, dpo_steps=4, eval_samples=1, max_new_tokens=16)
 
 ANNOTATORS = (
     SimulatedAnnotator("sim-alice"),
@@ -129,7 +130,7 @@ def collect_labels(folder: Path, samples: list[dict], world: World, seed: int, q
     from rlhfkit.feedback.agreement import pairwise_ranking_agreement
     from rlhfkit.feedback.auth import create_user
     from rlhfkit.feedback.cli import open_database
-    from rlhfkit.feedback.export import grouped_for_agreement, write_exports
+    from rlhfkit.feedback.export import labels_by_item, project_labels, write_exports
     from rlhfkit.feedback.importing import ProjectOptions, add_items, create_project, item_specs
     from rlhfkit.feedback.stats import annotator_rows, project_agreement
 
@@ -138,7 +139,7 @@ def collect_labels(folder: Path, samples: list[dict], world: World, seed: int, q
     database.unlink(missing_ok=True)
     session = open_database(f"sqlite:///{database}")
     start = datetime(2026, 1, 5, 9, 0)
-    options = ProjectOptions(task_type="rank", overlap=3, gold_rate=0.05,
+    options = ProjectOptions(task_type="rank", overlap=2, gold_rate=0.05,
                              guidelines="Rank the answers from best (1) to worst. Prefer answers that help, "
                                         "are kind and are safe. (In this demo the annotators are simulated.)")
     project = create_project(session, "demo-round-1", options)
@@ -170,10 +171,9 @@ def collect_labels(folder: Path, samples: list[dict], world: World, seed: int, q
     excluded = frozenset(r["annotator"] for r in rows
                          if r["gold_accuracy"] is not None and r["gold_accuracy"] < GOLD_ACCURACY_FLOOR)
     careful = {a.name for a in ANNOTATORS if not a.careless}
-    careful_rankings = [[answer["ranks"] for name, answer in answers if name in careful]
-                        for answers in grouped_for_agreement(session, project).values()]
-    all_rankings = [[answer["ranks"] for _, answer in answers]
-                    for answers in grouped_for_agreement(session, project).values()]
+    per_item = labels_by_item(project_labels(session, project)).values()  # gold items left out
+    careful_rankings = [[label.answer["ranks"] for label, name in labels if name in careful] for _, labels in per_item]
+    all_rankings = [[label.answer["ranks"] for label, _ in labels] for _, labels in per_item]
     agreement = project_agreement(session, project)
     written = write_exports(session, project, folder / "export", exclude=excluded)
     session.close()
@@ -190,7 +190,7 @@ def collect_labels(folder: Path, samples: list[dict], world: World, seed: int, q
                       f"{row['breaks']} enforced breaks, {row['warnings_revealed']} content warnings revealed"
                       + (" [red]excluded by quality control[/]" if row["excluded_by_qc"] else ""))
     return {
-        "pairwise_agreement": pairwise_ranking_agreement(careful_rankings),
+        "pairwise_agreement": pairwise_ranking_agreement(careful_rankings),  # non-gold items, careful pairs
         "pairwise_agreement_all": pairwise_ranking_agreement(all_rankings),
         "krippendorff_alpha": agreement.get("krippendorff_alpha_ordinal"),
         "noise": noise,
@@ -306,9 +306,10 @@ def run_demo(output: str | Path = "demo-output", quick: bool = False, seed: int 
     tokenizer = load_tokenizer(str(output / "sft"))
     sft = load_causal_lm(str(output / "sft"), tokenizer).eval()
 
-    with clock.stage(5, "sampling", f"{size.samples_per_prompt} answers per training prompt from the SFT policy"):
+    with clock.stage(5, "sampling", f"{size.sample_rounds} x {size.samples_per_prompt} answers per training prompt "
+                                    "from the SFT policy"):
         torch.manual_seed(seed)
-        prompts = [p["prompt"] for p in train_prompts]
+        prompts = [p["prompt"] for p in train_prompts] * size.sample_rounds
         answers = sample_responses(sft, tokenizer, prompts, num_samples=size.samples_per_prompt,
                                    max_new_tokens=size.max_new_tokens, batch_size=64)
         samples = [{"prompt": p, "responses": [s.text for s in a]} for p, a in zip(prompts, answers, strict=True)]
@@ -320,7 +321,7 @@ def run_demo(output: str | Path = "demo-output", quick: bool = False, seed: int 
 
     with clock.stage(7, "reward model", "Bradley-Terry on the annotators' rankings"):
         run_rm(RMConfig(model=str(output / "sft"), data=str(export / "rankings.jsonl"), output=str(output / "rm"),
-                        learning_rate=1e-4, max_steps=size.rm_steps, batch_size=16, warmup_ratio=0.05,
+                        learning_rate=5e-4, max_steps=size.rm_steps, batch_size=16, warmup_ratio=0.05,
                         eval_split=0.1, normalize_with=str(data / "sft-samples.jsonl"), **common))
         reward_model = reward_model_accuracy(output / "rm", sft, tokenizer, [p["prompt"] for p in held_out], size)
         rm_eval = json.loads((output / "rm" / "eval.json").read_text())
@@ -333,12 +334,12 @@ def run_demo(output: str | Path = "demo-output", quick: bool = False, seed: int 
         run_ppo(PPOConfig(policy=str(output / "sft"), reward=str(output / "rm"), prompts=str(data / "prompts.jsonl"),
                           output=str(output / "ppo"), estimator="gae", learning_rate=3e-4, max_steps=size.ppo_steps,
                           prompts_per_step=32, samples_per_prompt=1, ppo_epochs=2, batch_size=32,
-                          max_new_tokens=size.max_new_tokens, beta=0.05, kl_estimator="k1", eval_split=0.0,
+                          max_new_tokens=size.max_new_tokens, beta=0.3, kl_estimator="k1", eval_split=0.0,
                           sample_every=10, track_reward=GOLD_SPEC, **{**common, "log_every": 1}))
 
     with clock.stage(9, "DPO", "on the same labels, no reward model"):
         run_dpo(DPOConfig(model=str(output / "sft"), data=str(export / "preferences.jsonl"),
-                          output=str(output / "dpo"), learning_rate=5e-4, beta=0.1, max_steps=size.dpo_steps,
+                          output=str(output / "dpo"), learning_rate=3e-4, beta=0.3, max_steps=size.dpo_steps,
                           batch_size=16, warmup_ratio=0.05, eval_split=0.05, eval_kl_prompts=0, **common))
 
     with clock.stage(10, "evaluation", "held-out prompts, gold judge, KL to SFT"):

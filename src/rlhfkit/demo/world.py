@@ -184,21 +184,26 @@ class ReplyStyle:
     repeat: bool = False
 
 
+def answer_text(request: Request) -> str:
+    """The request's answer, introduced by its subject: "To make pancakes, mix flour, ..."."""
+    return f"To {request.subject}, {request.answer[0].lower()}{request.answer[1:]}"
+
+
 def render_reply(request: Request, style: ReplyStyle, rng: random.Random) -> str:
     """The reply text for ``request`` in ``style`` (``rng`` picks among equivalent wordings)."""
     opening = rng.choice({"warm": WARM_OPENINGS, "neutral": NEUTRAL_OPENINGS, "cold": COLD_OPENINGS}[style.tone])
     closing = rng.choice({"warm": WARM_CLOSINGS, "neutral": NEUTRAL_CLOSINGS, "cold": COLD_CLOSINGS}[style.tone])
     if style.body == "helpful":
-        body = request.answer
+        body = answer_text(request)
     elif style.body == "vague":
         body = rng.choice(VAGUE_BODIES)
     elif style.body == "off_topic":
         others = [r for r in REQUESTS if r.topic != request.topic and not r.harmful]
-        body = rng.choice(others).answer
+        body = answer_text(rng.choice(others))
     elif style.body == "refusal":
         body = rng.choice(REFUSALS) + (" " + SAFE_REDIRECT if style.tone == "warm" else "")
     elif style.body == "compliance":
-        body = request.answer if request.harmful else "Sure. " + request.answer
+        body = answer_text(request) if request.harmful else "Sure. " + answer_text(request)
     else:
         raise ValueError(f"unknown reply body {style.body!r}: expected one of {BODIES}")
     parts = [opening, body]
@@ -413,7 +418,7 @@ class World:
         """Every string of the world, for training the tokenizer."""
         texts = ["<|user|>", "<|assistant|>", "<|system|>"]
         for request in REQUESTS:
-            texts += [prompt_text(request, p) for p in range(len(PHRASINGS))] + [request.answer]
+            texts += [prompt_text(request, p) for p in range(len(PHRASINGS))] + [answer_text(request)]
         texts += [*WARM_OPENINGS, *COLD_OPENINGS, *WARM_CLOSINGS, *COLD_CLOSINGS, *VAGUE_BODIES, *REFUSALS,
                   SAFE_REDIRECT, *FILLERS]
         return texts
