@@ -62,7 +62,7 @@ class DemoSize:
     samples_per_prompt: int = 4
     sample_rounds: int = 2
     rm_steps: int = 100
-    ppo_steps: int = 30
+    ppo_steps: int = 25
     dpo_steps: int = 100
     eval_samples: int = 4
     max_new_tokens: int = 48
@@ -333,7 +333,7 @@ def run_demo(output: str | Path = "demo-output", quick: bool = False, seed: int 
     with clock.stage(8, "PPO", "against the reward model, KL to SFT; the gold score is only watched"):
         run_ppo(PPOConfig(policy=str(output / "sft"), reward=str(output / "rm"), prompts=str(data / "prompts.jsonl"),
                           output=str(output / "ppo"), estimator="gae", learning_rate=3e-4, max_steps=size.ppo_steps,
-                          prompts_per_step=32, samples_per_prompt=1, ppo_epochs=2, batch_size=32,
+                          prompts_per_step=64, samples_per_prompt=1, ppo_epochs=2, batch_size=64,
                           max_new_tokens=size.max_new_tokens, beta=0.3, kl_estimator="k1", eval_split=0.0,
                           sample_every=10, track_reward=GOLD_SPEC, **{**common, "log_every": 1}))
 
