@@ -109,7 +109,7 @@ def _tiny_model(config: TinyModelConfig) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from rlhfkit.demo.run import run_demo
 
-    run_demo(args.output, quick=args.quick)
+    run_demo(args.output, quick=args.quick, seed=args.seed)
 
 
 def _data_check(args: argparse.Namespace) -> None:
@@ -159,10 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text + " " + (cls.__doc__ or ""))
         add_config_arguments(sub, cls)
 
-    demo = commands.add_parser("demo", help="Run the stages end to end on the built-in example.",
-                               description="Run the stages that exist end to end on a small built-in example.")
+    demo = commands.add_parser("demo", help="RLHF end to end on a built-in assistant world (CPU, minutes).",
+                               description="The whole loop on a built-in assistant world: tiny model, pre-training, "
+                                           "SFT, simulated annotators in the feedback app, reward model, PPO and "
+                                           "DPO, evaluation against a hidden gold preference, and an HTML report.")
     demo.add_argument("--output", default="demo-output", help="Folder for everything the demo writes.")
     demo.add_argument("--quick", action="store_true", help="A smaller, faster run (used by the tests).")
+    demo.add_argument("--seed", type=int, default=0, help="Seed of the world, the models and the annotators.")
 
     data = commands.add_parser("data", help="Check data files.", description="Check data files.")
     data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
