@@ -86,6 +86,23 @@ def test_score_judge_ties_on_equal_scores():
     assert tie.winner == "tie" and tie.confidence == 0.0
 
 
+def test_score_judge_scores_each_answer_once_across_pairs_and_swaps():
+    from rlhfkit.judge.run import judge_answer_sets
+
+    scored = []
+
+    def length(prompts, responses):
+        scored.extend(zip(prompts, responses, strict=True))
+        return [float(len(r)) for r in responses]
+
+    records = [("p", ["a", "bbb", "cc", "dddd"], "f:1"), ([{"role": "user", "content": "q"}], ["x", "yy"], "f:2")]
+    judged = judge_answer_sets(PositionSwap(ScoreJudge(length, "length")), records)
+    assert len(scored) == 6  # 4 + 2 distinct answers, for 6 + 1 pairs asked in both orders
+    assert judged[0].ranks() == [4, 2, 3, 1] and judged[1].ranks() == [2, 1]
+    assert all(v.prob_a == pytest.approx(sigmoid(len(records[0][1][i]) - len(records[0][1][j])))
+               for i, j, v in judged[0].verdicts)
+
+
 def test_constitution_loading_errors_and_sampling(tmp_path):
     default = load_constitution(DEFAULT_CONSTITUTION)
     assert {p.name for p in default} >= {"helpful", "honest", "harmless", "not-over-refusing"}

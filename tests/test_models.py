@@ -74,3 +74,25 @@ def test_dtype_selection():
     assert resolve_dtype("bf16") == torch.bfloat16
     with pytest.raises(ValueError, match="unknown dtype 'float8'"):
         resolve_dtype("float8")
+
+
+def test_every_loader_turns_dropout_off(tmp_path, tiny_model_dir):
+    """GUIDE §4.7: a checkpoint saved with dropout loads with dropout 0 as policy, reward model and critic."""
+    from rlhfkit.models.reward import RewardModel, load_reward_backbone
+
+    folder = tmp_path / "with-dropout"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, resid_pdrop=0.3, embd_pdrop=0.3, attn_pdrop=0.3)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
+    assert [m for m in model.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]  # the checkpoint has some
+
+    def dropouts(module):
+        return [m.p for m in module.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
+
+    tokenizer = load_tokenizer(str(folder))
+    assert dropouts(load_causal_lm(str(folder), tokenizer)) == []
+    backbone = load_reward_backbone(str(folder), tokenizer)  # reward model to train, and PPO's critic
+    assert dropouts(backbone) == []
+    backbone.save_pretrained(tmp_path / "rm")
+    tokenizer.save_pretrained(tmp_path / "rm")
+    assert dropouts(RewardModel.from_pretrained(str(tmp_path / "rm"), device="cpu").model) == []

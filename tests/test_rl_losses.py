@@ -10,6 +10,7 @@ from rlhfkit.losses import (
     clipped_value_loss,
     discounted_returns,
     entropy_from_logits,
+    entropy_from_logprobs,
     gae_advantages,
     group_advantages,
     kl_estimates,
@@ -126,3 +127,57 @@ def test_masked_whiten_and_mean_ignore_masked_entries():
 def test_entropy_from_logits():
     assert entropy_from_logits(torch.zeros(1, 4)).item() == pytest.approx(math.log(4))
     assert entropy_from_logits(torch.tensor([[0.0, -1e4]])).item() == pytest.approx(0.0, abs=1e-6)
+    # p = (0.5, 0.25, 0.25): H = 0.5 ln 2 + 2 * 0.25 ln 4 = 1.5 ln 2, from the log-probs directly
+    logprobs = torch.tensor([[0.5, 0.25, 0.25]]).log()
+    assert entropy_from_logprobs(logprobs).item() == pytest.approx(1.5 * math.log(2))
+    assert entropy_from_logits(logprobs + 3.0).item() == pytest.approx(1.5 * math.log(2))
+
+
+def test_clipped_losses_ignore_whatever_is_in_masked_positions():
+    # GUIDE §4.5: the same real tokens with different garbage after EOS give the same loss and gradient
+    mask = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    real = torch.tensor([[-1.0, -2.0, 0.0, 0.0], [-0.5, 0.0, 0.0, 0.0]])
+    garbage = torch.tensor([[0.0, 0.0, 40.0, -300.0], [0.0, 25.0, -80.0, 7.0]])
+    old = torch.tensor([[-1.2, -1.5, 0.0, 0.0], [-0.7, 0.0, 0.0, 0.0]])
+    advantages = torch.tensor([[1.0, -2.0, 0.0, 0.0], [0.5, 0.0, 0.0, 0.0]])
+
+    def policy_loss(extra):
+        logprobs = (real + extra).requires_grad_()
+        loss, metrics = clipped_policy_loss(logprobs, old - extra / 2, advantages + extra * 3, mask)
+        loss.backward()
+        return loss.item(), logprobs.grad * mask, metrics["clip_fraction"].item(), metrics["approx_kl"].item()
+
+    clean, dirty = policy_loss(torch.zeros_like(real)), policy_loss(garbage)
+    assert clean[0] == pytest.approx(dirty[0]) and torch.allclose(clean[1], dirty[1])
+    assert clean[2:] == pytest.approx(dirty[2:])
+
+    values, returns = torch.tensor([[0.5, 1.0, 0.0, 0.0], [2.0, 0.0, 0.0, 0.0]]), torch.ones(2, 4)
+    clean_value = clipped_value_loss(values, values - 0.1, returns, mask)
+    dirty_value = clipped_value_loss(values + garbage, values - 0.1 - garbage, returns + garbage, mask)
+    assert clean_value.item() == pytest.approx(dirty_value.item())
+
+
+def test_kl_controller_is_proportional_with_the_error_clipped_at_a_fifth():
+    from rlhfkit.train.ppo import KLController
+
+    fixed = KLController(0.1)
+    fixed.update(100.0, 64)
+    assert fixed.beta == 0.1  # no target: β stays
+    high = KLController(0.1, target=6.0, horizon=1000)
+    high.update(100.0, 50)  # error clipped to +0.2: β·(1 + 0.2·50/1000)
+    assert high.beta == pytest.approx(0.1 * 1.01)
+    low = KLController(0.1, target=6.0, horizon=1000)
+    low.update(4.5, 100)  # error 4.5/6 - 1 = -0.25, clipped to -0.2
+    assert low.beta == pytest.approx(0.1 * (1 - 0.02))
+    near = KLController(0.1, target=6.0, horizon=1000)
+    near.update(6.6, 100)  # error +0.1, inside the clip
+    assert near.beta == pytest.approx(0.1 * 1.01)
+
+
+def test_ppo_defaults_follow_the_checklist():
+    # GUIDE §4.9: GAE with γ = 1, λ = 0.95, whitened advantages, clipped policy (0.2) and value losses
+    from rlhfkit.config import PPOConfig
+
+    defaults = PPOConfig(policy="p", reward="r", prompts="x", output="o")
+    assert (defaults.estimator, defaults.gamma, defaults.lam) == ("gae", 1.0, 0.95)
+    assert defaults.whiten_advantages and defaults.clip_range == 0.2 and defaults.value_clip == 0.2

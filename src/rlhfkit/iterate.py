@@ -92,6 +92,7 @@ from rlhfkit.config import (
     config_to_dict,
 )
 from rlhfkit.console import console, progress_bar
+from rlhfkit.data import to_jsonl
 
 STEPS = ("generate", "labels", "rm", "policy", "eval")
 LABEL_SOURCES = ("judge", "people", "semi-ai")
@@ -216,10 +217,6 @@ def write_json(path: Path, value) -> None:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def to_jsonl(records: list[dict]) -> str:
-    return "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
 
 
 def fingerprint(path: str) -> str | None:

@@ -328,7 +328,12 @@ def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: 
     return (per_token * mask).sum() / denominator
 
 
+def entropy_from_logprobs(logprobs: torch.Tensor) -> torch.Tensor:
+    """Entropy at each position from the full log-softmax ``[..., V]``: ``-Σ p·log p`` (so a caller
+    that already has the log-probs does not normalise the logits a second time)."""
+    return -(logprobs.exp() * logprobs).sum(-1)
+
+
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the softmax distribution at each position: ``logsumexp(z) - Σ p·z``."""
-    logits = logits.float()
-    return torch.logsumexp(logits, -1) - (F.softmax(logits, -1) * logits).sum(-1)
+    """Entropy of the softmax distribution at each position."""
+    return entropy_from_logprobs(F.log_softmax(logits.float(), -1))

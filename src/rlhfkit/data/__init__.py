@@ -28,6 +28,7 @@ from rlhfkit.data.records import (
     parse_ranking,
     ranking_to_pairs,
 )
+from rlhfkit.data.writers import to_jsonl, write_jsonl
 
 __all__ = [
     "BinaryFeedback",
@@ -50,5 +51,7 @@ __all__ = [
     "parse_prompt",
     "parse_ranking",
     "ranking_to_pairs",
+    "to_jsonl",
+    "write_jsonl",
     "read_rows",
 ]

@@ -33,13 +33,15 @@ import torch
 
 from rlhfkit.config import DPOConfig, PPOConfig, RMConfig, SFTConfig
 from rlhfkit.console import console, progress_bar, setup_logging
+from rlhfkit.data import write_jsonl
 from rlhfkit.demo.annotators import INSTRUCTGPT_AGREEMENT, SimulatedAnnotator, calibrate_noise, label_project
 from rlhfkit.demo.world import ReplyStyle, World, gold_score, prompt_text, render_reply, reply_attributes
-from rlhfkit.evaluate.compare import evaluate_policies
+from rlhfkit.evaluate.compare import evaluate_policies, sample_answers
 from rlhfkit.evaluate.preferences import pairwise_report
 from rlhfkit.evaluate.report import write_report
 from rlhfkit.models import load_causal_lm, load_tokenizer
 from rlhfkit.models.tiny import write_tiny_model
+from rlhfkit.rewards import load_reward_function
 from rlhfkit.rollout.generate import sample_responses
 from rlhfkit.train.dpo import run_dpo
 from rlhfkit.train.ppo import run_ppo
@@ -70,7 +72,7 @@ class DemoSize:
 
 FULL = DemoSize()
 QUICK = DemoSize(layers=2, width=64, corpus_per_prompt=1, demos_per_prompt=1, pretrain_steps=4, sft_steps=4,
-                 samples_per_prompt=4, sample_rounds=1, rm_steps=4, ppo_steps=2, dpo_steps=4, eval_samples=1, max_new_tokens=16)
+                 samples_per_prompt=4, sample_rounds=1, rm_steps=4, ppo_steps=2, dpo_steps=4, eval_samples=2, max_new_tokens=16)
 
 ANNOTATORS = (
     SimulatedAnnotator("sim-alice"),
@@ -80,11 +82,6 @@ ANNOTATORS = (
 )
 GOLD_ACCURACY_FLOOR = 0.5
 """Quality control: annotators whose best-answer accuracy on gold items is below this are excluded."""
-
-
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    return path
 
 
 class StageClock:
@@ -227,17 +224,12 @@ def attribute_rates(prompts: list, answers: list[str]) -> dict[str, float]:
     }
 
 
-def reward_model_accuracy(rm_dir: Path, sft, tokenizer, prompts: list, size: DemoSize) -> dict:
-    """The reward model against gold on held-out prompts: SFT samples, every pair gold orders strictly."""
-    from rlhfkit.rewards import load_reward_function
-
-    reward = load_reward_function(str(rm_dir), device="cpu")
-    torch.manual_seed(1)
-    samples = sample_responses(sft, tokenizer, prompts, num_samples=size.samples_per_prompt,
-                               max_new_tokens=size.max_new_tokens, batch_size=64, show_progress=False)
+def reward_model_accuracy(reward, prompts: list, sft_answers: list, per_prompt: int) -> dict:
+    """The reward model against gold on held-out prompts: over the SFT answers to each prompt
+    (``per_prompt`` consecutive answers each), every pair gold orders strictly."""
     differences = []
-    for prompt, answers in zip(prompts, samples, strict=True):
-        texts = [s.text for s in answers]
+    for index, prompt in enumerate(prompts):
+        texts = [s.text for s in sft_answers[index * per_prompt : (index + 1) * per_prompt]]
         gold = gold_score([prompt] * len(texts), texts)
         rm = reward([prompt] * len(texts), texts)
         for i in range(len(texts)):
@@ -323,7 +315,14 @@ def run_demo(output: str | Path = "demo-output", quick: bool = False, seed: int 
         run_rm(RMConfig(model=str(output / "sft"), data=str(export / "rankings.jsonl"), output=str(output / "rm"),
                         learning_rate=5e-4, max_steps=size.rm_steps, batch_size=16, warmup_ratio=0.05,
                         eval_split=0.1, normalize_with=str(data / "sft-samples.jsonl"), **common))
-        reward_model = reward_model_accuracy(output / "rm", sft, tokenizer, [p["prompt"] for p in held_out], size)
+        # the SFT answers to the held-out prompts: for the RM's accuracy against gold here, and as the
+        # baseline's answers in the evaluation (sampled once)
+        sft_held_out = sample_answers(sft, tokenizer, [p["prompt"] for p in held_out],
+                                      samples_per_prompt=size.eval_samples, max_new_tokens=size.max_new_tokens,
+                                      batch_size=64, seed=seed)
+        reward = load_reward_function(str(output / "rm"), device="cpu")
+        reward_model = reward_model_accuracy(reward, [p["prompt"] for p in held_out], sft_held_out,
+                                             size.eval_samples)
         rm_eval = json.loads((output / "rm" / "eval.json").read_text())
         reward_model["accuracy_vs_annotators"] = rm_eval["accuracy"]
         console.print(f"reward model: {reward_model['accuracy_vs_gold']:.1%} agreement with gold on "
@@ -343,7 +342,7 @@ def run_demo(output: str | Path = "demo-output", quick: bool = False, seed: int 
                           batch_size=16, warmup_ratio=0.05, eval_split=0.05, eval_kl_prompts=0, **common))
 
     with clock.stage(10, "evaluation", "held-out prompts, gold judge, KL to SFT"):
-        evaluation = evaluate(output, sft, tokenizer, held_out, size, seed)
+        evaluation = evaluate(output, sft, sft_held_out, reward, tokenizer, held_out, size, seed)
 
     summary = {
         "title": "rlhfkit demo: RLHF on a small assistant world",
@@ -370,20 +369,20 @@ def run_demo(output: str | Path = "demo-output", quick: bool = False, seed: int 
     return summary
 
 
-def evaluate(output: Path, sft, tokenizer, held_out: list[dict], size: DemoSize, seed: int) -> dict:
-    """PPO and DPO against SFT on the held-out prompts, judged by gold; attributes per policy."""
-    from rlhfkit.rewards import load_reward_function
-
+def evaluate(output: Path, sft, sft_answers: list, rm, tokenizer, held_out: list[dict], size: DemoSize,
+             seed: int) -> dict:
+    """PPO and DPO against SFT (whose answers ``sft_answers`` are already sampled) on the held-out
+    prompts, judged by gold; attributes per policy."""
     prompts = [p["prompt"] for p in held_out]
     harmful = [p["harmful"] for p in held_out]
-    rm = load_reward_function(str(output / "rm"), device="cpu")
     policies, samples = {}, {}
     for name in ("ppo", "dpo"):
         policy = load_causal_lm(str(output / name), tokenizer).eval()
         result = evaluate_policies(policy, sft, tokenizer, prompts, gold_score, reference=sft, harmful=harmful,
                                    samples_per_prompt=size.eval_samples, max_new_tokens=size.max_new_tokens,
                                    seed=seed, batch_size=64, names=(name, "sft"), judge_name="gold",
-                                   scorers={"rm_score": rm, "gold_score": gold_score}, show_progress=True)
+                                   scorers={"rm_score": rm, "gold_score": gold_score}, show_progress=True,
+                                   baseline_samples=sft_answers)
         rows = result["samples"]
         flat = [row["prompt"] for row in rows]
         policies[name] = {**result["policies"][name],

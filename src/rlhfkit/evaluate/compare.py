@@ -103,6 +103,7 @@ def evaluate_policies(
     judge_name: str | None = None,
     scorers: dict[str, Callable] | None = None,
     show_progress: bool = False,
+    baseline_samples: list[Sample] | None = None,
 ) -> dict:
     """Compare ``policy`` (A) with ``baseline`` (B) on ``prompts``; models already loaded.
 
@@ -112,6 +113,9 @@ def evaluate_policies(
     ``harmful[i]`` flags prompt i as harmful (True), benign (False) or unknown (None). ``scorers`` are
     further score functions by name (e.g. ``{"rm_score": rm, "gold_score": gold}``): each policy gets
     the mean score of its answers under each, as an entry of that name.
+    ``baseline_samples``: the baseline's answers when the caller already has them (from
+    :func:`sample_answers` with the same prompts and options), so comparing several policies with one
+    baseline samples it once.
 
     Returns ``{"judge", "win_rate", "policies", "counts", "seconds", "samples"}``: ``win_rate`` is A's
     (a dict, see :class:`~rlhfkit.evaluate.win_rate.WinRate`; None without a judge); ``policies`` maps
@@ -129,7 +133,10 @@ def evaluate_policies(
     seconds = {}
     started = time.perf_counter()
     answers_a = sample_answers(policy, tokenizer, prompts, **options)
-    answers_b = sample_answers(baseline, baseline_tokenizer or tokenizer, prompts, **options)
+    answers_b = baseline_samples if baseline_samples is not None else sample_answers(
+        baseline, baseline_tokenizer or tokenizer, prompts, **options)
+    if len(answers_b) != len(answers_a):
+        raise ValueError(f"{len(answers_b)} baseline answers for {len(answers_a)} policy answers")
     seconds["sample"] = time.perf_counter() - started
     flat_prompts = [prompts[i // k] for i in range(len(answers_a))]
     flat_harmful = [harmful[i // k] for i in range(len(answers_a))]

@@ -22,8 +22,7 @@ from sqlalchemy.orm import Session
 
 from rlhfkit.feedback.db import Item, Project, make_engine, make_session_factory, migrate
 from rlhfkit.feedback.export import pairwise_winner, project_labels
-from rlhfkit.feedback.importing import ItemSpec, ProjectOptions, add_items, create_project
-from rlhfkit.feedback.lexicon import flag_categories, text_of
+from rlhfkit.feedback.importing import ProjectOptions, add_items, create_project, item_specs
 
 GUIDELINES = """# Which answer is better?
 
@@ -47,18 +46,17 @@ def push_pairs(session: Session, project_name: str, rows: list[dict], *, seed: i
     "baseline_answer"}``) and commit. Returns the mapping ``{"project", "items": [{"row", "item_id",
     "policy_shown_as": "A"|"B"}]}``. A ValueError when the project already exists."""
     rng = random.Random(seed)
-    specs, shown = [], []
+    records, shown = [], []
     for index, row in enumerate(rows):
         policy_first = rng.random() < 0.5
         answers = ([row["policy_answer"], row["baseline_answer"]] if policy_first
                    else [row["baseline_answer"], row["policy_answer"]])
-        text = text_of(row["prompt"]) + "\n" + "\n".join(answers)
-        specs.append(ItemSpec(row["prompt"], answers, f"eval:{index}",
-                              categories=flag_categories(text) if use_lexicon else []))
+        records.append((f"eval:{index}", {"prompt": row["prompt"], "responses": answers}))
         shown.append("A" if policy_first else "B")
+    options = ProjectOptions(task_type="pairwise", guidelines=guidelines, overlap=overlap)
     try:
-        project = create_project(session, project_name, ProjectOptions(task_type="pairwise", guidelines=guidelines,
-                                                                        overlap=overlap))
+        specs = item_specs(records, options, use_lexicon)  # checked and flagged as an import would be
+        project = create_project(session, project_name, options)
         add_items(session, project, specs)
         session.commit()
     except BaseException:

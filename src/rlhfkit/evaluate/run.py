@@ -28,6 +28,7 @@ from rich.table import Table
 
 from rlhfkit.config import ConfigError, EvalConfig
 from rlhfkit.console import console
+from rlhfkit.data import write_jsonl
 from rlhfkit.evaluate.compare import evaluate_policies, report_summary
 from rlhfkit.evaluate.win_rate import win_rate
 
@@ -77,9 +78,7 @@ def write_results(output: Path, result: dict) -> None:
 
     summary = {key: value for key, value in result.items() if key != "samples"}
     (output / "eval.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    with (output / "samples.jsonl").open("w") as handle:
-        for row in result["samples"]:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    write_jsonl(output / "samples.jsonl", result["samples"])
     write_report(output / "report", report_summary(result, title=f"eval: {result.get('policy_path', 'policy')} vs "
                                                                   f"{result.get('baseline_path', 'baseline')}"))
 

@@ -29,7 +29,6 @@ Gold items measure annotators; they are left out of every file but labels.jsonl.
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from rlhfkit.data.records import ranked_index_pairs
+from rlhfkit.data.writers import to_jsonl
 from rlhfkit.feedback.db import Item, Label, Project, User
 
 EXPORT_KINDS = ("preferences", "rankings", "sft", "kto", "labels")
@@ -145,10 +145,6 @@ def raw_label_record(label: Label, item: Item, annotator: str, project: Project)
         "is_gold": label.is_gold, "gold_correct": label.gold_correct, "categories": item.category_names,
         "prompt": item.prompt, "responses": item.responses,
     }
-
-
-def to_jsonl(records: list[dict]) -> str:
-    return "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
 
 
 def write_exports(session: Session, project: Project, output: str | Path, aggregate: bool = True,

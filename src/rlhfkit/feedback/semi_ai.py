@@ -64,7 +64,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from rlhfkit.config import JudgeConfig
-from rlhfkit.data import DataError
+from rlhfkit.data import DataError, write_jsonl
 from rlhfkit.feedback.db import Item, Project
 from rlhfkit.feedback.export import labels_by_item, pairwise_winner, project_labels, ranks_from_means
 from rlhfkit.feedback.importing import (
@@ -437,7 +437,3 @@ def print_agreement(report: dict, console) -> None:
                   f"left out: {records['left_out_human_no_preference']} without a human preference, "
                   f"{records['left_out_judge_no_preference']} without a judge preference")
     console.print(report["note"], style="dim")
-
-
-def write_jsonl(path: Path, records: list[dict]) -> None:
-    path.write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records), encoding="utf-8")

@@ -41,6 +41,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 
 from rlhfkit.data.errors import DataError
+from rlhfkit.data.writers import to_jsonl
 from rlhfkit.feedback import auth
 from rlhfkit.feedback.assignment import FeedbackError, limits_of, next_assignment, user_welfare
 from rlhfkit.feedback.db import (
@@ -57,7 +58,7 @@ from rlhfkit.feedback.db import (
     settings_row,
     utcnow,
 )
-from rlhfkit.feedback.export import EXPORT_KINDS, export_records, to_jsonl
+from rlhfkit.feedback.export import EXPORT_KINDS, export_records
 from rlhfkit.feedback.importing import ProjectOptions, add_items, create_project, item_specs, rows_of_upload
 from rlhfkit.feedback.labels import (
     ANNOTATOR_FLAG_CATEGORIES,

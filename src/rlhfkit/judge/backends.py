@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from pathlib import Path
@@ -94,10 +95,23 @@ class ScoreJudge:
         self.score, self.name = score, name
 
     def judge(self, comparisons: list[Comparison]) -> list[Verdict]:
-        prompts = [c.prompt for c in comparisons]
-        scores = self.score(prompts + prompts, [c.a for c in comparisons] + [c.b for c in comparisons])
-        n = len(comparisons)
-        return [Verdict(sigmoid(a - b)) for a, b in zip(scores[:n], scores[n:], strict=True)]
+        # each distinct (prompt, answer) is scored once: K answers compared pairwise (and position-swapped)
+        # cost K scores, not K(K-1)
+        index: dict[tuple[str, str], int] = {}
+        prompts, answers = [], []
+        for comparison in comparisons:
+            for answer in (comparison.a, comparison.b):
+                key = (json.dumps(comparison.prompt, sort_keys=True), answer)
+                if key not in index:
+                    index[key] = len(answers)
+                    prompts.append(comparison.prompt)
+                    answers.append(answer)
+        scores = self.score(prompts, answers)
+
+        def score_of(comparison: Comparison, answer: str) -> float:
+            return scores[index[(json.dumps(comparison.prompt, sort_keys=True), answer)]]
+
+        return [Verdict(sigmoid(score_of(c, c.a) - score_of(c, c.b))) for c in comparisons]
 
 
 def load_judge(spec: str, *, constitution: str | None = None, principles: str = "all", device: str = "auto",

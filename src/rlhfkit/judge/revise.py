@@ -10,12 +10,12 @@ then, with its critique in the conversation, to rewrite the answer. Output recor
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 from rlhfkit.config import ReviseConfig
 from rlhfkit.console import console
+from rlhfkit.data import write_jsonl
 from rlhfkit.evaluate.score import read_scoring_records
 from rlhfkit.judge.backends import conversation_text
 from rlhfkit.judge.constitution import DEFAULT_CONSTITUTION, Principle, load_constitution, principles_for
@@ -69,7 +69,7 @@ def run_revise(config: ReviseConfig) -> Path:
     kept = [r for r in records if r["completion"]]
     output = Path(config.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    write_jsonl(output, kept)
     console.print(f"revise: {len(kept)} revised answers written to {output} as demonstrations "
                   f"({len(records) - len(kept)} empty revisions left out)")
     return output

@@ -48,7 +48,7 @@ from rlhfkit.losses import (
     clipped_policy_loss,
     clipped_value_loss,
     discounted_returns,
-    entropy_from_logits,
+    entropy_from_logprobs,
     gae_advantages,
     group_advantages,
     kl_estimates,
@@ -147,9 +147,9 @@ def response_logprobs(model, rollout: Rollout, temperature: float, with_entropy:
         logits = model(**inputs, logits_to_keep=width + 1).logits[:, :-1]
     else:
         logits = model(**inputs).logits[:, -width - 1 : -1]
-    logits = logits.float() / temperature
-    logprobs = torch.log_softmax(logits, dim=-1).gather(-1, rollout.response.unsqueeze(-1)).squeeze(-1)
-    entropy = entropy_from_logits(logits) * rollout.mask if with_entropy else None
+    all_logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
+    logprobs = all_logprobs.gather(-1, rollout.response.unsqueeze(-1)).squeeze(-1)
+    entropy = entropy_from_logprobs(all_logprobs) * rollout.mask if with_entropy else None
     return logprobs * rollout.mask, entropy
 
 
@@ -161,6 +161,7 @@ class ValueModel(torch.nn.Module):
         super().__init__()
         self.model = model
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        # not models.reward.score_head: under LoRA, PEFT wraps the head (modules_to_save), not a Linear
         heads = [getattr(base, name) for name in ("score", "classifier", "v_head") if hasattr(base, name)]
         if not heads:
             raise ValueError(f"cannot find the scalar head of {type(base).__name__}")

@@ -163,24 +163,27 @@ def run_rm(config: RMConfig) -> Path:
     )
     model.to(accelerator.device)
     pad = tokenizer.pad_token_id
+    last_report: dict = {}  # the newest held-out report: the final one is written, not computed again
+
+    def evaluate(m) -> dict[str, float]:
+        last_report.clear()
+        last_report.update(evaluate_groups(m, eval_set, pad, config.batch_size, accelerator))
+        return {f"eval_{k}": v for k, v in last_report.items() if k in ("accuracy", "mean_margin")}
+
     stage = Stage(
         examples=train_set,
         collate=lambda batch: collate_groups(batch, pad),
         loss=lambda m, batch, norm: rm_batch_loss(m, batch, norm, config.label_smoothing),
         weight=lambda group: 1.0,
-        evaluate=(lambda m: {f"eval_{k}": v for k, v in
-                             evaluate_groups(m, eval_set, pad, config.batch_size, accelerator).items()
-                             if k in ("accuracy", "mean_margin")}) if eval_set else None,
+        evaluate=evaluate if eval_set else None,
         name="rm",
         length=lambda group: len(group.sequences) * max(map(len, group.sequences)),
     )
     trained = train(config, accelerator, model, stage)
     output = Path(config.output)
-    if eval_set:
-        report = evaluate_groups(trained.eval(), eval_set, pad, config.batch_size, accelerator)
-        if accelerator.is_main_process:
-            (output / "eval.json").write_text(json.dumps(report, indent=2))
-            print_report(report, f"Reward model on {report['pairs']} held-out pairs")
+    if eval_set and accelerator.is_main_process:  # the loop evaluated the final model last
+        (output / "eval.json").write_text(json.dumps(last_report, indent=2))
+        print_report(last_report, f"Reward model on {last_report['pairs']} held-out pairs")
     if accelerator.is_main_process:
         save_model(trained, tokenizer, output)
         if config.normalize_with:
