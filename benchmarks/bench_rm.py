@@ -3,13 +3,18 @@
 Run by hand (never part of the test suite), after installing the ``bench`` extra, which pulls in TRL::
 
     pip install -e ".[bench]"
-    python benchmarks/bench_rm.py [--steps 30 --warmup 3 --batch-size 8 --pairs 512]
+    python benchmarks/bench_rm.py [--data hh|synthetic --steps 30 --warmup 3 --batch-size 8 --pairs 512]
 
 Measured with torch 2.13.0 (CPU), transformers 5.23.0, trl 1.16.0, accelerate 1.15.0, datasets 5.2.0.
 
 Both sides train the same tiny Llama (rlhfkit's factory, 4 layers, width 256, vocabulary 1024) on the
-same synthetic {prompt, chosen, rejected} pairs, with the same batch size (pairs per step), max length,
+same {prompt, chosen, rejected} pairs, with the same batch size (pairs per step), max length,
 learning rate, cosine schedule without warmup, gradient clipping and weight decay, fp32, on the CPU.
+
+Data: ``hh`` (the default when ``../shared/data/hh-rlhf`` is there) is the first ``--pairs`` records of
+HH-RLHF's helpful-base test split, real multi-turn conversations, at max length 512; the tokenizer is
+trained on that split's text, as a real model's tokenizer knows English. ``synthetic`` is random words
+(``peers.write_pairs``), with the tokenizer trained on them, at max length 128.
 
 What is made equal, so that the step-0 losses must match:
 - initial weights: TRL gets the model built by rlhfkit's ``load_reward_backbone`` with the same seed
@@ -18,14 +23,19 @@ What is made equal, so that the step-0 losses must match:
   merge tokens across the boundary; TRL is therefore given the dataset pre-tokenized by rlhfkit
   (``chosen_ids``/``rejected_ids`` columns, which TRL accepts as processed data);
 - data order: rlhfkit groups batches by length (its default, ``--group-by-length``); TRL samples
-  sequentially (``train_sampling_strategy="sequential"``) over an order that starts with rlhfkit's first
-  two batches (so equal step-0 and step-1 losses) and continues in plain random order, which is what
-  TRL's default random sampler gives (``peers.peer_order``);
+  sequentially (``train_sampling_strategy="sequential"``) over rlhfkit's order, so both train on the
+  same batches at every step (TRL's default random order would pad more and make it slower): the
+  losses must agree at every step, to float rounding. rlhfkit groups by the width of its shared-prompt
+  rows; ``--trl-own-order`` gives TRL batches grouped by its own padded length instead (the least
+  padding for TRL; the batches, so the losses after step 0, then differ);
 - loss: plain Bradley–Terry mean over pairs (``center_rewards_coefficient=None``, no margins).
 
 TRL defaults that differ from rlhfkit's and are switched off here: ``gradient_checkpointing=True`` and
 ``bf16=True`` (RewardConfig), a linear learning-rate schedule (Trainer). Pass ``--trl-checkpointing`` to
 time TRL with gradient checkpointing on, as its defaults would have it.
+
+Where the speed comes from: rlhfkit runs a pair's prompt once for both answers (``models/prefix.py``);
+on HH-RLHF the prompt is most of each sequence.
 
 Throughput counts pairs (examples) per second over the optimizer steps after the first ``--warmup``
 steps, from each trainer's own per-step clock (rlhfkit's ``metrics.jsonl`` seconds, a TRL callback).
@@ -34,12 +44,17 @@ steps, from each trainer's own per-step clock (rlhfkit's ``metrics.jsonl`` secon
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import tempfile
 from pathlib import Path
 
 import torch
-from peers import TrainerClock, peer_order, throughput, write_pairs
+from peers import TrainerClock, throughput, write_pairs
+
+from rlhfkit.train.loop import BatchPlan
+
+HH_SPLIT = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf" / "helpful-base-test.jsonl.gz"
 
 
 def run_rlhfkit(model_dir: Path, data: Path, output: Path, args) -> tuple[dict[int, float], float]:
@@ -62,19 +77,22 @@ def run_trl(model_dir: Path, data: Path, output: Path, args) -> tuple[dict[int, 
 
     from rlhfkit.models import load_tokenizer
     from rlhfkit.models.reward import load_reward_backbone
-    from rlhfkit.train.rm import load_comparison_groups, tokenize_group
+    from rlhfkit.models.prefix import tree_support
+    from rlhfkit.train.rm import group_cost, load_comparison_groups, tokenize_group
 
     tokenizer = load_tokenizer(str(model_dir))
     groups = load_comparison_groups(str(data))
     tokenized = [tokenize_group(tokenizer, g, args.max_length, use_margin=False) for g in groups]
-    # rlhfkit's first two batches (same step-0/1 losses), then TRL's usual random order
-    lengths = [len(g.sequences) * max(map(len, g.sequences)) for g in tokenized]
-    order = peer_order(lengths, args.batch_size, args.seed)
+    model = load_reward_backbone(str(model_dir), tokenizer, seed=args.seed)
+    # exactly rlhfkit's batches, in its order (same losses at every step); or, with --trl-own-order,
+    # batches grouped by TRL's own padded cost (least padding for TRL; the batches then differ)
+    lengths = [group_cost(g, tree_support(model) and not args.trl_own_order) for g in tokenized]
+    plan = BatchPlan(len(lengths), args.batch_size, 1, 1, args.seed, tuple(lengths))
+    order = list(plan.epoch_order(0))
     dataset = Dataset.from_dict({
         "chosen_ids": [tokenized[i].sequences[0] for i in order],
         "rejected_ids": [tokenized[i].sequences[1] for i in order],
     })
-    model = load_reward_backbone(str(model_dir), tokenizer, seed=args.seed)
 
     clock = TrainerClock()
     steps = args.warmup + args.steps
@@ -99,29 +117,41 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps first")
     parser.add_argument("--batch-size", type=int, default=8, help="pairs per step")
     parser.add_argument("--pairs", type=int, default=512)
-    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--data", choices=["hh", "synthetic"], default="hh" if HH_SPLIT.is_file() else "synthetic")
+    parser.add_argument("--max-length", type=int, help="default: 512 for hh, 128 for synthetic")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--trl-own-order", action="store_true",
+                        help="TRL's batches grouped by its own padded length (not rlhfkit's batches)")
     parser.add_argument("--trl-checkpointing", action="store_true",
                         help="TRL with gradient checkpointing (its RewardConfig default)")
     args = parser.parse_args()
     if (args.warmup + args.steps) * args.batch_size > args.pairs:
         parser.error("--pairs must cover (warmup + steps) x batch-size: both sides are compared within one epoch")
     torch.set_num_threads(args.threads)
+    if args.data == "hh" and not HH_SPLIT.is_file():
+        parser.error(f"--data hh needs {HH_SPLIT}")
+    args.max_length = args.max_length or (512 if args.data == "hh" else 128)
 
     import transformers
     import trl
 
-    from rlhfkit.demo.example import write_example
     from rlhfkit.models.tiny import write_tiny_model
 
     folder = Path(tempfile.mkdtemp(prefix="bench_rm_"))
-    files = write_example(folder / "data")
-    model_dir = write_tiny_model(files["corpus"], folder / "model", arch="llama", layers=4, width=256, heads=4,
-                                 vocab_size=1024)
-    data = folder / "pairs.jsonl"
-    write_pairs(data, args.pairs, args.seed)
+    data, corpus = folder / "pairs.jsonl", folder / "corpus.txt"
+    if args.data == "hh":
+        with gzip.open(HH_SPLIT, "rt", encoding="utf-8") as handle:
+            records = [json.loads(line) for line in handle]
+        data.write_text("".join(json.dumps(r) + "\n" for r in records[: args.pairs]))
+        corpus.write_text("\n".join(r["chosen"].replace("\n", " ") for r in records))
+    else:
+        write_pairs(data, args.pairs, args.seed)
+        records = [json.loads(line) for line in data.read_text().splitlines()]
+        corpus.write_text("\n".join(r["prompt"] + r["chosen"] + " " + r["rejected"] for r in records))
+    model_dir = write_tiny_model(corpus, folder / "model", arch="llama", layers=4, width=256, heads=4,
+                                 vocab_size=1024, max_positions=max(512, args.max_length))
 
     ours_losses, ours_rate = run_rlhfkit(model_dir, data, folder / "rlhfkit", args)
     peer_losses, peer_rate = run_trl(model_dir, data, folder / "trl", args)
@@ -130,14 +160,15 @@ def main() -> None:
     last = args.warmup + args.steps
 
     print()
-    print(f"reward model, tiny llama (4 layers, width 256, vocab 1024), CPU x{args.threads} threads, "
+    print(f"reward model, {args.data} data, tiny llama (4 layers, width 256, vocab 1024), CPU x{args.threads} threads, "
           f"{args.batch_size} pairs/step, max length {args.max_length}, {args.steps} timed steps "
           f"after {args.warmup} warm-up")
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}"
           + (" (TRL with gradient checkpointing)" if args.trl_checkpointing else ""))
     print(f"step-0 loss  rlhfkit {ours_loss:.6f}   TRL {peer_loss:.6f}   |diff| {abs(ours_loss - peer_loss):.2e}")
     print(f"last-step loss rlhfkit {ours_losses[last]:.6f}   TRL {peer_losses[last]:.6f}   "
-          f"|diff| {abs(ours_losses[last] - peer_losses[last]):.2e}  (different batches after step 0)")
+          f"|diff| {abs(ours_losses[last] - peer_losses[last]):.2e}  "
+          + ("(different batches)" if args.trl_own_order else "(same batches; float rounding differs)"))
     print(f"rlhfkit run_rm       : {ours_rate:8.2f} pairs/s")
     print(f"TRL RewardTrainer    : {peer_rate:8.2f} pairs/s")
     print(f"ratio rlhfkit / TRL  : {ours_rate / peer_rate:8.2f}x")

@@ -150,6 +150,11 @@ def tokenize_demonstration(tokenizer: PreTrainedTokenizerBase, demo, max_length:
     return truncate(example, max_length)
 
 
+def _prompt_length(example: TokenizedExample) -> int:
+    """Tokens before the first one that carries a label."""
+    return next((i for i, label in enumerate(example.labels) if label != IGNORE_INDEX), 0)
+
+
 def truncate_prompt_first(example: TokenizedExample, max_length: int) -> TokenizedExample:
     """Fit ``max_length`` by dropping the prompt's first tokens (its end, next to the answer, stays),
     then, if the answer alone is too long, the answer's last tokens. Used for responses that are
@@ -157,8 +162,7 @@ def truncate_prompt_first(example: TokenizedExample, max_length: int) -> Tokeniz
     excess = len(example.input_ids) - max_length
     if excess <= 0:
         return example
-    prompt_length = next((i for i, label in enumerate(example.labels) if label != IGNORE_INDEX), 0)
-    drop = min(excess, prompt_length)
+    drop = min(excess, _prompt_length(example))
     cut = TokenizedExample(example.input_ids[drop:], example.labels[drop:], truncated=True)
     return truncate(cut, max_length)
 
@@ -182,6 +186,18 @@ def tokenize_prompt_response(
         example = encode_segments(tokenizer, chat_segments(tokenizer, messages, trainable), from_template=True,
                                   append_eos=False)
     return truncate_prompt_first(example, max_length)
+
+
+def truncate_prompt_first_together(examples: list[TokenizedExample], max_length: int) -> list[TokenizedExample]:
+    """:func:`truncate_prompt_first` for several answers to one prompt: every answer loses the same
+    prompt tokens (as many as the longest needs), so the answers are still compared in one context,
+    and their common prompt tokens can be computed once (:mod:`rlhfkit.models.prefix`)."""
+    excess = max(len(e.input_ids) for e in examples) - max_length
+    if excess <= 0:
+        return examples
+    drop = min(excess, *(_prompt_length(e) for e in examples))
+    return [truncate(TokenizedExample(e.input_ids[drop:], e.labels[drop:], truncated=drop > 0 or e.truncated),
+                     max_length) for e in examples]
 
 
 def pad_batch(sequences: list[list[int]], pad_token_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:

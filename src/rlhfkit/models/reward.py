@@ -28,6 +28,7 @@ from transformers import (
 )
 
 from rlhfkit.data.chat import pad_batch, tokenize_prompt_response
+from rlhfkit.models.prefix import TreeBatch, tree_forward
 from rlhfkit.models.loading import (
     LoraSettings,
     apply_lora,
@@ -96,6 +97,26 @@ def sequence_rewards(model: torch.nn.Module, input_ids: torch.Tensor, attention_
     """Raw head output at each sequence's last real token, ``[batch]`` (float32)."""
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask))
     return out.logits.squeeze(-1).float()
+
+
+def tree_rewards(model: torch.nn.Module, batch: TreeBatch) -> torch.Tensor:
+    """Raw head output at the last token of each sequence of a :class:`TreeBatch`, ``[sequences]``.
+
+    HF's classification forward reads the head at each row's last real token only; the head's
+    per-token output (read through a hook, so the forward still runs through DDP and PEFT wrappers)
+    holds every sequence's reward."""
+    hf = getattr(model, "module", model)
+    hf = hf.get_base_model() if hasattr(hf, "get_base_model") else hf
+    head = next((getattr(hf, name) for name in ("score", "classifier", "v_head") if hasattr(hf, name)), None)
+    if head is None:
+        raise ValueError(f"cannot find the scalar head of {type(hf).__name__}")
+    captured: list[torch.Tensor] = []
+    handle = head.register_forward_hook(lambda _module, _inputs, output: captured.append(output))
+    try:
+        tree_forward(model, batch)
+    finally:
+        handle.remove()
+    return captured[0].squeeze(-1).flatten()[batch.last].float()
 
 
 class RewardModel:

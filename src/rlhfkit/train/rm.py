@@ -6,11 +6,16 @@ C(K,2) pairs its ranks order (ties skipped: a tie says neither is better, and Br
 term for it). As in InstructGPT, the K responses of a group are scored in one forward pass, kept in
 the same batch element, and the group's loss is the mean over its pairs; the batch loss is the mean
 over groups, so a prompt with many pairs does not outweigh one with a single pair.
+
+The prompt of a group runs once for its K responses (:mod:`rlhfkit.models.prefix`): one row per
+group, same rewards, same gradients, less work. Models whose attention cannot take the custom mask
+(flash-attention 2) run every response as a full sequence.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,13 +26,14 @@ from rich.table import Table
 from rlhfkit.config import RMConfig
 from rlhfkit.console import console
 from rlhfkit.data import DataError, parse_preference, parse_ranking
-from rlhfkit.data.chat import pad_batch, tokenize_prompt_response
+from rlhfkit.data.chat import pad_batch, tokenize_prompt_response, truncate_prompt_first_together
 from rlhfkit.data.readers import load_records
 from rlhfkit.data.records import is_ranking_record, ranked_index_pairs
 from rlhfkit.evaluate.preferences import pairwise_report
 from rlhfkit.losses import bradley_terry_loss
 from rlhfkit.models import load_tokenizer, lora_settings, resolve_device, resolve_dtype, save_model
-from rlhfkit.models.reward import OFFSET_KEY, RewardModel, load_reward_backbone, sequence_rewards
+from rlhfkit.models.prefix import TreeBatch, row_width, tree_support
+from rlhfkit.models.reward import OFFSET_KEY, RewardModel, load_reward_backbone, sequence_rewards, tree_rewards
 from rlhfkit.train.loop import Stage, load_train_and_held_out, make_accelerator, train
 
 
@@ -70,14 +76,19 @@ def load_comparison_groups(path: str, *, skip_invalid: bool = False) -> list[Com
 
 
 def tokenize_group(tokenizer, group: ComparisonGroup, max_length: int, use_margin: bool) -> TokenizedGroup:
-    examples = [tokenize_prompt_response(tokenizer, group.prompt, r, max_length) for r in group.responses]
+    """The group's sequences; a group too long for ``max_length`` loses the same prompt tokens in every
+    response (so they are compared in one context, and the prompt can be computed once)."""
+    untruncated = [tokenize_prompt_response(tokenizer, group.prompt, r, sys.maxsize) for r in group.responses]
+    examples = truncate_prompt_first_together(untruncated, max_length)
     pairs = group.pairs if use_margin else [(c, r, 0.0) for c, r, _ in group.pairs]
     return TokenizedGroup([e.input_ids for e in examples], pairs, group.source,
                           sum(e.truncated for e in examples), group.location)
 
 
-def collate_groups(groups: list[TokenizedGroup], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """All responses of the groups in one right-padded batch, with pair indices into it.
+def collate_groups(groups: list[TokenizedGroup], pad_token_id: int, share_prefix: bool = False) -> dict[str, torch.Tensor]:
+    """All responses of the groups in one batch, with pair indices into it: one right-padded batch
+    (``input_ids``, ``attention_mask``), or with ``share_prefix`` one row per group, its prompt once
+    and its responses after it (:class:`~rlhfkit.models.prefix.TreeBatch` fields).
 
     ``pair_weight`` is 1 / (pairs in the pair's group): summed, each group counts once.
     """
@@ -90,13 +101,31 @@ def collate_groups(groups: list[TokenizedGroup], pad_token_id: int) -> dict[str,
             rejected.append(base + r)
             margins.append(margin)
             weights.append(1.0 / len(group.pairs))
-    input_ids, attention_mask = pad_batch(sequences, pad_token_id)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "chosen": torch.tensor(chosen),
-            "rejected": torch.tensor(rejected), "margin": torch.tensor(margins), "pair_weight": torch.tensor(weights)}
+    if share_prefix:
+        tensors = TreeBatch.from_groups([g.sequences for g in groups], pad_token_id).as_dict()
+    else:
+        tensors = dict(zip(("input_ids", "attention_mask"), pad_batch(sequences, pad_token_id), strict=True))
+    return {**tensors, "chosen": torch.tensor(chosen), "rejected": torch.tensor(rejected),
+            "margin": torch.tensor(margins), "pair_weight": torch.tensor(weights)}
+
+
+def group_cost(group: TokenizedGroup, share_prefix: bool) -> int:
+    """The tokens a group takes in a batch (its row width when shared, else K x its longest), the key
+    batches are grouped by."""
+    if share_prefix:
+        return row_width(group.sequences)
+    return len(group.sequences) * max(map(len, group.sequences))
+
+
+def batch_rewards(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The reward of every response in a :func:`collate_groups` batch, ``[responses]`` (float32)."""
+    if "tree_last" in batch:
+        return tree_rewards(model, TreeBatch.from_dict(batch))
+    return sequence_rewards(model, batch["input_ids"], batch["attention_mask"])
 
 
 def rm_batch_loss(model, batch: dict[str, torch.Tensor], normalizer: float, label_smoothing: float = 0.0):
-    rewards = sequence_rewards(model, batch["input_ids"], batch["attention_mask"])
+    rewards = batch_rewards(model, batch)
     chosen, rejected = rewards[batch["chosen"]], rewards[batch["rejected"]]
     losses = bradley_terry_loss(chosen, rejected, batch["margin"], label_smoothing)
     weight = batch["pair_weight"] / normalizer
@@ -108,9 +137,10 @@ def rm_batch_loss(model, batch: dict[str, torch.Tensor], normalizer: float, labe
 def reward_differences(model, groups: list[TokenizedGroup], pad_token_id: int, batch_size: int, device) -> list[float]:
     """r(chosen) - r(rejected) for every pair of ``groups``, in order."""
     differences = []
+    share = tree_support(model)
     for start in range(0, len(groups), batch_size):
-        batch = collate_groups(groups[start : start + batch_size], pad_token_id)
-        rewards = sequence_rewards(model, batch["input_ids"].to(device), batch["attention_mask"].to(device)).cpu()
+        batch = collate_groups(groups[start : start + batch_size], pad_token_id, share)
+        rewards = batch_rewards(model, {k: v.to(device) for k, v in batch.items()}).cpu()
         differences.extend((rewards[batch["chosen"]] - rewards[batch["rejected"]]).tolist())
     return differences
 
@@ -170,14 +200,17 @@ def run_rm(config: RMConfig) -> Path:
         last_report.update(evaluate_groups(m, eval_set, pad, config.batch_size, accelerator))
         return {f"eval_{k}": v for k, v in last_report.items() if k in ("accuracy", "mean_margin")}
 
+    share = tree_support(model)  # each prompt computed once for its K responses
+    if accelerator.is_main_process and not share:
+        console.print("rm: this model's attention cannot take a prompt-sharing mask; each response runs in full")
     stage = Stage(
         examples=train_set,
-        collate=lambda batch: collate_groups(batch, pad),
+        collate=lambda batch: collate_groups(batch, pad, share),
         loss=lambda m, batch, norm: rm_batch_loss(m, batch, norm, config.label_smoothing),
         weight=lambda group: 1.0,
         evaluate=evaluate if eval_set else None,
         name="rm",
-        length=lambda group: len(group.sequences) * max(map(len, group.sequences)),
+        length=lambda group: group_cost(group, share),
     )
     trained = train(config, accelerator, model, stage)
     output = Path(config.output)

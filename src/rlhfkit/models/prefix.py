@@ -1,0 +1,154 @@
+"""Shared-prompt forward passes: the tokens that a group of sequences has in common run once.
+
+A reward model compares K answers to one prompt; GRPO and RLOO sample K answers per prompt. Run as
+K separate padded sequences, the prompt is computed K times and every sequence is padded to the
+longest. Here each group becomes one row: its common token prefix once, then each sequence's
+remaining tokens (its *suffix*) one after another,
+
+    [prompt tokens | answer 1 | answer 2 | ... | padding]
+
+with a custom attention mask (a tree: a suffix token sees the prefix and the earlier tokens of its own
+suffix, never another suffix) and position ids that restart every suffix where the prefix ended. Every
+token then has exactly the context and position it has in its own sequence, so the outputs are the
+same (to float rounding), and the work is the prefix once plus the suffixes, with padding only at the
+end of rows that are sorted by length.
+
+The split is found on the token lists themselves (their longest common prefix), so any tokenization
+or chat template works; at least one token of every sequence stays in its suffix. Padding queries
+attend to themselves only, so no row of the mask is empty.
+
+This needs an attention implementation that takes a custom 4D mask (``sdpa`` and ``eager``; not
+``flash_attention_2``) and a model that takes position ids. :func:`tree_support` checks a model once
+against the plain forward and tells the trainers whether to use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlhfkit.data.chat import pad_batch
+
+MASK_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+def common_prefix_length(sequences: list[list[int]]) -> int:
+    """Length of the longest common prefix of ``sequences``, leaving every sequence at least one token."""
+    limit = min(len(s) for s in sequences) - 1
+    first = sequences[0]
+    length = 0
+    while length < limit and all(s[length] == first[length] for s in sequences[1:]):
+        length += 1
+    return length
+
+
+@dataclass
+class TreeBatch:
+    """Groups of sequences, one row per group: ``[prefix | suffix 1 | ... | suffix K | padding]``.
+
+    ``input_ids``, ``position_ids``, ``segment`` are ``[groups, width]``; ``segment`` is 0 on the
+    prefix, ``i + 1`` on the i-th suffix of the row, -1 on padding. ``last`` holds, for each sequence
+    in order, the flat index (``row * width + column``) of its last token; ``owner`` its row.
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    segment: torch.Tensor
+    last: torch.Tensor
+    owner: torch.Tensor
+
+    @classmethod
+    def from_groups(cls, groups: list[list[list[int]]], pad_token_id: int) -> TreeBatch:
+        rows, positions, segments, ends, owner = [], [], [], [], []
+        width = max(common_prefix_length(g) + sum(len(s) - common_prefix_length(g) for s in g) for g in groups)
+        for index, sequences in enumerate(groups):
+            shared = common_prefix_length(sequences)
+            row, position, segment = list(sequences[0][:shared]), list(range(shared)), [0] * shared
+            for k, sequence in enumerate(sequences):
+                suffix = sequence[shared:]
+                row.extend(suffix)
+                position.extend(range(shared, len(sequence)))
+                segment.extend([k + 1] * len(suffix))
+                ends.append(index * width + len(row) - 1)
+                owner.append(index)
+            rows.append(row)
+            positions.append(position)
+            segments.append(segment)
+        input_ids, mask = pad_batch(rows, pad_token_id)
+        position_ids = pad_batch(positions, 0)[0]
+        segment = pad_batch(segments, 0)[0].masked_fill(mask == 0, -1)
+        return cls(input_ids, position_ids, segment, torch.tensor(ends), torch.tensor(owner))
+
+    def attention_mask(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``[groups, 1, width, width]``: True (or 0.0 with a float ``dtype``, for eager attention)
+        where a query may attend to a key."""
+        width = self.segment.shape[1]
+        index = torch.arange(width, device=self.segment.device)
+        query, key = self.segment[:, :, None], self.segment[:, None, :]
+        causal = index[:, None] >= index[None, :]
+        allowed = causal & (query >= 0) & (key >= 0) & ((key == 0) | (key == query))
+        allowed = (allowed | torch.eye(width, dtype=torch.bool, device=allowed.device)).unsqueeze(1)
+        if dtype is None or dtype == torch.bool:
+            return allowed
+        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min)
+
+    def to(self, device) -> TreeBatch:
+        return TreeBatch(*(value.to(device) for value in vars(self).values()))
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        return {f"tree_{name}": value for name, value in vars(self).items()}
+
+    @classmethod
+    def from_dict(cls, batch: dict[str, torch.Tensor]) -> TreeBatch:
+        return cls(**{name: batch[f"tree_{name}"] for name in cls.__dataclass_fields__})
+
+
+def _hf_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside DDP and PEFT wrappers (PEFT's adapters live inside it)."""
+    model = getattr(model, "module", model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def tree_forward(model: torch.nn.Module, batch: TreeBatch, **kwargs):
+    """The model's forward over the rows of ``batch`` (through ``model`` itself, so DDP and PEFT
+    wrappers do their part)."""
+    implementation = getattr(_hf_model(model).config, "_attn_implementation", "eager")
+    dtype = None if implementation == "sdpa" else next(model.parameters()).dtype
+    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask(dtype),
+                 position_ids=batch.position_ids, **kwargs)
+
+
+def row_width(sequences: list[list[int]]) -> int:
+    """The length of a group's row: its common prefix once plus every suffix."""
+    shared = common_prefix_length(sequences)
+    return shared + sum(len(s) - shared for s in sequences)
+
+
+def tree_support(model: torch.nn.Module) -> bool:
+    """Whether ``model`` computes tree rows as it computes the plain sequences: its attention takes a
+    custom 4D mask, it has no sliding-window layers (their own mask would be replaced), and on two
+    short sequences sharing a prefix its last hidden states agree with the plain forward's."""
+    hf = _hf_model(model)
+    config = hf.config
+    if getattr(config, "_attn_implementation", None) not in MASK_IMPLEMENTATIONS:
+        return False
+    if "sliding_attention" in (getattr(config, "layer_types", None) or []) or (
+        getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)
+    ):
+        return False
+    vocab = hf.get_input_embeddings().num_embeddings
+    first, second = [1, 2, 3, 4, 5], [1, 2, 3, 6]
+    first, second = [t % vocab for t in first], [t % vocab for t in second]
+    device = next(model.parameters()).device
+    tree = TreeBatch.from_groups([[first, second]], pad_token_id=0).to(device)
+    ids, mask = pad_batch([first, second], 0)
+    with torch.no_grad():
+        packed = tree_forward(model, tree, output_hidden_states=True).hidden_states[-1][0]
+        plain = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                      output_hidden_states=True).hidden_states[-1]
+    expected = torch.cat([plain[0, :5], plain[1, 3:4]]).float()
+    error = (packed.float() - expected).norm() / expected.norm().clamp(min=1e-6)
+    tolerance = 1e-4 if next(model.parameters()).dtype == torch.float32 else 2e-2
+    return bool(error < tolerance)

@@ -1,0 +1,115 @@
+"""Shared-prompt rows (models/prefix.py): the layout by hand, and the same rewards and gradients as
+the plain padded forward on real HF models (Llama and GPT-2, sdpa and eager attention)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, GPT2Config, LlamaConfig
+
+from rlhfkit.data.chat import IGNORE_INDEX, TokenizedExample, pad_batch, truncate_prompt_first_together
+from rlhfkit.models import load_tokenizer
+from rlhfkit.models.prefix import TreeBatch, common_prefix_length, row_width, tree_support
+from rlhfkit.models.reward import load_reward_backbone, sequence_rewards, tree_rewards
+from rlhfkit.train.rm import TokenizedGroup, collate_groups, rm_batch_loss
+
+GROUPS = [
+    [[5, 6, 7, 8, 9], [5, 6, 7, 10], [5, 6, 7, 11, 12, 13, 14]],  # K=3, prompt of 3
+    [[3, 4, 9, 9, 9, 9, 9], [3, 4, 8]],
+    [[1, 2, 3], [2, 3, 4]],  # nothing in common
+    [[7, 7], [7, 7, 7]],  # one is a prefix of the other: the shorter keeps its last token as its suffix
+]
+
+
+def test_common_prefix_leaves_one_token_per_sequence():
+    assert common_prefix_length([[1, 2, 3], [1, 2, 4, 5]]) == 2
+    assert common_prefix_length([[1, 2], [1, 2, 3]]) == 1
+    assert common_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2
+    assert common_prefix_length([[1, 2], [3, 4]]) == 0
+    assert common_prefix_length([[4, 5, 6]]) == 2
+    assert row_width([[5, 6, 7], [5, 6, 8, 9]]) == 2 + 1 + 2
+
+
+def test_tree_layout_and_mask_by_hand():
+    batch = TreeBatch.from_groups([[[5, 6, 7], [5, 6, 8, 9]], [[1, 2]]], pad_token_id=0)
+    assert batch.input_ids.tolist() == [[5, 6, 7, 8, 9], [1, 2, 0, 0, 0]]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 2, 3], [0, 1, 0, 0, 0]]
+    assert batch.segment.tolist() == [[0, 0, 1, 2, 2], [0, 1, -1, -1, -1]]
+    assert batch.last.tolist() == [2, 4, 6] and batch.owner.tolist() == [0, 0, 1]
+    mask = batch.attention_mask()[:, 0].int().tolist()
+    assert mask[0] == [[1, 0, 0, 0, 0],
+                       [1, 1, 0, 0, 0],
+                       [1, 1, 1, 0, 0],   # answer 1 sees the prompt and itself
+                       [1, 1, 0, 1, 0],   # answer 2 never sees answer 1
+                       [1, 1, 0, 1, 1]]
+    assert mask[1] == [[1, 0, 0, 0, 0],
+                       [1, 1, 0, 0, 0],
+                       [0, 0, 1, 0, 0],   # padding sees itself only: no empty row
+                       [0, 0, 0, 1, 0],
+                       [0, 0, 0, 0, 1]]
+    additive = batch.attention_mask(torch.float32)
+    assert additive[0, 0, 3, 2] == torch.finfo(torch.float32).min and additive[0, 0, 3, 1] == 0.0
+
+
+def _model(arch: str, implementation: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if arch == "llama":
+        config = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, num_labels=1)
+    else:
+        config = GPT2Config(vocab_size=50, n_embd=32, n_layer=2, n_head=4, pad_token_id=0, bos_token_id=1,
+                            eos_token_id=1, num_labels=1, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    config._attn_implementation = implementation
+    return AutoModelForSequenceClassification.from_config(config).eval()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_tree_rewards_and_gradients_equal_the_plain_forward(arch, implementation):
+    model = _model(arch, implementation)
+    assert tree_support(model)
+    flat = [s for group in GROUPS for s in group]
+    weights = torch.arange(1.0, len(flat) + 1)  # a different weight per sequence: the gradients must match
+
+    shared = tree_rewards(model, TreeBatch.from_groups(GROUPS, pad_token_id=0))
+    (shared * weights).sum().backward()
+    shared_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    plain = sequence_rewards(model, *pad_batch(flat, 0))
+    (plain * weights).sum().backward()
+
+    assert torch.allclose(shared, plain, atol=1e-5)
+    for shared_grad, parameter in zip(shared_grads, model.parameters(), strict=True):
+        assert torch.allclose(shared_grad, parameter.grad, atol=1e-5)
+
+
+def test_no_tree_for_attention_without_custom_masks():
+    model = _model("llama", "sdpa")
+    model.config._attn_implementation = "flash_attention_2"
+    assert not tree_support(model)
+
+
+def test_answers_to_one_prompt_lose_the_same_prompt_tokens():
+    def example(prompt: int, answer: int) -> TokenizedExample:
+        return TokenizedExample(list(range(prompt)) + [100] * answer, [IGNORE_INDEX] * prompt + [100] * answer)
+
+    short, long = truncate_prompt_first_together([example(6, 2), example(6, 4)], max_length=8)
+    assert short.input_ids == [2, 3, 4, 5, 100, 100] and long.input_ids == [2, 3, 4, 5] + [100] * 4
+    assert short.truncated and long.truncated
+    fits = [example(3, 2), example(3, 3)]
+    assert truncate_prompt_first_together(fits, max_length=8) == fits
+    # an answer longer than max_length alone: the whole prompt goes, then the answer's end
+    (cut,) = truncate_prompt_first_together([example(2, 10)], max_length=8)
+    assert cut.input_ids == [100] * 8
+
+
+def test_rm_loss_with_shared_prompts_equals_the_plain_loss(tiny_llama_dir):
+    tokenizer = load_tokenizer(str(tiny_llama_dir))
+    model = load_reward_backbone(str(tiny_llama_dir), tokenizer, seed=0)
+    groups = [TokenizedGroup(group, [(0, 1, 0.0)] + ([(2, 1, 0.5)] if len(group) == 3 else [])) for group in GROUPS]
+    pad = tokenizer.pad_token_id
+    losses = {}
+    for share in (False, True):
+        loss, metrics = rm_batch_loss(model, collate_groups(groups, pad, share), normalizer=len(groups))
+        losses[share] = (loss.item(), metrics["accuracy"].item(), metrics["reward_margin"].item())
+    assert losses[True] == pytest.approx(losses[False], abs=1e-6)
