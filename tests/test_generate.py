@@ -65,3 +65,43 @@ def test_generate_writes_k_responses_per_prompt(tmp_path, tiny_model_dir):
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert [row["prompt"] for row in rows] == [r["prompt"] for r in records]
     assert all(len(row["responses"]) == 3 and all(isinstance(t, str) for t in row["responses"]) for row in rows)
+
+
+def test_prompts_read_once_give_the_same_samples(tiny_llama_dir, monkeypatch):
+    """K answers per prompt with each prompt read once (and the cache written in place) sample exactly
+    the tokens that generate gives reading every row's prompt itself, greedy and seeded."""
+    import rlhfkit.rollout.generate as generate
+
+    tokenizer = load_tokenizer(str(tiny_llama_dir))
+    model = load_causal_lm(str(tiny_llama_dir), tokenizer)
+    prompts = ["Hi", "What is the capital of Peru? Please answer briefly.", "What colour is snow?"]
+    rows_read = []
+    handle = model.register_forward_pre_hook(lambda _m, _args, kwargs: rows_read.append(kwargs["input_ids"].shape),
+                                             with_kwargs=True)
+
+    def sample(temperature: float):
+        torch.manual_seed(3)
+        # batch 5 with K=3: a prompt's answers fall in two batches, and the cache must still be right
+        samples = sample_responses(model, tokenizer, prompts, num_samples=3, temperature=temperature,
+                                   max_new_tokens=10, batch_size=5, show_progress=False)
+        return [[s.token_ids for s in per_prompt] for per_prompt in samples]
+
+    shared = [sample(0), sample(1.0)]
+    first_pass = rows_read[0]
+    monkeypatch.setattr(generate, "prefill_prompts", lambda *args, **kwargs: None)
+    assert shared == [sample(0), sample(1.0)]
+    handle.remove()
+    assert first_pass[0] == 2  # the first batch of 5 rows holds 2 distinct prompts: 2 rows read
+    assert len({tuple(answer) for answer in shared[1][1]}) > 1  # sampling: different answers to one prompt
+
+
+def test_preallocated_cache_layer_writes_in_place_and_grows():
+    from rlhfkit.rollout.generate import PreallocatedLayer
+
+    keys, values = torch.randn(2, 1, 3, 4), torch.randn(2, 1, 3, 4)
+    layer = PreallocatedLayer(keys, values, capacity=4)
+    more = torch.randn(2, 1, 1, 4)
+    all_keys, _ = layer.update(more, more)
+    assert torch.equal(all_keys, torch.cat([keys, more], dim=-2)) and layer.get_seq_length() == 4
+    all_keys, all_values = layer.update(more, 2 * more)  # past the reserved room
+    assert all_keys.shape[-2] == 5 and torch.equal(all_values[..., -1:, :], 2 * more)

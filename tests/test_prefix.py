@@ -36,6 +36,9 @@ def test_tree_layout_and_mask_by_hand():
     assert batch.position_ids.tolist() == [[0, 1, 2, 2, 3], [0, 1, 0, 0, 0]]
     assert batch.segment.tolist() == [[0, 0, 1, 2, 2], [0, 1, -1, -1, -1]]
     assert batch.last.tolist() == [2, 4, 6] and batch.owner.tolist() == [0, 0, 1]
+    assert batch.start.tolist() == [2, 3, 6] and batch.shared.tolist() == [2, 2, 1]
+    tokens = torch.tensor([[0, 1, 2, 2], [0, 1, 2, 3], [0, 1, 1, 1]])  # positions within each sequence
+    assert batch.token_index(tokens).tolist() == [[0, 1, 2, 2], [0, 1, 3, 4], [5, 6, 6, 6]]
     mask = batch.attention_mask()[:, 0].int().tolist()
     assert mask[0] == [[1, 0, 0, 0, 0],
                        [1, 1, 0, 0, 0],
@@ -113,3 +116,34 @@ def test_rm_loss_with_shared_prompts_equals_the_plain_loss(tiny_llama_dir):
         loss, metrics = rm_batch_loss(model, collate_groups(groups, pad, share), normalizer=len(groups))
         losses[share] = (loss.item(), metrics["accuracy"].item(), metrics["reward_margin"].item())
     assert losses[True] == pytest.approx(losses[False], abs=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_ppo_answer_logprobs_with_shared_prompts_equal_the_padded_forward(arch):
+    from transformers import AutoModelForCausalLM
+
+    from rlhfkit.train.ppo import Rollout, response_logprobs
+
+    torch.manual_seed(0)
+    config = _model(arch, "sdpa").config
+    model = AutoModelForCausalLM.from_config(config).eval()
+    # 2 prompts x 3 answers: answers sharing their first tokens, cut at EOS (id 1), one unfinished
+    prompts = [[11, 12, 13], [21, 22]]
+    answers = [[30, 31, 1], [30, 32, 33, 1], [34, 1], [40, 41, 42, 43, 44], [40, 1], [45, 46, 1]]
+    query, query_mask = pad_batch([prompts[i // 3] for i in range(6)], 0, side="left")
+    response, mask = pad_batch(answers, 0)
+    response[1, 4:] = 7  # garbage after EOS must not matter
+
+    def logprobs(share: bool):
+        rollout = Rollout(query, query_mask, response, mask.float(), torch.ones(6, dtype=torch.bool),
+                          ["p"] * 6, ["a"] * 6, share_prompts=share)
+        model.zero_grad()
+        values, entropy = response_logprobs(model, rollout, temperature=0.7, with_entropy=True)
+        (values * torch.arange(1.0, 7.0)[:, None]).sum().backward()
+        return values.detach(), entropy.detach(), [p.grad.clone() for p in model.parameters()]
+
+    plain, shared = logprobs(False), logprobs(True)
+    assert torch.allclose(shared[0], plain[0], atol=1e-5) and torch.allclose(shared[1], plain[1], atol=1e-5)
+    assert (shared[0][mask == 0] == 0).all()
+    for a, b in zip(shared[2], plain[2], strict=True):
+        assert torch.allclose(a, b, atol=1e-5)

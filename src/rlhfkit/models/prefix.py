@@ -48,25 +48,30 @@ class TreeBatch:
     """Groups of sequences, one row per group: ``[prefix | suffix 1 | ... | suffix K | padding]``.
 
     ``input_ids``, ``position_ids``, ``segment`` are ``[groups, width]``; ``segment`` is 0 on the
-    prefix, ``i + 1`` on the i-th suffix of the row, -1 on padding. ``last`` holds, for each sequence
-    in order, the flat index (``row * width + column``) of its last token; ``owner`` its row.
+    prefix, ``i + 1`` on the i-th suffix of the row, -1 on padding. Per sequence, in order: ``last``,
+    the flat index (``row * width + column``) of its last token; ``start``, that of its suffix's first
+    token; ``shared``, its group's prefix length; ``owner``, its row.
     """
 
     input_ids: torch.Tensor
     position_ids: torch.Tensor
     segment: torch.Tensor
     last: torch.Tensor
+    start: torch.Tensor
+    shared: torch.Tensor
     owner: torch.Tensor
 
     @classmethod
     def from_groups(cls, groups: list[list[list[int]]], pad_token_id: int) -> TreeBatch:
-        rows, positions, segments, ends, owner = [], [], [], [], []
+        rows, positions, segments, ends, starts, shares, owner = [], [], [], [], [], [], []
         width = max(common_prefix_length(g) + sum(len(s) - common_prefix_length(g) for s in g) for g in groups)
         for index, sequences in enumerate(groups):
             shared = common_prefix_length(sequences)
             row, position, segment = list(sequences[0][:shared]), list(range(shared)), [0] * shared
             for k, sequence in enumerate(sequences):
                 suffix = sequence[shared:]
+                starts.append(index * width + len(row))
+                shares.append(shared)
                 row.extend(suffix)
                 position.extend(range(shared, len(sequence)))
                 segment.extend([k + 1] * len(suffix))
@@ -78,7 +83,15 @@ class TreeBatch:
         input_ids, mask = pad_batch(rows, pad_token_id)
         position_ids = pad_batch(positions, 0)[0]
         segment = pad_batch(segments, 0)[0].masked_fill(mask == 0, -1)
-        return cls(input_ids, position_ids, segment, torch.tensor(ends), torch.tensor(owner))
+        return cls(input_ids, position_ids, segment, torch.tensor(ends), torch.tensor(starts), torch.tensor(shares),
+                   torch.tensor(owner))
+
+    def token_index(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Flat indices (``row * width + column``) of token positions ``tokens`` (``[sequences, T]``,
+        positions within each sequence) in the rows: in the prefix, or in the sequence's suffix."""
+        width = self.input_ids.shape[1]
+        shared = self.shared[:, None]
+        return torch.where(tokens < shared, self.owner[:, None] * width + tokens, self.start[:, None] + tokens - shared)
 
     def attention_mask(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """``[groups, 1, width, width]``: True (or 0.0 with a float ``dtype``, for eager attention)

@@ -65,6 +65,7 @@ from rlhfkit.models import (
     resolve_dtype,
     save_model,
 )
+from rlhfkit.models.prefix import TreeBatch, tree_forward, tree_support
 from rlhfkit.models.reward import is_reward_model_folder, load_reward_backbone, position_ids_from_mask
 from rlhfkit.rewards import RewardFunction, load_reward_function
 from rlhfkit.rollout.generate import sample_responses
@@ -98,6 +99,7 @@ class Rollout:
     finished: torch.Tensor  # [N] bool: the answer ended with EOS
     prompts: list  # [N] the prompt of each answer (K consecutive answers share one)
     texts: list[str]  # [N] decoded answers
+    share_prompts: bool = False  # forward passes run each prompt once for its answers (models/prefix.py)
 
     def __len__(self) -> int:
         return self.response.shape[0]
@@ -106,7 +108,8 @@ class Rollout:
         index = torch.as_tensor(index, dtype=torch.long)
         rows = index.tolist()
         return Rollout(self.query[index], self.query_mask[index], self.response[index], self.mask[index],
-                       self.finished[index], [self.prompts[i] for i in rows], [self.texts[i] for i in rows])
+                       self.finished[index], [self.prompts[i] for i in rows], [self.texts[i] for i in rows],
+                       self.share_prompts)
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
         input_ids = torch.cat([self.query, self.response], dim=1)
@@ -121,7 +124,7 @@ def truncate_prompt(ids: list[int], limit: int) -> list[int]:
 
 
 def generate_rollout(policy, tokenizer, prompts: list, prompt_ids: list[list[int]], num_samples: int,
-                     config: PPOConfig) -> Rollout:
+                     config: PPOConfig, share_prompts: bool = False) -> Rollout:
     """Sample ``num_samples`` answers per prompt; answer ``i*K + k`` is the k-th answer to prompt ``i``."""
     samples = sample_responses(
         policy, tokenizer, prompts, num_samples=num_samples, max_new_tokens=config.max_new_tokens,
@@ -134,19 +137,53 @@ def generate_rollout(policy, tokenizer, prompts: list, prompt_ids: list[list[int
     response, mask = pad_batch([s.token_ids for s in flat], tokenizer.pad_token_id, side="right")
     return Rollout(query.to(device), query_mask.to(device), response.to(device), mask.float().to(device),
                    torch.tensor([s.finished for s in flat], device=device),
-                   [prompts[s.prompt_index] for s in flat], [s.text for s in flat])
+                   [prompts[s.prompt_index] for s in flat], [s.text for s in flat], share_prompts)
+
+
+def answer_logits(model, rollout: Rollout) -> torch.Tensor:
+    """The logits that predict each answer token, ``[N, R, vocab]`` (garbage after EOS). Computed for
+    the answer positions only when the model supports it."""
+    if rollout.share_prompts:
+        return shared_prompt_answer_logits(model, rollout)
+    width = rollout.response.shape[1]
+    inputs = rollout.model_inputs()
+    if accepts_logits_to_keep(model):
+        return model(**inputs, logits_to_keep=width + 1).logits[:, :-1]
+    return model(**inputs).logits[:, -width - 1 : -1]
+
+
+def shared_prompt_answer_logits(model, rollout: Rollout) -> torch.Tensor:
+    """:func:`answer_logits` with consecutive answers to the same prompt in one row (the prompt once,
+    then each answer through its EOS; :class:`~rlhfkit.models.prefix.TreeBatch`)."""
+    prompt_lengths = rollout.query_mask.sum(1)
+    answer_lengths = rollout.mask.sum(1).long().clamp(min=1)
+    prompts = [q[q_mask.bool()].tolist() for q, q_mask in zip(rollout.query, rollout.query_mask, strict=True)]
+    answers = [r[:n].tolist() for r, n in zip(rollout.response, answer_lengths.tolist(), strict=True)]
+    groups: list[list[list[int]]] = []
+    for i, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
+        if i and prompt == prompts[i - 1]:
+            groups[-1].append(prompt + answer)
+        else:
+            groups.append([prompt + answer])
+    batch = TreeBatch.from_groups(groups, pad_token_id=0).to(rollout.query.device)  # padding is masked: any id
+    width = batch.input_ids.shape[1]
+    # answer token j of sequence n is predicted at the position of its token P_n + j - 1
+    steps = torch.arange(rollout.response.shape[1], device=rollout.query.device)
+    predecessors = prompt_lengths[:, None] + torch.minimum(steps[None, :], answer_lengths[:, None] - 1) - 1
+    index = batch.token_index(predecessors)
+    kept = width - int(prompt_lengths.min()) + 1  # no logits for the prompt positions before the first answer
+    if accepts_logits_to_keep(model):
+        logits = tree_forward(model, batch, logits_to_keep=kept).logits
+    else:
+        logits = tree_forward(model, batch).logits[:, -kept:]
+    index = (index // width) * kept + index % width - (width - kept)
+    return logits.reshape(-1, logits.shape[-1])[index]
 
 
 def response_logprobs(model, rollout: Rollout, temperature: float, with_entropy: bool = False):
     """Log-probs of the answer tokens under ``model`` at the sampling temperature, ``[N, R]`` (0 after
-    EOS), and the per-token entropy when asked. Logits are computed for the answer positions only when
-    the model supports it."""
-    width = rollout.response.shape[1]
-    inputs = rollout.model_inputs()
-    if accepts_logits_to_keep(model):
-        logits = model(**inputs, logits_to_keep=width + 1).logits[:, :-1]
-    else:
-        logits = model(**inputs).logits[:, -width - 1 : -1]
+    EOS), and the per-token entropy when asked."""
+    logits = answer_logits(model, rollout)
     all_logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
     logprobs = all_logprobs.gather(-1, rollout.response.unsqueeze(-1)).squeeze(-1)
     entropy = entropy_from_logprobs(all_logprobs) * rollout.mask if with_entropy else None
@@ -350,6 +387,9 @@ class PPOTrainer:
         updates_per_step = config.ppo_epochs * config.num_minibatches
         self.scheduler = get_constant_schedule_with_warmup(optimizer, int(config.warmup_ratio * self.steps
                                                                           * updates_per_step))
+        # K answers per prompt: the policy and reference passes run each prompt once (models/prefix.py)
+        self.share_prompts = self.samples_per_prompt > 1 and tree_support(policy) and (
+            self.reference is None or tree_support(self.reference))
         if critic is None:
             self.policy, self.optimizer = accelerator.prepare(policy.to(accelerator.device), optimizer)
             self.critic = None
@@ -428,8 +468,10 @@ class PPOTrainer:
         totals: dict[str, float] = {}
         updates = 0
         models = [m for m in (self.policy, self.critic) if m is not None]
+        group = self.samples_per_prompt
         for _ in range(config.ppo_epochs):
-            order = torch.randperm(n)
+            # minibatches of whole groups (a prompt's K answers stay together: their prompt runs once)
+            order = (torch.randperm(n // group)[:, None] * group + torch.arange(group)).flatten()
             for start in range(0, n, minibatch):
                 indices = order[start : start + minibatch].tolist()
                 num_tokens = experience.rollout.mask[indices].sum()
@@ -553,7 +595,7 @@ class PPOTrainer:
                 indices = self.plan.micro_batches(step, accelerator.process_index)[0]
                 prompts = [self.prompts[i] for i in indices]
                 rollout = generate_rollout(policy, self.tokenizer, prompts, [self.prompt_ids[i] for i in indices],
-                                           self.samples_per_prompt, config)
+                                           self.samples_per_prompt, config, self.share_prompts)
                 experience, metrics = self.make_experience(rollout)
                 metrics.update(self.update(experience))
                 self.kl.update(metrics["kl_k1"], len(rollout) * accelerator.num_processes)
