@@ -282,6 +282,7 @@ class Experience:
     old_values: torch.Tensor | None
     returns: torch.Tensor | None
     raw_scores: list[float]
+    update_forward: tuple[torch.Tensor, torch.Tensor] | None = None  # (log-probs, entropy) with their graph
 
 
 def reuses_update_logprobs(config: PPOConfig) -> bool:
@@ -289,6 +290,15 @@ def reuses_update_logprobs(config: PPOConfig) -> bool:
     with a single update per rollout the policy is still the sampling policy, and with the KL in the
     loss no reward needs the log-probs before the update (TRL's GRPO does the same)."""
     return config.ppo_epochs * config.num_minibatches == 1 and config.kl_penalty == "loss"
+
+
+def forwards_before_rewards(config: PPOConfig, rollout_size: int) -> bool:
+    """Whether the update's forward pass can run before the rewards, kept with its graph, its detached
+    log-probs serving as the old ones for the KL in the reward (so no separate pass): with a single
+    update per rollout, a rollout that is one micro-batch (keeping the graph costs no more memory
+    than the update itself), and no critic."""
+    return (config.ppo_epochs * config.num_minibatches == 1 and config.kl_penalty == "reward"
+            and config.batch_size >= rollout_size and config.estimator != "gae")
 
 
 def check_config(config: PPOConfig, num_processes: int) -> int:
@@ -428,8 +438,12 @@ class PPOTrainer:
         size = config.batch_size
         scores, raw_scores = self.score(rollout)
         mask = rollout.mask
-        old_logprobs = entropy = None
-        if not reuses_update_logprobs(config):
+        old_logprobs = entropy = update_forward = None
+        if forwards_before_rewards(config, len(rollout)):
+            with torch.enable_grad():
+                update_forward = response_logprobs(self.policy, rollout, config.temperature, with_entropy=True)
+            old_logprobs, entropy = (t.detach() for t in update_forward)
+        elif not reuses_update_logprobs(config):
             pieces = in_chunks(lambda r: response_logprobs(self.policy, r, config.temperature, with_entropy=True),
                                rollout, size)
             old_logprobs = torch.cat([p[0] for p in pieces])
@@ -458,7 +472,8 @@ class PPOTrainer:
             names = sorted(metrics)
             values_ = torch.tensor([metrics[n] for n in names], device=self.accelerator.device)
             metrics = dict(zip(names, self.accelerator.reduce(values_, reduction="mean").tolist(), strict=True))
-        return Experience(rollout, old_logprobs, ref_logprobs, advantages, values, returns, raw_scores.tolist()), metrics
+        return Experience(rollout, old_logprobs, ref_logprobs, advantages, values, returns, raw_scores.tolist(),
+                          update_forward), metrics
 
     def update(self, experience: Experience) -> dict[str, float]:
         """``ppo_epochs`` passes of minibatch updates; returns the mean of the per-update metrics."""
@@ -514,8 +529,11 @@ class PPOTrainer:
         rollout = experience.rollout.select(indices)
         mask = rollout.mask
         reused = experience.old_logprobs is None
-        logprobs, entropy = response_logprobs(self.policy, rollout, config.temperature,
-                                              with_entropy=config.entropy_coef > 0 or reused)
+        if experience.update_forward is not None:  # run before the rewards (forwards_before_rewards)
+            logprobs, entropy = (t[indices] for t in experience.update_forward)
+        else:
+            logprobs, entropy = response_logprobs(self.policy, rollout, config.temperature,
+                                                  with_entropy=config.entropy_coef > 0 or reused)
         # a single on-policy update: the policy has not moved since sampling, so its log-probs now are the
         # old ones (exactly: same weights, same forward)
         old_logprobs = logprobs.detach() if reused else experience.old_logprobs[indices]
