@@ -76,8 +76,8 @@ def run_trl(model_dir: Path, data: Path, output: Path, args) -> tuple[dict[int, 
     from trl import RewardConfig, RewardTrainer
 
     from rlhfkit.models import load_tokenizer
-    from rlhfkit.models.reward import load_reward_backbone
     from rlhfkit.models.prefix import tree_support
+    from rlhfkit.models.reward import load_reward_backbone
     from rlhfkit.train.rm import group_cost, load_comparison_groups, tokenize_group
 
     tokenizer = load_tokenizer(str(model_dir))

@@ -28,7 +28,6 @@ from transformers import (
 )
 
 from rlhfkit.data.chat import pad_batch, tokenize_prompt_response
-from rlhfkit.models.prefix import TreeBatch, tree_forward
 from rlhfkit.models.loading import (
     LoraSettings,
     apply_lora,
@@ -37,6 +36,7 @@ from rlhfkit.models.loading import (
     resolve_device,
     resolve_dtype,
 )
+from rlhfkit.models.prefix import TreeBatch, tree_forward
 
 OFFSET_KEY = "reward_offset"
 

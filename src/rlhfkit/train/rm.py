@@ -33,7 +33,13 @@ from rlhfkit.evaluate.preferences import pairwise_report
 from rlhfkit.losses import bradley_terry_loss
 from rlhfkit.models import load_tokenizer, lora_settings, resolve_device, resolve_dtype, save_model
 from rlhfkit.models.prefix import TreeBatch, row_width, tree_support
-from rlhfkit.models.reward import OFFSET_KEY, RewardModel, load_reward_backbone, sequence_rewards, tree_rewards
+from rlhfkit.models.reward import (
+    OFFSET_KEY,
+    RewardModel,
+    load_reward_backbone,
+    sequence_rewards,
+    tree_rewards,
+)
 from rlhfkit.train.loop import Stage, load_train_and_held_out, make_accelerator, train
 
 
