@@ -147,3 +147,30 @@ def test_ppo_answer_logprobs_with_shared_prompts_equal_the_padded_forward(arch):
     assert (shared[0][mask == 0] == 0).all()
     for a, b in zip(shared[2], plain[2], strict=True):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("logit_mask", [True, False])
+def test_dpo_sequence_logps_with_shared_prompts_equal_the_padded_batch(tiny_llama_dir, logit_mask):
+    from transformers import AutoModelForCausalLM
+
+    from rlhfkit.train.dpo import PreferenceExample, collate_examples, sequence_logps
+
+    tokenizer = load_tokenizer(str(tiny_llama_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir)).eval()
+
+    def sequence(prompt: list[int], answer: list[int]) -> TokenizedExample:
+        return TokenizedExample(prompt + answer, [IGNORE_INDEX] * len(prompt) + answer)
+
+    examples = [PreferenceExample(sequence([5, 6, 7], [8, 9, 1]), sequence([5, 6, 7], [8, 10, 11, 12, 1])),
+                PreferenceExample(sequence([3, 4, 5, 6, 7, 8], [9, 1]), sequence([3, 4, 5, 6, 7, 8], [20, 21, 1]))]
+    results = []
+    for share in (False, True):
+        model.zero_grad()
+        logps, counts = sequence_logps(model, collate_examples(examples, tokenizer.pad_token_id, share),
+                                       logit_mask=logit_mask, temperature=0.8)
+        (logps * torch.tensor([1.0, 2.0, 3.0, 4.0])).sum().backward()
+        results.append((logps.detach(), counts, [p.grad.clone() for p in model.parameters()]))
+    (plain, plain_counts, plain_grads), (shared, shared_counts, shared_grads) = results
+    assert torch.allclose(shared, plain, atol=1e-5) and shared_counts.tolist() == plain_counts.tolist() == [3, 2, 5, 3]
+    for a, b in zip(shared_grads, plain_grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)

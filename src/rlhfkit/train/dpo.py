@@ -33,6 +33,7 @@ import dataclasses
 import json
 import logging
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,7 @@ from rlhfkit.data.chat import (
     encode_prompt,
     pad_batch,
     tokenize_prompt_response,
+    truncate_prompt_first_together,
 )
 from rlhfkit.losses import (
     conservative_dpo_loss,
@@ -71,6 +73,7 @@ from rlhfkit.models import (
     resolve_dtype,
     save_model,
 )
+from rlhfkit.models.prefix import TreeBatch, row_width, tree_forward, tree_support
 from rlhfkit.train.loop import Stage, load_train_and_held_out, make_accelerator, train
 
 log = logging.getLogger("rlhfkit.dpo")
@@ -151,11 +154,13 @@ def answer_only(example: TokenizedExample) -> TokenizedExample:
 
 
 def tokenize_pairs(tokenizer, pairs, max_length: int, what: str) -> list[PreferenceExample]:
-    """Tokenize preference pairs; pairs left with an empty answer after truncation are dropped (warned)."""
+    """Tokenize preference pairs; pairs left with an empty answer after truncation are dropped (warned).
+    A pair too long loses the same prompt tokens in both answers (one context; the prompt can be shared)."""
     examples, dropped, truncated = [], [], 0
     for pair in pairs:
-        chosen = answer_only(tokenize_prompt_response(tokenizer, pair.prompt, pair.chosen, max_length))
-        rejected = answer_only(tokenize_prompt_response(tokenizer, pair.prompt, pair.rejected, max_length))
+        whole = [tokenize_prompt_response(tokenizer, pair.prompt, answer, sys.maxsize)
+                 for answer in (pair.chosen, pair.rejected)]
+        chosen, rejected = (answer_only(e) for e in truncate_prompt_first_together(whole, max_length))
         truncated += chosen.truncated or rejected.truncated
         if chosen.num_target_tokens and rejected.num_target_tokens:
             examples.append(PreferenceExample(chosen, rejected, pair.prompt))
@@ -195,21 +200,49 @@ def report_tokenization(what: str, total: int, truncated: int, dropped: list[str
                     what, len(dropped), max_length, shown)
 
 
-def collate_examples(examples: list[PreferenceExample], pad_token_id: int) -> dict[str, torch.Tensor]:
+def collate_examples(examples: list[PreferenceExample], pad_token_id: int,
+                     share_prompt: bool = False) -> dict[str, torch.Tensor]:
     """One right-padded batch: rows 0..B-1 are the examples' first sequences, rows B..2B-1 their second.
+    With ``share_prompt``, one row per example instead, its prompt once and then both answers (a
+    :class:`~rlhfkit.models.prefix.TreeBatch`), with the answer tokens' positions and ids; the
+    sequences keep the same order (first sequences, then second).
 
     ``reference_logps`` ([2B], same row order) is included when every example has cached values."""
     sequences = [e.first for e in examples] + [e.second for e in examples]
-    input_ids, attention_mask = pad_batch([s.input_ids for s in sequences], pad_token_id)
-    labels = torch.full_like(input_ids, IGNORE_INDEX)
-    for row, sequence in enumerate(sequences):
-        labels[row, : len(sequence.labels)] = torch.tensor(sequence.labels)
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-             "desirable": torch.tensor([e.desirable for e in examples])}
+    if share_prompt:
+        batch = tree_answers(examples, pad_token_id)
+    else:
+        input_ids, attention_mask = pad_batch([s.input_ids for s in sequences], pad_token_id)
+        labels = torch.full_like(input_ids, IGNORE_INDEX)
+        for row, sequence in enumerate(sequences):
+            labels[row, : len(sequence.labels)] = torch.tensor(sequence.labels)
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    batch["desirable"] = torch.tensor([e.desirable for e in examples])
     if all(e.reference is not None for e in examples):
         batch["reference_logps"] = torch.tensor([e.reference[0] for e in examples]
                                                 + [e.reference[1] for e in examples])
     return batch
+
+
+def pair_cost(example: PreferenceExample, share_prompt: bool) -> int:
+    """The tokens an example takes in a batch, the key batches are grouped by."""
+    sequences = [example.first.input_ids, example.second.input_ids]
+    return row_width(sequences) if share_prompt else 2 * max(map(len, sequences))
+
+
+def tree_answers(examples: list[PreferenceExample], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """The shared-prompt layout of :func:`collate_examples`: the rows, and for every sequence (firsts,
+    then seconds) the positions and ids of its answer tokens (``answer_mask`` marks the real ones)."""
+    tree = TreeBatch.from_groups([[e.first.input_ids, e.second.input_ids] for e in examples], pad_token_id)
+    # TreeBatch numbers sequences group by group (first, second, first, ...): reorder to firsts, seconds
+    order = torch.tensor([2 * i for i in range(len(examples))] + [2 * i + 1 for i in range(len(examples))])
+    tree = dataclasses.replace(tree, last=tree.last[order], start=tree.start[order], shared=tree.shared[order],
+                               owner=tree.owner[order])
+    sequences = [e.first for e in examples] + [e.second for e in examples]
+    answers = [[t for t, label in enumerate(s.labels) if label != IGNORE_INDEX] for s in sequences]
+    positions, answer_mask = pad_batch(answers, 0)
+    tokens = pad_batch([[s.input_ids[t] for t in a] for s, a in zip(sequences, answers, strict=True)], 0)[0]
+    return {**tree.as_dict(), "answer_positions": positions, "answer_tokens": tokens, "answer_mask": answer_mask}
 
 
 def rows(batch: dict[str, torch.Tensor], part: slice) -> dict[str, torch.Tensor]:
@@ -238,6 +271,8 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, lo
     logits go through :func:`rlhfkit.losses.token_logprobs`. ``temperature`` divides the logits (log-probs
     of sampled answers, GUIDE §4.6).
     """
+    if "tree_last" in batch:
+        return tree_sequence_logps(model, batch, logit_mask=logit_mask, temperature=temperature)
     input_ids, attention_mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     predicts_answer = torch.zeros_like(labels, dtype=torch.bool)
     predicts_answer[:, :-1] = labels[:, 1:] != IGNORE_INDEX
@@ -254,6 +289,28 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, lo
         return sums.index_add(0, row_of_token, per_token), counts
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     return token_logprobs(logits, labels, temperature).sum(-1), counts
+
+
+def tree_sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, logit_mask: bool,
+                        temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sequence_logps` of a shared-prompt batch (:func:`tree_answers`): answer token t of a
+    sequence is predicted at the row position of its token t-1 (which two answers may share)."""
+    tree = TreeBatch.from_dict(batch)
+    real = batch["answer_mask"].bool()
+    predictors = tree.token_index(batch["answer_positions"] - 1)[real]  # flat row positions
+    if logit_mask:
+        keep = torch.zeros(tree.input_ids.numel(), dtype=torch.bool, device=predictors.device)
+        keep[predictors] = True
+        logits = tree_forward(model, tree, logits_to_keep=keep.view_as(tree.input_ids), use_cache=False).logits
+        logits = logits[(keep.cumsum(0) - 1)[predictors]]  # the kept rows come in row-major order
+    else:
+        logits = tree_forward(model, tree, use_cache=False).logits.flatten(0, 1)[predictors]
+    if temperature != 1.0:
+        logits = logits / temperature
+    per_token = -F.cross_entropy(logits.float(), batch["answer_tokens"][real], reduction="none")
+    sequence_of_token = real.nonzero()[:, 0]
+    sums = torch.zeros(len(real), device=per_token.device, dtype=per_token.dtype)
+    return sums.index_add(0, sequence_of_token, per_token), real.sum(-1)
 
 
 class Reference:
@@ -303,14 +360,14 @@ class Reference:
 
 
 def precompute_reference(examples: list[PreferenceExample], reference: Reference, pad_token_id: int,
-                         batch_size: int, accelerator, logit_mask: bool) -> None:
+                         batch_size: int, accelerator, logit_mask: bool, share_prompt: bool = False) -> None:
     """Cache both sequences' reference log-probs in every example (each process computes a share)."""
     mine = list(range(accelerator.process_index, len(examples), accelerator.num_processes))
     values = []
     with reference.model():  # loaded once for all batches
         for start in range(0, len(mine), batch_size):
             chunk = [examples[i] for i in mine[start : start + batch_size]]
-            batch = {k: v.to(accelerator.device) for k, v in collate_examples(chunk, pad_token_id).items()}
+            batch = {k: v.to(accelerator.device) for k, v in collate_examples(chunk, pad_token_id, share_prompt).items()}
             logps = reference.logps(batch, logit_mask=logit_mask).cpu().tolist()
             values.extend(zip(mine[start : start + batch_size], logps[: len(chunk)], logps[len(chunk) :],
                               strict=True))
@@ -451,12 +508,13 @@ def training_loss(model, batch, normalizer, config, reference, logit_mask, watch
 # Evaluation
 
 
-def held_out_metrics(model, examples, config, reference, pad_token_id, logit_mask, accelerator) -> dict[str, float]:
+def held_out_metrics(model, examples, config, reference, pad_token_id, logit_mask, accelerator,
+                     share_prompt: bool = False) -> dict[str, float]:
     """Loss, preference accuracy and implicit-reward margins over held-out examples (summed, then divided)."""
     mine = examples[accelerator.process_index :: accelerator.num_processes]
     totals: dict[str, torch.Tensor] = {}
     for start in range(0, len(mine), config.batch_size):
-        batch = collate_examples(mine[start : start + config.batch_size], pad_token_id)
+        batch = collate_examples(mine[start : start + config.batch_size], pad_token_id, share_prompt)
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         outputs = batch_outputs(model, batch, config, reference, logit_mask)
         sums = {"loss": outputs["loss"].sum().detach(), "examples": torch.tensor(float(len(outputs["loss"]))),
@@ -583,6 +641,8 @@ def run_dpo(config: DPOConfig, on_step: Callable[[int], None] | None = None) -> 
                            lora=lora_settings(config))
     model.to(device)
     logit_mask = supports_logit_mask(model)
+    # a pair's prompt runs once for both answers (models/prefix.py); KTO's rows are read separately
+    share = config.loss != "kto" and tree_support(model)
     reference_path = config.reference or config.model
     uses_lora_base = config.lora_r > 0 and reference_path == config.model
     reference = Reference(reference_path, tokenizer, dtype, device, lora_policy=model if uses_lora_base else None,
@@ -593,7 +653,8 @@ def run_dpo(config: DPOConfig, on_step: Callable[[int], None] | None = None) -> 
         if resumed:
             load_cached_reference(cached_reference_path(config), train_set, held_set)
         else:
-            precompute_reference(train_set + held_set, reference, pad, config.batch_size, accelerator, logit_mask)
+            precompute_reference(train_set + held_set, reference, pad, config.batch_size, accelerator, logit_mask,
+                                 share)
             if main:
                 save_cached_reference(cached_reference_path(config), train_set, held_set)
         if main:
@@ -604,7 +665,7 @@ def run_dpo(config: DPOConfig, on_step: Callable[[int], None] | None = None) -> 
     last_eval: dict[str, float] = {}
 
     def evaluate(m) -> dict[str, float]:
-        result = held_out_metrics(m, held_set, config, reference, pad, logit_mask, accelerator)
+        result = held_out_metrics(m, held_set, config, reference, pad, logit_mask, accelerator, share)
         if kl_prompts:
             result.update(kl_to_reference(accelerator.unwrap_model(m), reference, tokenizer, kl_prompts, config,
                                           accelerator))
@@ -621,12 +682,12 @@ def run_dpo(config: DPOConfig, on_step: Callable[[int], None] | None = None) -> 
 
     stage = Stage(
         examples=train_set,
-        collate=lambda batch: collate_examples(batch, pad),
+        collate=lambda batch: collate_examples(batch, pad, share),
         loss=lambda m, batch, norm: training_loss(m, batch, norm, config, reference, logit_mask, watch),
         weight=lambda example: 1.0,
         evaluate=evaluate if held_set else None,
         name=f"dpo-{config.loss}" if config.loss != "dpo" else "dpo",
-        length=lambda example: 2 * max(len(example.first.input_ids), len(example.second.input_ids)),
+        length=lambda example: pair_cost(example, share),
     )
     trained = train(config, accelerator, model, stage, on_step=after_step)
     output = Path(config.output)
