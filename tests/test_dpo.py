@@ -267,3 +267,31 @@ def test_dpo_command_line_smoke_and_resume(tmp_path, tiny_model_dir):
     with pytest.raises(SystemExit):
         cli_main(["dpo", "--model", str(tiny_model_dir), "--data", str(data), "--output", str(output),
                   "--loss", "nope"])
+
+
+def _watched(chosen: float, rejected: float, relative: bool) -> dict:
+    values = {"per_token_chosen": torch.tensor([chosen, chosen]), "per_token_rejected": torch.tensor([rejected] * 2)}
+    shifts = (values["per_token_chosen"], values["per_token_rejected"]) if relative else (None, None)
+    return {**values, "shift_chosen": shifts[0], "shift_rejected": shifts[1]}
+
+
+def test_likelihood_watch_warns_once_when_chosen_and_rejected_both_fall(capsys):
+    """GUIDE §4.11: both log-probs falling (relative to the reference) is flagged, once; one falling is not."""
+    watch = LikelihoodWatch(window=2, tolerance=0.05)
+    for step, (chosen, rejected) in enumerate([(0.1, -0.3), (0.0, -0.4), (-0.2, -0.1), (-0.3, -0.2)], start=1):
+        watch.record(_watched(chosen, rejected, relative=True))
+        watch.on_step(step)
+        if step == 2:  # the rejected answers fell, the chosen did not: the intended DPO behaviour
+            assert not watch.warned
+    assert watch.warned  # window 2: chosen -0.25, rejected -0.15 nats/token below the reference
+    assert "below where they started" in " ".join(capsys.readouterr().err.split())  # rich wraps lines
+    watch.record(_watched(-1.0, -1.0, relative=True))
+    watch.on_step(6)
+    assert "below where they started" not in " ".join(capsys.readouterr().err.split())  # once
+
+    # no reference (SimPO, ORPO): the first window is the baseline
+    free = LikelihoodWatch(window=1, tolerance=0.05, enabled=False)
+    for step, value in enumerate([-2.0, -2.02, -2.2], start=1):
+        free.record(_watched(value, value, relative=False))
+        free.on_step(step)
+        assert free.warned == (step == 3)

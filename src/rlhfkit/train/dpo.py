@@ -417,12 +417,8 @@ def kto_outputs(model, batch, config: DPOConfig, reference: Reference | None, lo
     logps, counts = sequence_logps(model, answers, logit_mask=logit_mask)
     with torch.no_grad():
         mismatched_logps, _ = sequence_logps(model, mismatched, logit_mask=logit_mask)
-    if "reference_logps" in batch:
-        ref = batch["reference_logps"].to(logps.device)
-        ref_answers, ref_mismatched = ref[:n], ref[n:]
-    else:
-        ref_answers = reference.logps(answers, logit_mask=logit_mask)
-        ref_mismatched = reference.logps(mismatched, logit_mask=logit_mask)
+    ref = reference_logps(batch, reference, logit_mask).to(logps.device)  # both halves in one pass
+    ref_answers, ref_mismatched = ref[:n], ref[n:]
     z0 = kto_reference_point(mismatched_logps, ref_mismatched)
     desirable = batch["desirable"].to(logps.device)
     loss = kto_loss(logps, ref_answers, desirable, z0, config.beta, config.kto_desirable_weight,
