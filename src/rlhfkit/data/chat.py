@@ -19,6 +19,7 @@ mask falls on token boundaries by construction.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -78,9 +79,10 @@ class TokenizedExample:
     labels: list[int]  # IGNORE_INDEX where no loss; the token id where the model must predict it
     truncated: bool = False
 
-    @property
+    @functools.cached_property
     def num_target_tokens(self) -> int:
-        return sum(1 for label in self.labels if label != IGNORE_INDEX)
+        """Tokens that carry a label (counted once: the training loop asks at every step)."""
+        return len(self.labels) - self.labels.count(IGNORE_INDEX)
 
 
 def chat_segments(
