@@ -1,6 +1,7 @@
 """PPO and the critic-free estimators raise a known reward with bounded KL, mask what they must, and resume."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -242,6 +243,15 @@ def test_cli_runs_ppo(tmp_path, tiny_model_dir, rl_files):
     assert exit_info.value.code == 2
 
 
+def assert_same_training(first: Path, second: Path, weights_atol: float) -> None:
+    """Two runs' final weights (within ``weights_atol``) and logged metrics agree."""
+    a_weights, b_weights = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    assert all(torch.allclose(a_weights[k], b_weights[k], atol=weights_atol) for k in a_weights)
+    for a, b in zip(metrics(first), metrics(second), strict=True):
+        for name in ("kl_k1", "kl_k3", "entropy", "policy_loss", "score"):
+            assert a[name] == pytest.approx(b[name], rel=1e-4, abs=1e-6), name
+
+
 def test_single_update_reusing_its_own_logprobs_equals_a_separate_old_pass(tmp_path, tiny_model_dir, rl_files,
                                                                            monkeypatch):
     import rlhfkit.train.ppo as ppo
@@ -251,12 +261,7 @@ def test_single_update_reusing_its_own_logprobs_equals_a_separate_old_pass(tmp_p
     run_ppo(ppo_config(tiny_model_dir, rl_files, tmp_path / "reused", **settings))
     monkeypatch.setattr(ppo, "reuses_update_logprobs", lambda config: False)
     run_ppo(ppo_config(tiny_model_dir, rl_files, tmp_path / "separate", **settings))
-    reused, separate = load_file(tmp_path / "reused" / "model.safetensors"), load_file(
-        tmp_path / "separate" / "model.safetensors")
-    assert all(torch.allclose(reused[k], separate[k], atol=1e-6) for k in reused)
-    for a, b in zip(metrics(tmp_path / "reused"), metrics(tmp_path / "separate"), strict=True):
-        for name in ("kl_k1", "kl_k3", "entropy", "policy_loss", "score"):
-            assert a[name] == pytest.approx(b[name], rel=1e-4, abs=1e-6), name
+    assert_same_training(tmp_path / "reused", tmp_path / "separate", weights_atol=1e-6)
 
 
 def test_update_forward_before_the_rewards_equals_a_separate_old_pass(tmp_path, tiny_model_dir, rl_files,
@@ -273,13 +278,8 @@ def test_update_forward_before_the_rewards_equals_a_separate_old_pass(tmp_path, 
     run_ppo(ppo_config(tiny_model_dir, rl_files, tmp_path / "early", **settings))
     monkeypatch.setattr(ppo, "forwards_before_rewards", lambda config, size: False)
     run_ppo(ppo_config(tiny_model_dir, rl_files, tmp_path / "separate", **settings))
-    early, separate = load_file(tmp_path / "early" / "model.safetensors"), load_file(
-        tmp_path / "separate" / "model.safetensors")
     # the ratio is exactly 1 here and 1 +- 1e-7 there; Adam at lr 1e-2 turns that into ~1e-5 after 3 steps
-    assert all(torch.allclose(early[k], separate[k], atol=1e-4) for k in early)
-    for a, b in zip(metrics(tmp_path / "early"), metrics(tmp_path / "separate"), strict=True):
-        for name in ("kl_k1", "kl_k3", "entropy", "policy_loss", "score"):
-            assert a[name] == pytest.approx(b[name], rel=1e-4, abs=1e-6), name
+    assert_same_training(tmp_path / "early", tmp_path / "separate", weights_atol=1e-4)
 
 
 def test_left_padded_prompts_give_the_same_logprobs_and_values_as_each_row_alone(tiny_model_dir):

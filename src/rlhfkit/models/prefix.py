@@ -118,7 +118,7 @@ class TreeBatch:
         return cls(**{name: batch[f"tree_{name}"] for name in cls.__dataclass_fields__})
 
 
-def _hf_model(model: torch.nn.Module) -> torch.nn.Module:
+def unwrap_hf_model(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers model inside DDP and PEFT wrappers (PEFT's adapters live inside it)."""
     model = getattr(model, "module", model)
     return model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -127,7 +127,7 @@ def _hf_model(model: torch.nn.Module) -> torch.nn.Module:
 def tree_forward(model: torch.nn.Module, batch: TreeBatch, **kwargs):
     """The model's forward over the rows of ``batch`` (through ``model`` itself, so DDP and PEFT
     wrappers do their part)."""
-    implementation = getattr(_hf_model(model).config, "_attn_implementation", "eager")
+    implementation = getattr(unwrap_hf_model(model).config, "_attn_implementation", "eager")
     dtype = None if implementation == "sdpa" else next(model.parameters()).dtype
     return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask(dtype),
                  position_ids=batch.position_ids, **kwargs)
@@ -143,7 +143,7 @@ def tree_support(model: torch.nn.Module) -> bool:
     """Whether ``model`` computes tree rows as it computes the plain sequences: its attention takes a
     custom 4D mask, it has no sliding-window layers (their own mask would be replaced), and on two
     short sequences sharing a prefix its last hidden states agree with the plain forward's."""
-    hf = _hf_model(model)
+    hf = unwrap_hf_model(model)
     config = hf.config
     if getattr(config, "_attn_implementation", None) not in MASK_IMPLEMENTATIONS:
         return False

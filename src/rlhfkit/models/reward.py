@@ -36,7 +36,7 @@ from rlhfkit.models.loading import (
     resolve_device,
     resolve_dtype,
 )
-from rlhfkit.models.prefix import TreeBatch, tree_forward
+from rlhfkit.models.prefix import TreeBatch, tree_forward, unwrap_hf_model
 
 OFFSET_KEY = "reward_offset"
 
@@ -54,6 +54,16 @@ def score_head(model: PreTrainedModel) -> torch.nn.Linear:
         if isinstance(head, torch.nn.Linear):
             return head
     raise ValueError(f"cannot find the scalar head of {type(model).__name__}")
+
+
+def head_module(model: torch.nn.Module) -> torch.nn.Module:
+    """The scalar head as a module to call or hook, inside DDP and PEFT wrappers (under LoRA, PEFT wraps
+    the head in ``modules_to_save``: not a Linear, so not :func:`score_head`)."""
+    hf = unwrap_hf_model(model)
+    for name in ("score", "classifier", "v_head"):
+        if hasattr(hf, name):
+            return getattr(hf, name)
+    raise ValueError(f"cannot find the scalar head of {type(hf).__name__}")
 
 
 def load_reward_backbone(
@@ -105,11 +115,7 @@ def tree_rewards(model: torch.nn.Module, batch: TreeBatch) -> torch.Tensor:
     HF's classification forward reads the head at each row's last real token only; the head's
     per-token output (read through a hook, so the forward still runs through DDP and PEFT wrappers)
     holds every sequence's reward."""
-    hf = getattr(model, "module", model)
-    hf = hf.get_base_model() if hasattr(hf, "get_base_model") else hf
-    head = next((getattr(hf, name) for name in ("score", "classifier", "v_head") if hasattr(hf, name)), None)
-    if head is None:
-        raise ValueError(f"cannot find the scalar head of {type(hf).__name__}")
+    head = head_module(model)
     captured: list[torch.Tensor] = []
     handle = head.register_forward_hook(lambda _module, _inputs, output: captured.append(output))
     try:

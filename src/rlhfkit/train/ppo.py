@@ -66,7 +66,12 @@ from rlhfkit.models import (
     save_model,
 )
 from rlhfkit.models.prefix import TreeBatch, tree_forward, tree_support
-from rlhfkit.models.reward import is_reward_model_folder, load_reward_backbone, position_ids_from_mask
+from rlhfkit.models.reward import (
+    head_module,
+    is_reward_model_folder,
+    load_reward_backbone,
+    position_ids_from_mask,
+)
 from rlhfkit.rewards import RewardFunction, load_reward_function
 from rlhfkit.rollout.generate import sample_responses
 from rlhfkit.train.loop import (
@@ -197,12 +202,7 @@ class ValueModel(torch.nn.Module):
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        # not models.reward.score_head: under LoRA, PEFT wraps the head (modules_to_save), not a Linear
-        heads = [getattr(base, name) for name in ("score", "classifier", "v_head") if hasattr(base, name)]
-        if not heads:
-            raise ValueError(f"cannot find the scalar head of {type(base).__name__}")
-        self.head = heads[0]
+        self.head = head_module(model)
 
     def forward(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
