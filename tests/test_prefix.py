@@ -174,3 +174,22 @@ def test_dpo_sequence_logps_with_shared_prompts_equal_the_padded_batch(tiny_llam
     assert torch.allclose(shared, plain, atol=1e-5) and shared_counts.tolist() == plain_counts.tolist() == [3, 2, 5, 3]
     for a, b in zip(shared_grads, plain_grads, strict=True):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_reward_model_scores_answers_to_one_prompt_together_and_alone_the_same(tmp_path, tiny_llama_dir):
+    from rlhfkit.models.reward import RewardModel
+
+    tokenizer = load_tokenizer(str(tiny_llama_dir))
+    load_reward_backbone(str(tiny_llama_dir), tokenizer, seed=1).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    prompts = ["What is the capital of Peru?"] * 3 + ["Hi"] + ["What is the capital of Peru?"] + [
+        [{"role": "user", "content": "Hi"}]] * 2
+    responses = ["Lima.", "It is Lima, a city on the coast.", "Cusco.", "Hello!", "Lima", "Hello!", "Hey."]
+    shared = RewardModel.from_pretrained(tmp_path, device="cpu", max_length=12)  # some answers truncated
+    alone = RewardModel.from_pretrained(tmp_path, device="cpu", max_length=12)
+    alone._shares_prompts = False
+    scores = shared.score(prompts, responses, batch_size=3)
+    assert shared._shares_prompts
+    assert scores == pytest.approx(alone.score(prompts, responses, batch_size=3), abs=1e-5)
+    # an answer scored with its group or on its own gets the same score
+    assert shared.score(prompts[1:2], responses[1:2]) == pytest.approx(scores[1:2], abs=1e-5)

@@ -16,6 +16,7 @@ rlhfkit's scores.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from rlhfkit.models.loading import (
     resolve_device,
     resolve_dtype,
 )
-from rlhfkit.models.prefix import TreeBatch, tree_forward, unwrap_hf_model
+from rlhfkit.models.prefix import TreeBatch, row_width, tree_forward, tree_support, unwrap_hf_model
 
 OFFSET_KEY = "reward_offset"
 
@@ -136,6 +137,7 @@ class RewardModel:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self._shares_prompts: bool | None = None  # decided (tree_support) at the first score()
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str = "auto", dtype: str = "auto",
@@ -155,20 +157,43 @@ class RewardModel:
 
     @torch.inference_mode()
     def score(self, prompts: list, responses: list, batch_size: int = 16) -> list[float]:
-        """Rewards of ``responses[i]`` to ``prompts[i]`` (strings or messages), minus the stored offset."""
+        """Rewards of ``responses[i]`` to ``prompts[i]`` (strings or messages), minus the stored offset.
+
+        Answers to the same prompt are scored in one row, the prompt computed once
+        (:mod:`rlhfkit.models.prefix`), when the model supports it; each answer is tokenized (and
+        truncated) on its own either way, so the scores do not depend on which answers come together."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         encoded = [
             tokenize_prompt_response(self.tokenizer, p, r, self.max_length).input_ids
             for p, r in zip(prompts, responses, strict=True)
         ]
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        by_prompt: dict[str, list[int]] = {}
+        for i, prompt in enumerate(prompts):
+            by_prompt.setdefault(json.dumps(prompt, sort_keys=True), []).append(i)
+        if self._shares_prompts is None:
+            self._shares_prompts = tree_support(self.model)
+        if self._shares_prompts and any(len(group) > 1 for group in by_prompt.values()):
+            # groups of at most batch_size answers, the widest rows first; a batch holds whole groups
+            groups = [g[k : k + batch_size] for g in by_prompt.values() for k in range(0, len(g), batch_size)]
+            groups.sort(key=lambda g: -row_width([encoded[i] for i in g]))
+        else:
+            groups = [[i] for i in sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))]
         scores = [0.0] * len(encoded)
         device = next(self.model.parameters()).device
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            ids, mask = pad_batch([encoded[i] for i in chunk], self.tokenizer.pad_token_id)
-            rewards = sequence_rewards(self.model, ids.to(device), mask.to(device)) - self.offset
-            for i, reward in zip(chunk, rewards.tolist(), strict=True):
+        batch: list[list[int]] = []
+        for index, group in enumerate(groups):
+            batch.append(group)
+            if index + 1 < len(groups) and sum(map(len, batch)) + len(groups[index + 1]) <= batch_size:
+                continue
+            rows = [i for g in batch for i in g]
+            if self._shares_prompts and len(rows) > len(batch):
+                tree = TreeBatch.from_groups([[encoded[i] for i in g] for g in batch], self.tokenizer.pad_token_id)
+                rewards = tree_rewards(self.model, tree.to(device))
+            else:
+                ids, mask = pad_batch([encoded[i] for i in rows], self.tokenizer.pad_token_id)
+                rewards = sequence_rewards(self.model, ids.to(device), mask.to(device))
+            for i, reward in zip(rows, (rewards - self.offset).tolist(), strict=True):
                 scores[i] = reward
+            batch = []
         return scores
