@@ -69,15 +69,15 @@ def trl_dataset(model_dir: Path, data: Path, args):
 
     from rlhfkit.data import load_preferences
     from rlhfkit.models import load_tokenizer
-    from rlhfkit.models.prefix import tree_support
-    from rlhfkit.train.dpo import pair_cost, tokenize_pairs
+    from rlhfkit.models.prefix import group_cost, tree_support
+    from rlhfkit.train.dpo import tokenize_pairs
 
     tokenizer = load_tokenizer(str(model_dir))
     pairs = load_preferences(data)
     # rlhfkit's first two batches (same step-0/1 losses), then TRL's usual random order
     examples = tokenize_pairs(tokenizer, pairs, args.max_length, "x")
     share = tree_support(AutoModelForCausalLM.from_pretrained(model_dir))  # as run_dpo decides
-    lengths = [pair_cost(e, share) for e in examples]
+    lengths = [group_cost([e.first.input_ids, e.second.input_ids], share) for e in examples]
     order = peer_order(lengths, args.batch_size, args.seed)
     ordered = [pairs[i] for i in order]
     ids = [(e.first.input_ids, e.second.input_ids) for e in tokenize_pairs(tokenizer, ordered, args.max_length, "x")]

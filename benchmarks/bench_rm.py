@@ -80,9 +80,9 @@ def run_trl(model_dir: Path, data: Path, output: Path, args) -> tuple[dict[int, 
     from trl import RewardConfig, RewardTrainer
 
     from rlhfkit.models import load_tokenizer
-    from rlhfkit.models.prefix import tree_support
+    from rlhfkit.models.prefix import group_cost, tree_support
     from rlhfkit.models.reward import load_reward_backbone
-    from rlhfkit.train.rm import group_cost, load_comparison_groups, tokenize_group
+    from rlhfkit.train.rm import load_comparison_groups, tokenize_group
 
     tokenizer = load_tokenizer(str(model_dir))
     groups = load_comparison_groups(str(data))
@@ -90,7 +90,7 @@ def run_trl(model_dir: Path, data: Path, output: Path, args) -> tuple[dict[int, 
     model = load_reward_backbone(str(model_dir), tokenizer, seed=args.seed)
     # exactly rlhfkit's batches, in its order (same losses at every step); or, with --trl-own-order,
     # batches grouped by TRL's own padded cost (least padding for TRL; the batches then differ)
-    lengths = [group_cost(g, tree_support(model) and not args.trl_own_order) for g in tokenized]
+    lengths = [group_cost(g.sequences, tree_support(model) and not args.trl_own_order) for g in tokenized]
     plan = BatchPlan(len(lengths), args.batch_size, 1, 1, args.seed, tuple(lengths))
     order = list(plan.epoch_order(0))
     dataset = Dataset.from_dict({

@@ -15,6 +15,16 @@ REPO = Path(__file__).resolve().parents[1]
 HH_DIR = REPO.parent / "shared" / "data" / "hh-rlhf"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): the tiny
+    models gain nothing from two, and lose a lot when the other core is busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def example_files(tmp_path_factory) -> dict[str, Path]:
     """The built-in example's corpus, demonstrations and prompts."""

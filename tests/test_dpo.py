@@ -33,13 +33,7 @@ TARGET = "blue"
 PROMPTS = ["Say something:", "Tell me a thing:", "Answer me:", "Speak:"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: these tiny models gain nothing from two, and lose a lot when the other core is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rule_pairs(count: int, seed: int) -> list[dict]:

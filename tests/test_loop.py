@@ -9,7 +9,6 @@ import threading
 import time
 
 import pytest
-import torch
 import yaml
 from argon2 import PasswordHasher
 
@@ -41,13 +40,7 @@ STAGE_FUNCTIONS = [(rlhfkit.rollout.generate, "run_generate"), (rlhfkit.judge.ru
                    (rlhfkit.evaluate.compare, "evaluate_policies")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: the tiny models gain nothing from two, and lose a lot when the other core is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -390,7 +390,7 @@ def push_round_items(session, name: str, samples: Path, options) -> tuple[object
     from sqlalchemy import select
 
     from rlhfkit.data.readers import file_rows
-    from rlhfkit.feedback.db import Item, Project
+    from rlhfkit.feedback.db import Item, Project, committed
     from rlhfkit.feedback.importing import add_items, create_project, item_specs
 
     specs = item_specs(file_rows(samples), options, use_lexicon=True)
@@ -402,13 +402,9 @@ def push_round_items(session, name: str, samples: Path, options) -> tuple[object
             return project, 0
         raise ConfigError(f"the feedback project {name!r} already exists with other items; choose another "
                           "--project (round r uses '{project}-round-{r}')")
-    try:
+    with committed(session):
         project = create_project(session, name, options)
         count = add_items(session, project, specs)
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
     return project, count
 
 

@@ -20,7 +20,7 @@ from collections import defaultdict
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from rlhfkit.feedback.db import Item, Project, make_engine, make_session_factory, migrate
+from rlhfkit.feedback.db import Item, Project, committed, make_engine, make_session_factory, migrate
 from rlhfkit.feedback.export import pairwise_winner, project_labels
 from rlhfkit.feedback.importing import ProjectOptions, add_items, create_project, item_specs
 
@@ -54,14 +54,10 @@ def push_pairs(session: Session, project_name: str, rows: list[dict], *, seed: i
         records.append((f"eval:{index}", {"prompt": row["prompt"], "responses": answers}))
         shown.append("A" if policy_first else "B")
     options = ProjectOptions(task_type="pairwise", guidelines=guidelines, overlap=overlap)
-    try:
+    with committed(session):
         specs = item_specs(records, options, use_lexicon)  # checked and flagged as an import would be
         project = create_project(session, project_name, options)
         add_items(session, project, specs)
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
     items = session.scalars(select(Item).where(Item.project_id == project.id).order_by(Item.position)).all()
     return {"project": project.name, "project_id": project.id,
             "items": [{"row": index, "item_id": item.id, "policy_shown_as": side}

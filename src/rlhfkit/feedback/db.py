@@ -13,6 +13,8 @@ assignment query locks its candidate item with ``FOR UPDATE SKIP LOCKED`` instea
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -266,6 +268,18 @@ def migrate(engine: Engine) -> None:
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+@contextlib.contextmanager
+def committed(session) -> Iterator[None]:
+    """Commit what the block wrote, once at its end; on any error roll all of it back (the database is
+    left as it was) and re-raise."""
+    try:
+        yield
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
 
 
 def settings_row(session) -> SiteSettings:

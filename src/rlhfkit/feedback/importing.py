@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from rlhfkit.data.errors import DataError, missing_field, wrong_value
 from rlhfkit.data.readers import file_rows, json_rows, jsonl_rows
 from rlhfkit.data.records import TEXT_EXPECTED, has_field, parse_preference, parse_text, required
-from rlhfkit.feedback.db import PAIRWISE_CHOICES, TASK_TYPES, Item, ItemCategory, Project, utcnow
+from rlhfkit.feedback.db import PAIRWISE_CHOICES, TASK_TYPES, Item, ItemCategory, Project, committed, utcnow
 from rlhfkit.feedback.lexicon import flag_categories, text_of
 
 RESPONSES_EXPECTED = "a list of responses (strings or message lists)"
@@ -198,7 +198,7 @@ def import_file(session: Session, path: str | Path, project_name: str, options: 
 
     Commits once, after every record has been checked; any error leaves the database as it was.
     """
-    try:
+    with committed(session):
         project = session.scalar(select(Project).where(Project.name == project_name.strip()))
         if project is not None:
             options = project_options_of(project)
@@ -206,8 +206,4 @@ def import_file(session: Session, path: str | Path, project_name: str, options: 
         if project is None:
             project = create_project(session, project_name, options)
         count = add_items(session, project, specs)
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
     return project, count

@@ -65,7 +65,7 @@ from sqlalchemy.orm import Session
 
 from rlhfkit.config import JudgeConfig
 from rlhfkit.data import DataError, write_jsonl
-from rlhfkit.feedback.db import Item, Project
+from rlhfkit.feedback.db import Item, Project, committed
 from rlhfkit.feedback.export import labels_by_item, pairwise_winner, project_labels, ranks_from_means
 from rlhfkit.feedback.importing import (
     ProjectOptions,
@@ -247,7 +247,7 @@ def send_for_review(session: Session, judge, data: str | Path, output: str | Pat
     folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)
     write_jsonl(folder / JUDGE_FILE, [asdict(item) for item in items])
-    try:
+    with committed(session):
         target = project_for(session, project, items, options)
         already = {key: reason for key, (_, reason) in sent_in_project(session, target).items()}
         chosen = choose_for_people(items, human_share, random_fraction, seed, already)
@@ -257,10 +257,6 @@ def send_for_review(session: Session, judge, data: str | Path, output: str | Pat
             for spec, (item, reason) in zip(specs, chosen, strict=True):
                 spec.location = f"{TAG} {item.key} {reason} {item.location}"
             add_items(session, target, specs)
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
     sent = sent_in_project(session, target)
     selection = [SentItem(item.key, *sent[item.key], item.confidence, item.location, target.name)
                  for item in items if item.key in sent]

@@ -64,9 +64,9 @@ class TreeBatch:
     @classmethod
     def from_groups(cls, groups: list[list[list[int]]], pad_token_id: int) -> TreeBatch:
         rows, positions, segments, ends, starts, shares, owner = [], [], [], [], [], [], []
-        width = max(common_prefix_length(g) + sum(len(s) - common_prefix_length(g) for s in g) for g in groups)
-        for index, sequences in enumerate(groups):
-            shared = common_prefix_length(sequences)
+        prefixes = [common_prefix_length(g) for g in groups]
+        width = max(p + sum(len(s) - p for s in g) for p, g in zip(prefixes, groups, strict=True))
+        for index, (sequences, shared) in enumerate(zip(groups, prefixes, strict=True)):
             row, position, segment = list(sequences[0][:shared]), list(range(shared)), [0] * shared
             for k, sequence in enumerate(sequences):
                 suffix = sequence[shared:]
@@ -137,6 +137,12 @@ def row_width(sequences: list[list[int]]) -> int:
     """The length of a group's row: its common prefix once plus every suffix."""
     shared = common_prefix_length(sequences)
     return shared + sum(len(s) - shared for s in sequences)
+
+
+def group_cost(sequences: list[list[int]], share_prefix: bool) -> int:
+    """The tokens a group of sequences takes in a batch: its row width when its prefix is shared, else
+    every sequence padded to the longest. Trainers group batches by it."""
+    return row_width(sequences) if share_prefix else len(sequences) * max(map(len, sequences))
 
 
 def tree_support(model: torch.nn.Module) -> bool:

@@ -179,15 +179,16 @@ class RewardModel:
             groups.sort(key=lambda g: -row_width([encoded[i] for i in g]))
         else:
             groups = [[i] for i in sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))]
+        batches: list[list[list[int]]] = [[]]  # whole groups, at most batch_size answers each
+        for group in groups:
+            if batches[-1] and sum(map(len, batches[-1])) + len(group) > batch_size:
+                batches.append([])
+            batches[-1].append(group)
         scores = [0.0] * len(encoded)
         device = next(self.model.parameters()).device
-        batch: list[list[int]] = []
-        for index, group in enumerate(groups):
-            batch.append(group)
-            if index + 1 < len(groups) and sum(map(len, batch)) + len(groups[index + 1]) <= batch_size:
-                continue
+        for batch in batches:
             rows = [i for g in batch for i in g]
-            if self._shares_prompts and len(rows) > len(batch):
+            if len(rows) > len(batch):  # some answers share a prompt
                 tree = TreeBatch.from_groups([[encoded[i] for i in g] for g in batch], self.tokenizer.pad_token_id)
                 rewards = tree_rewards(self.model, tree.to(device))
             else:
@@ -195,5 +196,4 @@ class RewardModel:
                 rewards = sequence_rewards(self.model, ids.to(device), mask.to(device))
             for i, reward in zip(rows, (rewards - self.offset).tolist(), strict=True):
                 scores[i] = reward
-            batch = []
         return scores

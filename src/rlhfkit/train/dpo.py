@@ -73,7 +73,7 @@ from rlhfkit.models import (
     resolve_dtype,
     save_model,
 )
-from rlhfkit.models.prefix import TreeBatch, row_width, tree_forward, tree_support
+from rlhfkit.models.prefix import TreeBatch, group_cost, tree_forward, tree_support
 from rlhfkit.train.loop import Stage, load_train_and_held_out, make_accelerator, train
 
 log = logging.getLogger("rlhfkit.dpo")
@@ -222,12 +222,6 @@ def collate_examples(examples: list[PreferenceExample], pad_token_id: int,
         batch["reference_logps"] = torch.tensor([e.reference[0] for e in examples]
                                                 + [e.reference[1] for e in examples])
     return batch
-
-
-def pair_cost(example: PreferenceExample, share_prompt: bool) -> int:
-    """The tokens an example takes in a batch, the key batches are grouped by."""
-    sequences = [example.first.input_ids, example.second.input_ids]
-    return row_width(sequences) if share_prompt else 2 * max(map(len, sequences))
 
 
 def tree_answers(examples: list[PreferenceExample], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -683,7 +677,7 @@ def run_dpo(config: DPOConfig, on_step: Callable[[int], None] | None = None) -> 
         weight=lambda example: 1.0,
         evaluate=evaluate if held_set else None,
         name=f"dpo-{config.loss}" if config.loss != "dpo" else "dpo",
-        length=lambda example: pair_cost(example, share),
+        length=lambda example: group_cost([example.first.input_ids, example.second.input_ids], share),
     )
     trained = train(config, accelerator, model, stage, on_step=after_step)
     output = Path(config.output)

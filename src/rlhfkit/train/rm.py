@@ -32,7 +32,7 @@ from rlhfkit.data.records import is_ranking_record, ranked_index_pairs
 from rlhfkit.evaluate.preferences import pairwise_report
 from rlhfkit.losses import bradley_terry_loss
 from rlhfkit.models import load_tokenizer, lora_settings, resolve_device, resolve_dtype, save_model
-from rlhfkit.models.prefix import TreeBatch, row_width, tree_support
+from rlhfkit.models.prefix import TreeBatch, group_cost, tree_support
 from rlhfkit.models.reward import (
     OFFSET_KEY,
     RewardModel,
@@ -113,14 +113,6 @@ def collate_groups(groups: list[TokenizedGroup], pad_token_id: int, share_prefix
         tensors = dict(zip(("input_ids", "attention_mask"), pad_batch(sequences, pad_token_id), strict=True))
     return {**tensors, "chosen": torch.tensor(chosen), "rejected": torch.tensor(rejected),
             "margin": torch.tensor(margins), "pair_weight": torch.tensor(weights)}
-
-
-def group_cost(group: TokenizedGroup, share_prefix: bool) -> int:
-    """The tokens a group takes in a batch (its row width when shared, else K x its longest), the key
-    batches are grouped by."""
-    if share_prefix:
-        return row_width(group.sequences)
-    return len(group.sequences) * max(map(len, group.sequences))
 
 
 def batch_rewards(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -216,7 +208,7 @@ def run_rm(config: RMConfig) -> Path:
         weight=lambda group: 1.0,
         evaluate=evaluate if eval_set else None,
         name="rm",
-        length=lambda group: group_cost(group, share),
+        length=lambda group: group_cost(group.sequences, share),
     )
     trained = train(config, accelerator, model, stage)
     output = Path(config.output)
