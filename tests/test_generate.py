@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from rlhfkit.config import GenerateConfig
@@ -69,7 +70,7 @@ def test_generate_writes_k_responses_per_prompt(tmp_path, tiny_model_dir):
 
 def test_prompts_read_once_give_the_same_samples(tiny_llama_dir, monkeypatch):
     """K answers per prompt with each prompt read once (and the cache written in place) sample exactly
-    the tokens that generate gives reading every row's prompt itself, greedy and seeded."""
+    the tokens that reading every row's prompt itself gives, greedy and seeded."""
     import rlhfkit.rollout.generate as generate
 
     tokenizer = load_tokenizer(str(tiny_llama_dir))
@@ -88,11 +89,91 @@ def test_prompts_read_once_give_the_same_samples(tiny_llama_dir, monkeypatch):
 
     shared = [sample(0), sample(1.0)]
     first_pass = rows_read[0]
-    monkeypatch.setattr(generate, "prefill_prompts", lambda *args, **kwargs: None)
+    prefill = generate.prefill_prompts
+
+    def prefill_every_row(model, prompt_of_row, encoded, *args, **kwargs):  # each row its own copy of its prompt
+        return prefill(model, list(range(len(prompt_of_row))), [encoded[i] for i in prompt_of_row], *args, **kwargs)
+
+    monkeypatch.setattr(generate, "prefill_prompts", prefill_every_row)
+    rows_read.clear()
     assert shared == [sample(0), sample(1.0)]
     handle.remove()
     assert first_pass[0] == 2  # the first batch of 5 rows holds 2 distinct prompts: 2 rows read
+    assert rows_read[0][0] == 5
     assert len({tuple(answer) for answer in shared[1][1]}) > 1  # sampling: different answers to one prompt
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama_dir", "tiny_model_dir"])
+def test_decode_loop_equals_generate(fixture, request, monkeypatch):
+    """rlhfkit's decode loop picks exactly the tokens of HF ``generate`` (greedy), honours the generation
+    config's suppressed tokens and top-p, and leaves settings it does not apply to ``generate``."""
+    import rlhfkit.rollout.generate as generate
+
+    model_dir = request.getfixturevalue(fixture)
+    tokenizer = load_tokenizer(str(model_dir))
+    model = load_causal_lm(str(model_dir), tokenizer)
+    prompts = ["Hi there", "What is the capital of Peru? Please answer briefly.", "What colour is snow?"]
+    decoded, decode = [], generate.decode
+    monkeypatch.setattr(generate, "decode", lambda *args, **kwargs: decoded.append(1) or decode(*args, **kwargs))
+
+    def greedy(**kwargs):
+        decoded.clear()
+        samples = sample_responses(model, tokenizer, prompts, num_samples=2, temperature=0, max_new_tokens=12,
+                                   batch_size=4, show_progress=False, **kwargs)
+        return [[s.token_ids for s in per_prompt] for per_prompt in samples], bool(decoded)
+
+    ours, used_loop = greedy()
+    assert used_loop
+    with monkeypatch.context() as patch:
+        patch.setattr(generate, "decoding_processors", lambda *args: None)  # generate decodes
+        theirs, used_loop = greedy()
+    assert ours == theirs and not used_loop
+
+    # top-p that keeps only the likeliest token: sampling is greedy decoding
+    torch.manual_seed(0)
+    top = sample_responses(model, tokenizer, prompts, num_samples=2, temperature=1.0, top_p=1e-6, max_new_tokens=12,
+                           batch_size=4, show_progress=False)
+    assert [[s.token_ids for s in per_prompt] for per_prompt in top] == ours
+
+    first_tokens = {answers[0][0] for answers in ours}
+    model.generation_config.suppress_tokens = sorted(first_tokens)
+    suppressed, used_loop = greedy()
+    assert used_loop and not first_tokens & {answers[0][0] for answers in suppressed}
+
+    model.generation_config.suppress_tokens = None
+    forward = model.forward
+
+    def eos_after_some_tokens(*args, **kwargs):  # answers end at different steps in different rows
+        out = forward(*args, **kwargs)
+        out.logits[:, -1, tokenizer.eos_token_id] += 100.0 * (kwargs["input_ids"][:, -1] % 4 == 0)
+        return out
+
+    model.forward = eos_after_some_tokens
+    ended, used_loop = greedy()
+    with monkeypatch.context() as patch:
+        patch.setattr(generate, "decoding_processors", lambda *args: None)
+        assert greedy() == (ended, False)
+    lengths = [len(answer) for answers in ended for answer in answers]
+    assert used_loop and min(lengths) < 12 and len(set(lengths)) > 1
+    model.forward = forward
+
+    model.generation_config.repetition_penalty = 5.0  # not applied by the loop: generate decodes
+    penalised, used_loop = greedy()
+    assert not used_loop and penalised != ours
+
+
+def test_sample_tokens_inverts_the_cumulative_distribution():
+    from rlhfkit.rollout.generate import sample_tokens
+
+    probs = torch.tensor([0.1, 0.0, 0.6, 0.3])
+    scores = probs.log().expand(6, 4)  # log 0 = -inf: a suppressed token
+    uniform = torch.tensor([0.0, 0.05, 0.1, 0.69, 0.71, 0.9999999])
+    # cumulative 0.1, 0.1, 0.7, 1.0: the first entry above each number; token 1 (probability 0) never
+    assert sample_tokens(scores, uniform).tolist() == [0, 0, 2, 2, 3, 3]
+    torch.manual_seed(0)
+    drawn = sample_tokens(probs.log().expand(40_000, 4))
+    frequencies = torch.bincount(drawn, minlength=4).float() / len(drawn)
+    assert torch.allclose(frequencies, probs, atol=0.01) and frequencies[1] == 0
 
 
 def test_preallocated_cache_layer_writes_in_place_and_grows():

@@ -9,7 +9,13 @@ from transformers import AutoModelForSequenceClassification, GPT2Config, LlamaCo
 
 from rlhfkit.data.chat import IGNORE_INDEX, TokenizedExample, pad_batch, truncate_prompt_first_together
 from rlhfkit.models import load_tokenizer
-from rlhfkit.models.prefix import TreeBatch, common_prefix_length, row_width, tree_support
+from rlhfkit.models.prefix import (
+    TreeBatch,
+    common_prefix_length,
+    prompt_cache_support,
+    row_width,
+    tree_support,
+)
 from rlhfkit.models.reward import load_reward_backbone, sequence_rewards, tree_rewards
 from rlhfkit.train.rm import TokenizedGroup, collate_groups, rm_batch_loss
 
@@ -92,6 +98,16 @@ def test_no_tree_for_attention_without_custom_masks():
     assert not tree_support(model)
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_prompt_cache_is_refused_where_training_would_drop_the_cache(arch):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_config(_model(arch, "sdpa").config)
+    assert prompt_cache_support(model)
+    model.gradient_checkpointing_enable()  # HF turns the cache off in training with checkpointing
+    assert not prompt_cache_support(model)
+
+
 def test_answers_to_one_prompt_lose_the_same_prompt_tokens():
     def example(prompt: int, answer: int) -> TokenizedExample:
         return TokenizedExample(list(range(prompt)) + [100] * answer, [IGNORE_INDEX] * prompt + [100] * answer)
@@ -118,33 +134,41 @@ def test_rm_loss_with_shared_prompts_equals_the_plain_loss(tiny_llama_dir):
     assert losses[True] == pytest.approx(losses[False], abs=1e-6)
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_ppo_answer_logprobs_with_shared_prompts_equal_the_padded_forward(arch):
-    from transformers import AutoModelForCausalLM
+def _ppo_rollout(share: str | None, rows: slice = slice(None)):
+    """2 prompts x 3 answers: answers sharing their first tokens, cut at EOS (id 1), one unfinished, and
+    garbage after one EOS (which must not matter)."""
+    from rlhfkit.train.ppo import Rollout
 
-    from rlhfkit.train.ppo import Rollout, response_logprobs
-
-    torch.manual_seed(0)
-    config = _model(arch, "sdpa").config
-    model = AutoModelForCausalLM.from_config(config).eval()
-    # 2 prompts x 3 answers: answers sharing their first tokens, cut at EOS (id 1), one unfinished
     prompts = [[11, 12, 13], [21, 22]]
     answers = [[30, 31, 1], [30, 32, 33, 1], [34, 1], [40, 41, 42, 43, 44], [40, 1], [45, 46, 1]]
     query, query_mask = pad_batch([prompts[i // 3] for i in range(6)], 0, side="left")
     response, mask = pad_batch(answers, 0)
-    response[1, 4:] = 7  # garbage after EOS must not matter
+    response[1, 4:] = 7
+    return Rollout(query[rows], query_mask[rows], response[rows], mask[rows].float(),
+                   torch.ones(6, dtype=torch.bool)[rows], ["p"] * 6, ["a"] * 6, share_prompts=share)
 
-    def logprobs(share: bool):
-        rollout = Rollout(query, query_mask, response, mask.float(), torch.ones(6, dtype=torch.bool),
-                          ["p"] * 6, ["a"] * 6, share_prompts=share)
+
+@pytest.mark.parametrize("share", ["tree", "cache"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_ppo_answer_logprobs_with_shared_prompts_equal_the_padded_forward(arch, share):
+    """Both ways of reading each prompt once (a tree row; the prompt's key/value cache continued by its
+    answers) give the padded batch's log-probs, entropies and gradients."""
+    from transformers import AutoModelForCausalLM
+
+    from rlhfkit.train.ppo import response_logprobs
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(_model(arch, "sdpa").config).eval()
+
+    def logprobs(share: str | None):
         model.zero_grad()
-        values, entropy = response_logprobs(model, rollout, temperature=0.7, with_entropy=True)
+        values, entropy = response_logprobs(model, _ppo_rollout(share), temperature=0.7, with_entropy=True)
         (values * torch.arange(1.0, 7.0)[:, None]).sum().backward()
         return values.detach(), entropy.detach(), [p.grad.clone() for p in model.parameters()]
 
-    plain, shared = logprobs(False), logprobs(True)
+    plain, shared = logprobs(None), logprobs(share)
     assert torch.allclose(shared[0], plain[0], atol=1e-5) and torch.allclose(shared[1], plain[1], atol=1e-5)
-    assert (shared[0][mask == 0] == 0).all()
+    assert (shared[0][_ppo_rollout(None).mask == 0] == 0).all()
     for a, b in zip(shared[2], plain[2], strict=True):
         assert torch.allclose(a, b, atol=1e-5)
 
@@ -193,3 +217,42 @@ def test_reward_model_scores_answers_to_one_prompt_together_and_alone_the_same(t
     assert scores == pytest.approx(alone.score(prompts, responses, batch_size=3), abs=1e-5)
     # an answer scored with its group or on its own gets the same score
     assert shared.score(prompts[1:2], responses[1:2]) == pytest.approx(scores[1:2], abs=1e-5)
+
+
+def _ddp_prompt_cache_worker(rank: int, init_file: str, output: str) -> None:
+    """One of two DDP processes: its half of the rollout through the prompt cache (two forwards of the
+    DDP model), one backward; process 0 saves the synchronised gradients."""
+    import torch.distributed as dist
+    from transformers import AutoModelForCausalLM
+
+    from rlhfkit.train.ppo import response_logprobs
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    model = AutoModelForCausalLM.from_config(_model("llama", "sdpa").config)  # seeded: the same on both
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    rows = slice(3 * rank, 3 * rank + 3)
+    logprobs, _ = response_logprobs(ddp, _ppo_rollout("cache", rows), temperature=1.0)
+    (logprobs * torch.arange(1.0, 7.0)[rows, None]).sum().mul(2).backward()  # DDP averages over 2
+    if rank == 0:
+        torch.save([p.grad for p in model.parameters()], output)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_prompt_cache_gradients_under_ddp_equal_one_process(tmp_path):
+    """The prompt cache runs the DDP-wrapped model twice before one backward; the gradients two
+    processes agree on are those of one process over the whole batch."""
+    import torch.multiprocessing as mp
+    from transformers import AutoModelForCausalLM
+
+    from rlhfkit.train.ppo import response_logprobs
+
+    output = tmp_path / "grads.pt"
+    mp.spawn(_ddp_prompt_cache_worker, args=(str(tmp_path / "init"), str(output)), nprocs=2, join=True)
+    model = AutoModelForCausalLM.from_config(_model("llama", "sdpa").config)
+    logprobs, _ = response_logprobs(model, _ppo_rollout(None), temperature=1.0)
+    (logprobs * torch.arange(1.0, 7.0)[:, None]).sum().backward()
+    for synced, alone in zip(torch.load(output), model.parameters(), strict=True):
+        assert torch.allclose(synced, alone.grad, atol=1e-5)

@@ -20,6 +20,14 @@ attend to themselves only, so no row of the mask is empty.
 This needs an attention implementation that takes a custom 4D mask (``sdpa`` and ``eager``; not
 ``flash_attention_2``) and a model that takes position ids. :func:`tree_support` checks a model once
 against the plain forward and tells the trainers whether to use it.
+
+Where every group is one prompt and its answers (sampling and RL), there is a second way, with less
+attention work than a tree row (whose mask makes every suffix token look at every other suffix's
+positions, only to mask them): run the distinct prompts once, keep their key/value cache, and run
+the answers as a batch that continues from it, each row from its own prompt's cache
+(:func:`prompt_cache`; two forwards, and gradients flow into the prompts' pass through the cache).
+It needs HF's ``DynamicCache`` and a cache that is kept in training, so not gradient checkpointing;
+:func:`prompt_cache_support` checks it like :func:`tree_support`.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from rlhfkit.data.chat import pad_batch
 
@@ -169,5 +179,59 @@ def tree_support(model: torch.nn.Module) -> bool:
                       output_hidden_states=True).hidden_states[-1]
     expected = torch.cat([plain[0, :5], plain[1, 3:4]]).float()
     error = (packed.float() - expected).norm() / expected.norm().clamp(min=1e-6)
+    tolerance = 1e-4 if next(model.parameters()).dtype == torch.float32 else 2e-2
+    return bool(error < tolerance)
+
+
+def prompt_cache(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor,
+                 **kwargs):
+    """Run the left-padded prompts ``input_ids`` once. Returns the model's output and its key/value
+    cache repeated so that row ``i`` holds prompt ``rows[i]``'s, ready for a batch of continuations;
+    the cache is None when the model keeps another kind than HF's ``DynamicCache``."""
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True, **kwargs)
+    cache = out.past_key_values
+    if type(cache) is not DynamicCache or any(type(layer) is not DynamicLayer for layer in cache.layers):
+        return out, None
+    for layer in cache.layers:
+        layer.keys, layer.values = layer.keys[rows], layer.values[rows]
+    return out, cache
+
+
+def continue_from_cache(model: torch.nn.Module, cache: DynamicCache, prompt_mask: torch.Tensor,
+                        input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs):
+    """The forward of right-padded continuations ``input_ids`` after the prompts in ``cache`` (one per
+    row, left-padded as ``prompt_mask``)."""
+    steps = torch.arange(input_ids.shape[1], device=input_ids.device)
+    positions = prompt_mask.long().sum(1, keepdim=True) + steps
+    return model(input_ids=input_ids, attention_mask=torch.cat([prompt_mask, attention_mask.to(prompt_mask.dtype)], 1),
+                 position_ids=positions, past_key_values=cache, **kwargs)
+
+
+def prompt_cache_support(model: torch.nn.Module) -> bool:
+    """Whether :func:`prompt_cache` and :func:`continue_from_cache` give ``model``'s plain forward: it
+    keeps a ``DynamicCache``, also in training (no gradient checkpointing), and on one prompt with two
+    continuations its last hidden states agree with the plain forward's."""
+    hf = unwrap_hf_model(model)
+    if any(getattr(module, "gradient_checkpointing", False) for module in hf.modules()):
+        return False
+    vocab = hf.get_input_embeddings().num_embeddings
+    prompt, answers = [1, 2, 3], [[4, 5], [6]]
+    prompt, answers = [t % vocab for t in prompt], [[t % vocab for t in a] for a in answers]
+    device = next(model.parameters()).device
+    ids, mask = pad_batch([prompt + a for a in answers], 0)
+    continuations, continuation_mask = pad_batch(answers, 0)
+    with torch.no_grad():
+        _, cache = prompt_cache(model, torch.tensor([prompt], device=device), torch.ones(1, 3, device=device,
+                                dtype=torch.long), torch.zeros(2, dtype=torch.long, device=device))
+        if cache is None:
+            return False
+        continued = continue_from_cache(model, cache, torch.ones(2, 3, dtype=torch.long, device=device),
+                                        continuations.to(device), continuation_mask.to(device),
+                                        output_hidden_states=True).hidden_states[-1]
+        plain = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                      output_hidden_states=True).hidden_states[-1]
+    expected, got = torch.cat([plain[0, 3:5], plain[1, 3:4]]).float(), torch.cat([continued[0], continued[1, :1]]).float()
+    error = (got - expected).norm() / expected.norm().clamp(min=1e-6)
     tolerance = 1e-4 if next(model.parameters()).dtype == torch.float32 else 2e-2
     return bool(error < tolerance)

@@ -6,25 +6,41 @@ length so each batch wastes little padding. Every answer is cut after its first 
 
 The prompts are read here, not by ``generate``: all but their last token run in one forward pass,
 each distinct prompt once (a batch holds a prompt's K answers together), and the key/value cache is
-repeated for each answer, into buffers with room for the answer (:class:`PreallocatedLayer`);
-``generate`` continues from there. Models whose cache is not HF's ``DynamicCache`` (and one-token
-prompts) leave the prompts to ``generate``.
+repeated for each answer, into buffers with room for the answer (:class:`PreallocatedLayer`).
+
+The answers are then decoded by :func:`decode`, a plain token loop with HF's own logits processors
+(suppressed tokens, temperature, top-k, top-p) that draws each token from one uniform number per row
+(:func:`sample_tokens`). It does what ``generate`` does for these settings with less work per token
+(``torch.multinomial`` alone draws one random number per vocabulary entry). ``generate`` decodes
+instead when the model's generation config asks for anything else (a repetition penalty, banned
+words, a minimum length, ...), when its cache is not HF's ``DynamicCache``, and for one-token prompts.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    DynamicCache,
+    LogitsProcessorList,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    SuppressTokensLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 from transformers.cache_utils import DynamicLayer
 
 from rlhfkit.config import GenerateConfig
 from rlhfkit.console import console, progress_bar
 from rlhfkit.data.chat import encode_prompt, pad_batch
 from rlhfkit.models.loading import accepts_logits_to_keep
+from rlhfkit.models.prefix import MASK_IMPLEMENTATIONS, prompt_cache, unwrap_hf_model
 
 
 @dataclass
@@ -75,15 +91,24 @@ def sample_responses(
                    eos_token_id=tokenizer.eos_token_id, use_cache=True)
     if not greedy:
         options.update(temperature=temperature, top_p=top_p, top_k=0)
+    processors = decoding_processors(model, options, device)
     batches = [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
     with progress_bar("generate", total=len(jobs), enabled=show_progress) as advance:
         for batch in batches:
             input_ids, attention_mask = pad_batch([encoded[i] for i, _ in batch], tokenizer.pad_token_id, side="left")
             input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-            cache = prefill_prompts(model, [i for i, _ in batch], encoded, tokenizer.pad_token_id, device,
-                                    room=max_new_tokens + 1)
-            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, **options)
-            new_tokens = out[:, input_ids.shape[1] :].tolist()
+            whole = processors is not None  # the decode loop starts after the prompts; generate runs their last token
+            prefilled = prefill_prompts(model, [i for i, _ in batch], encoded, tokenizer.pad_token_id, device,
+                                        room=max_new_tokens, whole=whole)
+            if whole and prefilled is not None:
+                new_tokens = decode(model, *prefilled, input_ids, attention_mask, processors, greedy=greedy,
+                                    max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                                    pad_token_id=tokenizer.pad_token_id).tolist()
+            else:
+                cache = prefilled[0] if prefilled is not None else None
+                out = model.generate(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache,
+                                     **options)
+                new_tokens = out[:, input_ids.shape[1] :].tolist()
             for (prompt_index, _), tokens in zip(batch, new_tokens, strict=True):
                 answer, finished = cut_after_eos(tokens, tokenizer.eos_token_id)
                 text = tokenizer.decode(answer, skip_special_tokens=True)
@@ -120,29 +145,107 @@ class PreallocatedLayer(DynamicLayer):
 
 
 def prefill_prompts(model, prompt_of_row: list[int], encoded: list[list[int]], pad_token_id: int, device,
-                    room: int) -> DynamicCache | None:
-    """The key/value cache of every row's prompt but its last token (``generate`` runs that one), each
-    distinct prompt computed once and its cache repeated for its rows, with ``room`` more positions
-    reserved. None (``generate`` reads the prompts itself) when a prompt has a single token or the
-    model keeps another kind of cache than HF's ``DynamicCache``."""
+                    room: int, whole: bool = True) -> tuple[DynamicCache, torch.Tensor | None] | None:
+    """The key/value cache of every row's prompt, each distinct prompt computed once and its cache
+    repeated for its rows, with ``room`` more positions reserved, and the logits after each row's
+    prompt ``[rows, vocab]``. Without ``whole`` the prompts' last tokens are left out (``generate`` runs
+    them) and there are no logits. None when the model keeps another kind of cache than HF's
+    ``DynamicCache``, or without ``whole`` when a prompt has a single token."""
     distinct = list(dict.fromkeys(prompt_of_row))
-    if min(len(encoded[i]) for i in distinct) < 2:
+    cut = 0 if whole else 1
+    if min(len(encoded[i]) for i in distinct) <= cut:
         return None
     # left-padded like the batch (same width): a prompt's tokens sit in the same columns in both
     ids, mask = pad_batch([encoded[i] for i in distinct], pad_token_id, side="left")
-    ids, mask = ids.to(device), mask.to(device)
-    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
-    out = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1], use_cache=True,
-                **keep)
-    cache = out.past_key_values
-    if type(cache) is not DynamicCache or any(type(layer) is not DynamicLayer for layer in cache.layers):
-        return None
+    ids, mask = ids[:, : ids.shape[1] - cut].to(device), mask[:, : mask.shape[1] - cut].to(device)
     row = {prompt: k for k, prompt in enumerate(distinct)}
     index = torch.tensor([row[i] for i in prompt_of_row], device=device)
-    capacity = ids.shape[1] - 1 + room
-    cache.layers = [PreallocatedLayer(layer.keys[index], layer.values[index], capacity) for layer in cache.layers]
-    return cache
+    keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
+    out, cache = prompt_cache(model, ids, mask, index, **keep)
+    if cache is None:
+        return None
+    cache.layers = [PreallocatedLayer(layer.keys, layer.values, ids.shape[1] + room) for layer in cache.layers]
+    return cache, out.logits[:, -1][index] if whole else None
+
+
+# generation-config fields that change nothing for :func:`decode` or that it applies itself; any other set
+# field (a repetition penalty, bad words, a minimum length, beams, ...) is left to ``generate``
+DECODE_HANDLES = {
+    "do_sample", "temperature", "top_k", "top_p", "suppress_tokens", "max_new_tokens", "max_length",
+    "bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "use_cache", "transformers_version",
+    "_from_model_config", "cache_implementation", "cache_config", "max_cache_len", "disable_compile",
+    "compile_config", "low_memory", "length_penalty", "early_stopping", "output_attentions", "output_hidden_states",
+    "output_scores", "output_logits", "return_dict_in_generate",
+}
+
+
+def decoding_processors(model, options: dict, device) -> LogitsProcessorList | None:
+    """The logits processors ``generate`` would run for ``options`` on top of the model's generation
+    config, or None when that config sets anything :func:`decode` does not apply."""
+    config = copy.deepcopy(model.generation_config)
+    config.update(**options)
+    if set(config.to_diff_dict()) - DECODE_HANDLES:
+        return None
+    processors = LogitsProcessorList()
+    if config.suppress_tokens:
+        processors.append(SuppressTokensLogitsProcessor(config.suppress_tokens, device=device))
+    if config.do_sample:  # the warpers, in generate's order
+        if config.temperature is not None and config.temperature != 1.0:
+            processors.append(TemperatureLogitsWarper(config.temperature))
+        if config.top_k:
+            processors.append(TopKLogitsWarper(config.top_k))
+        if config.top_p is not None and config.top_p < 1.0:
+            processors.append(TopPLogitsWarper(config.top_p))
+    return processors
+
+
+def sample_tokens(scores: torch.Tensor, uniform: torch.Tensor | None = None) -> torch.Tensor:
+    """One token per row of ``scores`` ``[N, vocab]``, drawn from ``softmax(scores)`` by inverting its
+    cumulative distribution at one uniform number per row (``uniform`` ``[N]``, random by default): the
+    first token whose cumulative probability exceeds it, so a token of probability 0 is never drawn."""
+    cumulative = torch.softmax(scores.float(), dim=-1).cumsum(-1)
+    total = cumulative[:, -1:]
+    if uniform is None:
+        uniform = torch.rand(scores.shape[0], device=scores.device)
+    # strictly below the total, which rounding could otherwise reach
+    point = torch.minimum(uniform[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cumulative, point, right=True).squeeze(-1)
+
+
+def decode(model, cache: DynamicCache, next_logits: torch.Tensor, input_ids: torch.Tensor,
+           attention_mask: torch.Tensor, processors: LogitsProcessorList, *, greedy: bool, max_new_tokens: int,
+           eos_token_id: int, pad_token_id: int) -> torch.Tensor:
+    """Answers ``[N, <= max_new_tokens]`` to the left-padded prompts ``input_ids``, which are in
+    ``cache``, with ``next_logits`` ``[N, vocab]`` after them: padding after each answer's EOS, and no
+    more columns than the longest answer needs. ``generate``'s sampling loop for the settings of
+    :func:`decoding_processors`."""
+    rows, width = input_ids.shape
+    sequences = torch.full((rows, width + max_new_tokens), pad_token_id, dtype=input_ids.dtype,
+                           device=input_ids.device)
+    sequences[:, :width] = input_ids
+    mask = torch.ones_like(sequences, dtype=attention_mask.dtype)
+    mask[:, :width] = attention_mask
+    if getattr(unwrap_hf_model(model).config, "_attn_implementation", None) in MASK_IMPLEMENTATIONS:
+        # the model's 4D mask made once, not at every token: 0 where a row may attend, the dtype's minimum elsewhere
+        dtype = next(model.parameters()).dtype
+        mask = torch.zeros(rows, 1, 1, mask.shape[1], dtype=dtype, device=mask.device).masked_fill(
+            mask[:, None, None, :] == 0, torch.finfo(dtype).min)
+    positions = attention_mask.long().sum(1, keepdim=True)  # of the first answer token
+    done = torch.zeros(rows, dtype=torch.bool, device=input_ids.device)
+    keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
+    logits, end = next_logits, width
+    while end < width + max_new_tokens:
+        scores = processors(sequences[:, :end], logits.float())
+        tokens = scores.argmax(-1) if greedy else sample_tokens(scores)
+        sequences[:, end] = tokens.masked_fill(done, pad_token_id)
+        done |= tokens == eos_token_id
+        end += 1
+        if end == width + max_new_tokens or done.all():
+            break
+        logits = model(input_ids=sequences[:, end - 1 : end], attention_mask=mask[..., :end], position_ids=positions,
+                       past_key_values=cache, use_cache=True, **keep).logits[:, -1]
+        positions = positions + 1
+    return sequences[:, width:end]
 
 
 def run_generate(config: GenerateConfig) -> Path:

@@ -65,7 +65,14 @@ from rlhfkit.models import (
     resolve_dtype,
     save_model,
 )
-from rlhfkit.models.prefix import TreeBatch, tree_forward, tree_support
+from rlhfkit.models.prefix import (
+    TreeBatch,
+    continue_from_cache,
+    prompt_cache,
+    prompt_cache_support,
+    tree_forward,
+    tree_support,
+)
 from rlhfkit.models.reward import (
     head_module,
     is_reward_model_folder,
@@ -104,7 +111,10 @@ class Rollout:
     finished: torch.Tensor  # [N] bool: the answer ended with EOS
     prompts: list  # [N] the prompt of each answer (K consecutive answers share one)
     texts: list[str]  # [N] decoded answers
-    share_prompts: bool = False  # forward passes run each prompt once for its answers (models/prefix.py)
+    # how the forward passes run each prompt once for its K consecutive answers (models/prefix.py):
+    # "cache" (the prompts' key/value cache, continued by the answers), "tree" (one row per prompt),
+    # None (every answer with its own copy of its prompt)
+    share_prompts: str | None = None
 
     def __len__(self) -> int:
         return self.response.shape[0]
@@ -129,7 +139,7 @@ def truncate_prompt(ids: list[int], limit: int) -> list[int]:
 
 
 def generate_rollout(policy, tokenizer, prompts: list, prompt_ids: list[list[int]], num_samples: int,
-                     config: PPOConfig, share_prompts: bool = False) -> Rollout:
+                     config: PPOConfig, share_prompts: str | None = None) -> Rollout:
     """Sample ``num_samples`` answers per prompt; answer ``i*K + k`` is the k-th answer to prompt ``i``."""
     samples = sample_responses(
         policy, tokenizer, prompts, num_samples=num_samples, max_new_tokens=config.max_new_tokens,
@@ -148,13 +158,33 @@ def generate_rollout(policy, tokenizer, prompts: list, prompt_ids: list[list[int
 def answer_logits(model, rollout: Rollout) -> torch.Tensor:
     """The logits that predict each answer token, ``[N, R, vocab]`` (garbage after EOS). Computed for
     the answer positions only when the model supports it."""
-    if rollout.share_prompts:
+    if rollout.share_prompts == "cache":
+        return cached_prompt_answer_logits(model, rollout)
+    if rollout.share_prompts == "tree":
         return shared_prompt_answer_logits(model, rollout)
     width = rollout.response.shape[1]
     inputs = rollout.model_inputs()
     if accepts_logits_to_keep(model):
         return model(**inputs, logits_to_keep=width + 1).logits[:, :-1]
     return model(**inputs).logits[:, -width - 1 : -1]
+
+
+def cached_prompt_answer_logits(model, rollout: Rollout) -> torch.Tensor:
+    """:func:`answer_logits` with each run of consecutive answers to the same prompt reading that
+    prompt once: the distinct prompts run first, and the answers continue from their key/value cache
+    (:func:`~rlhfkit.models.prefix.prompt_cache`). The prompts' last logits predict the first answer
+    tokens."""
+    query, query_mask = rollout.query, rollout.query_mask
+    new_prompt = torch.ones(len(rollout), dtype=torch.bool, device=query.device)
+    new_prompt[1:] = (query[1:] != query[:-1]).any(1) | (query_mask[1:] != query_mask[:-1]).any(1)
+    prompt_of_row = new_prompt.long().cumsum(0) - 1
+    keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
+    prompts, cache = prompt_cache(model, query[new_prompt], query_mask[new_prompt], prompt_of_row, **keep)
+    first = prompts.logits[:, -1:][prompt_of_row]
+    if rollout.response.shape[1] == 1:
+        return first
+    answers = continue_from_cache(model, cache, query_mask, rollout.response[:, :-1], rollout.mask[:, :-1])
+    return torch.cat([first, answers.logits], dim=1)
 
 
 def shared_prompt_answer_logits(model, rollout: Rollout) -> torch.Tensor:
@@ -398,8 +428,13 @@ class PPOTrainer:
         self.scheduler = get_constant_schedule_with_warmup(optimizer, int(config.warmup_ratio * self.steps
                                                                           * updates_per_step))
         # K answers per prompt: the policy and reference passes run each prompt once (models/prefix.py)
-        self.share_prompts = self.samples_per_prompt > 1 and tree_support(policy) and (
-            self.reference is None or tree_support(self.reference))
+        self.share_prompts = None
+        if self.samples_per_prompt > 1:
+            models = [m for m in (policy, self.reference) if m is not None]
+            if all(prompt_cache_support(m) for m in models):
+                self.share_prompts = "cache"
+            elif all(tree_support(m) for m in models):
+                self.share_prompts = "tree"
         if critic is None:
             self.policy, self.optimizer = accelerator.prepare(policy.to(accelerator.device), optimizer)
             self.critic = None
