@@ -145,7 +145,8 @@ def _ppo_rollout(share: str | None, rows: slice = slice(None)):
     response, mask = pad_batch(answers, 0)
     response[1, 4:] = 7
     return Rollout(query[rows], query_mask[rows], response[rows], mask[rows].float(),
-                   torch.ones(6, dtype=torch.bool)[rows], ["p"] * 6, ["a"] * 6, share_prompts=share)
+                   torch.ones(6, dtype=torch.bool)[rows], ["p"] * 6, ["a"] * 6,
+                   share_prompts=(share,) if share else ())
 
 
 @pytest.mark.parametrize("share", ["tree", "cache"])
@@ -155,10 +156,11 @@ def test_ppo_answer_logprobs_with_shared_prompts_equal_the_padded_forward(arch, 
     answers) give the padded batch's log-probs, entropies and gradients."""
     from transformers import AutoModelForCausalLM
 
-    from rlhfkit.train.ppo import response_logprobs
+    from rlhfkit.train.ppo import cheapest_layout, response_logprobs
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(_model(arch, "sdpa").config).eval()
+    assert cheapest_layout(_ppo_rollout(share)) == share
 
     def logprobs(share: str | None):
         model.zero_grad()
@@ -171,6 +173,24 @@ def test_ppo_answer_logprobs_with_shared_prompts_equal_the_padded_forward(arch, 
     assert (shared[0][_ppo_rollout(None).mask == 0] == 0).all()
     for a, b in zip(shared[2], plain[2], strict=True):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_the_cheapest_layout_is_the_cache_for_equal_answers_and_the_tree_for_ragged_ones():
+    from rlhfkit.train.ppo import Rollout, cheapest_layout
+
+    query, query_mask = pad_batch([[11, 12, 13]] * 4 + [[21, 22]] * 4, 0, side="left")
+
+    def rollout(lengths: list[int], share=("cache", "tree")):
+        mask = (torch.arange(10)[None, :] < torch.tensor(lengths)[:, None]).float()
+        return Rollout(query, query_mask, torch.full((8, 10), 5), mask, torch.ones(8, dtype=torch.bool),
+                       ["p"] * 8, ["a"] * 8, share_prompts=share)
+
+    # 8 answers of 10: cache 2*3 + 8*9 = 78 positions, tree 2*(3+40) = 86, padded 8*13 = 104
+    assert cheapest_layout(rollout([10] * 8)) == "cache"
+    # one answer of 10, the rest of 2: cache still 78, tree 2*(3+16) = 38
+    assert cheapest_layout(rollout([10] + [2] * 7)) == "tree"
+    assert cheapest_layout(rollout([10] + [2] * 7, share=("cache",))) == "cache"
+    assert cheapest_layout(rollout([10] * 8, share=())) is None
 
 
 @pytest.mark.parametrize("logit_mask", [True, False])

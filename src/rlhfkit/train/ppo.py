@@ -111,10 +111,10 @@ class Rollout:
     finished: torch.Tensor  # [N] bool: the answer ended with EOS
     prompts: list  # [N] the prompt of each answer (K consecutive answers share one)
     texts: list[str]  # [N] decoded answers
-    # how the forward passes run each prompt once for its K consecutive answers (models/prefix.py):
-    # "cache" (the prompts' key/value cache, continued by the answers), "tree" (one row per prompt),
-    # None (every answer with its own copy of its prompt)
-    share_prompts: str | None = None
+    # the ways the forward passes may run each prompt once for its K consecutive answers, those the models
+    # support (models/prefix.py): "cache" (the prompts' key/value cache, continued by the answers) and
+    # "tree" (one row per prompt); answer_logits takes the cheapest, or every answer with its own prompt
+    share_prompts: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return self.response.shape[0]
@@ -139,7 +139,7 @@ def truncate_prompt(ids: list[int], limit: int) -> list[int]:
 
 
 def generate_rollout(policy, tokenizer, prompts: list, prompt_ids: list[list[int]], num_samples: int,
-                     config: PPOConfig, share_prompts: str | None = None) -> Rollout:
+                     config: PPOConfig, share_prompts: tuple[str, ...] = ()) -> Rollout:
     """Sample ``num_samples`` answers per prompt; answer ``i*K + k`` is the k-th answer to prompt ``i``."""
     samples = sample_responses(
         policy, tokenizer, prompts, num_samples=num_samples, max_new_tokens=config.max_new_tokens,
@@ -158,9 +158,10 @@ def generate_rollout(policy, tokenizer, prompts: list, prompt_ids: list[list[int
 def answer_logits(model, rollout: Rollout) -> torch.Tensor:
     """The logits that predict each answer token, ``[N, R, vocab]`` (garbage after EOS). Computed for
     the answer positions only when the model supports it."""
-    if rollout.share_prompts == "cache":
+    layout = cheapest_layout(rollout)
+    if layout == "cache":
         return cached_prompt_answer_logits(model, rollout)
-    if rollout.share_prompts == "tree":
+    if layout == "tree":
         return shared_prompt_answer_logits(model, rollout)
     width = rollout.response.shape[1]
     inputs = rollout.model_inputs()
@@ -169,14 +170,44 @@ def answer_logits(model, rollout: Rollout) -> torch.Tensor:
     return model(**inputs).logits[:, -width - 1 : -1]
 
 
+def new_prompt_rows(rollout: Rollout) -> torch.Tensor:
+    """``[N]`` bool: the rows whose prompt is not the previous row's."""
+    query, query_mask = rollout.query, rollout.query_mask
+    new = torch.ones(len(rollout), dtype=torch.bool, device=query.device)
+    new[1:] = (query[1:] != query[:-1]).any(1) | (query_mask[1:] != query_mask[:-1]).any(1)
+    return new
+
+
+def cheapest_layout(rollout: Rollout) -> str | None:
+    """The layout of :func:`answer_logits` with the fewest token positions, among those the rollout
+    allows: every answer after its own copy of its prompt (None); one tree row per prompt, answers cut
+    at EOS ("tree"); or each prompt once, then every answer padded to the longest ("cache"). Ties go
+    to the cache, whose attention work is the smallest. Answers of equal length favour the cache;
+    answers that end early favour the tree."""
+    if not rollout.share_prompts:
+        return None
+    rows, prompt_width = rollout.query.shape
+    answer_width = rollout.response.shape[1]
+    new = new_prompt_rows(rollout)
+    groups = int(new.sum())
+    costs: dict[str | None, int] = {}
+    if "cache" in rollout.share_prompts:
+        costs["cache"] = groups * prompt_width + rows * (answer_width - 1)
+    if "tree" in rollout.share_prompts:
+        group = new.long().cumsum(0) - 1
+        answers = torch.zeros(groups, device=group.device).index_add_(0, group, rollout.mask.sum(1).clamp(min=1))
+        costs["tree"] = groups * int((rollout.query_mask[new].sum(1) + answers).max())
+    costs[None] = rows * (prompt_width + answer_width)
+    return min(costs, key=costs.__getitem__)  # the first of equals: the cache, then the tree, then none
+
+
 def cached_prompt_answer_logits(model, rollout: Rollout) -> torch.Tensor:
     """:func:`answer_logits` with each run of consecutive answers to the same prompt reading that
     prompt once: the distinct prompts run first, and the answers continue from their key/value cache
     (:func:`~rlhfkit.models.prefix.prompt_cache`). The prompts' last logits predict the first answer
     tokens."""
     query, query_mask = rollout.query, rollout.query_mask
-    new_prompt = torch.ones(len(rollout), dtype=torch.bool, device=query.device)
-    new_prompt[1:] = (query[1:] != query[:-1]).any(1) | (query_mask[1:] != query_mask[:-1]).any(1)
+    new_prompt = new_prompt_rows(rollout)
     prompt_of_row = new_prompt.long().cumsum(0) - 1
     keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
     prompts, cache = prompt_cache(model, query[new_prompt], query_mask[new_prompt], prompt_of_row, **keep)
@@ -428,13 +459,12 @@ class PPOTrainer:
         self.scheduler = get_constant_schedule_with_warmup(optimizer, int(config.warmup_ratio * self.steps
                                                                           * updates_per_step))
         # K answers per prompt: the policy and reference passes run each prompt once (models/prefix.py)
-        self.share_prompts = None
+        self.share_prompts: tuple[str, ...] = ()
         if self.samples_per_prompt > 1:
             models = [m for m in (policy, self.reference) if m is not None]
-            if all(prompt_cache_support(m) for m in models):
-                self.share_prompts = "cache"
-            elif all(tree_support(m) for m in models):
-                self.share_prompts = "tree"
+            self.share_prompts = tuple(name for name, supported in (("cache", prompt_cache_support),
+                                                                      ("tree", tree_support))
+                                       if all(supported(m) for m in models))
         if critic is None:
             self.policy, self.optimizer = accelerator.prepare(policy.to(accelerator.device), optimizer)
             self.critic = None
