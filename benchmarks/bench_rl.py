@@ -60,10 +60,18 @@ alternating runs.
 
 Where rlhfkit's speed comes from: with K answers per prompt each prompt is read once, in sampling (the
 prompt's key/value cache repeated per answer, in buffers written in place) and in the policy and
-reference passes (one row per prompt: ``models/prefix.py``).
+reference passes (the prompts' cache continued by their answers, or one row per prompt:
+``models/prefix.py``); the tokens are drawn by rlhfkit's own decode loop (``rollout/generate.py``: the
+attention mask built once, one random number per answer and token, the first token from the prompts'
+pass).
 
-Measured on 2026-11-22 (1 thread, ``--repeats 3``, medians): GRPO 1.38x TRL, RLOO 1.48x TRL, sampling
-1.23x the generate loop (before the shared prompts: 0.99x, 0.71-1.03x and 0.80-0.96x).
+Measured on 2026-11-22, 1 thread, ``--repeats 5``, medians of three runs of the whole benchmark on a
+shared 2-core machine: GRPO 1.46x, 1.46x and 1.51x TRL; RLOO 1.64x and 1.57x TRL; sampling 1.23x
+and 1.35x the generate loop. Earlier the same day, with the prompts shared as tree rows and sampled
+by ``generate``: GRPO 1.38x, RLOO 1.48x, sampling 1.23x; before any sharing: 0.99x, 0.71-1.03x and
+0.80-0.96x. Where a GRPO step goes (32 answers of 32 tokens after prompts of about 18, one thread):
+about 0.4 s sampling, 0.15 s for the reference pass and 0.45 s for the update's forward and
+backward, three quarters of it in matrix products; TRL runs each prompt K times in every pass.
 
 Threads default to 1: on a machine shared with other jobs, intra-op threads wait on each other whenever
 one of their cores is taken, and steps then take several times (up to ~15x) longer, at random: on a

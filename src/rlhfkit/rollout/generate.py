@@ -4,16 +4,19 @@ Prompts are encoded exactly as training encodes them (``encode_prompt``), left-p
 length so each batch wastes little padding. Every answer is cut after its first EOS; answers that hit
 ``max_new_tokens`` without EOS are flagged (``finished=False``) so RL can penalise them.
 
-The prompts are read here, not by ``generate``: all but their last token run in one forward pass,
-each distinct prompt once (a batch holds a prompt's K answers together), and the key/value cache is
-repeated for each answer, into buffers with room for the answer (:class:`PreallocatedLayer`).
+The prompts are read in one forward pass, each distinct prompt once (a batch holds a prompt's K
+answers together), and the key/value cache is repeated for each answer, into buffers with room for
+the answer (:class:`PreallocatedLayer`).
 
 The answers are then decoded by :func:`decode`, a plain token loop with HF's own logits processors
 (suppressed tokens, temperature, top-k, top-p) that draws each token from one uniform number per row
-(:func:`sample_tokens`). It does what ``generate`` does for these settings with less work per token
-(``torch.multinomial`` alone draws one random number per vocabulary entry). ``generate`` decodes
-instead when the model's generation config asks for anything else (a repetition penalty, banned
-words, a minimum length, ...), when its cache is not HF's ``DynamicCache``, and for one-token prompts.
+(:func:`sample_tokens`), and the first token of every answer from the logits of its prompt's pass.
+It does what ``generate`` does for these settings with less work per token (``torch.multinomial``
+alone draws one random number per vocabulary entry, and ``generate`` rebuilds the attention mask at
+every token). ``generate`` decodes instead when the model's generation config asks for anything
+else (a repetition penalty, banned words, a minimum length, ...); it then continues from the cache of
+all but the prompts' last tokens. Models whose cache is not HF's ``DynamicCache`` are left to
+``generate`` entirely.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 import torch
 from transformers import (
     DynamicCache,
+    GenerationConfig,
     LogitsProcessorList,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -182,7 +186,7 @@ DECODE_HANDLES = {
 def decoding_processors(model, options: dict, device) -> LogitsProcessorList | None:
     """The logits processors ``generate`` would run for ``options`` on top of the model's generation
     config, or None when that config sets anything :func:`decode` does not apply."""
-    config = copy.deepcopy(model.generation_config)
+    config = copy.deepcopy(model.generation_config or GenerationConfig())
     config.update(**options)
     if set(config.to_diff_dict()) - DECODE_HANDLES:
         return None
