@@ -65,11 +65,11 @@ reference passes (the prompts' cache continued by their answers, or one row per 
 attention mask built once, one random number per answer and token, the first token from the prompts'
 pass).
 
-Measured on 2026-11-22, 1 thread, ``--repeats 5``, medians of three runs of the whole benchmark on a
-shared 2-core machine: GRPO 1.46x, 1.46x and 1.51x TRL; RLOO 1.64x and 1.57x TRL; sampling 1.23x
-and 1.35x the generate loop. Earlier the same day, with the prompts shared as tree rows and sampled
-by ``generate``: GRPO 1.38x, RLOO 1.48x, sampling 1.23x; before any sharing: 0.99x, 0.71-1.03x and
-0.80-0.96x. Where a GRPO step goes (32 answers of 32 tokens after prompts of about 18, one thread):
+Measured on 2026-11-22, 1 thread, ``--repeats 5`` (medians), on a shared 2-core machine whose speed
+drifted by ~20% over the day: GRPO 1.46x, 1.51x and 1.41x TRL (three runs); RLOO 1.57x and 1.63x;
+sampling 1.35x and 1.25x the generate loop. Earlier the same day, with the prompts shared as tree
+rows and sampled by ``generate``: GRPO 1.38x, RLOO 1.48x, sampling 1.23x; before any sharing: 0.99x,
+0.71-1.03x and 0.80-0.96x. Where a GRPO step goes (32 answers of 32 tokens after prompts of about 18, one thread):
 about 0.4 s sampling, 0.15 s for the reference pass and 0.45 s for the update's forward and
 backward, three quarters of it in matrix products; TRL runs each prompt K times in every pass.
 

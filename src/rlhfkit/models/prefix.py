@@ -177,10 +177,14 @@ def tree_support(model: torch.nn.Module) -> bool:
         packed = tree_forward(model, tree, output_hidden_states=True).hidden_states[-1][0]
         plain = model(input_ids=ids.to(device), attention_mask=mask.to(device),
                       output_hidden_states=True).hidden_states[-1]
-    expected = torch.cat([plain[0, :5], plain[1, 3:4]]).float()
-    error = (packed.float() - expected).norm() / expected.norm().clamp(min=1e-6)
-    tolerance = 1e-4 if next(model.parameters()).dtype == torch.float32 else 2e-2
-    return bool(error < tolerance)
+    return agrees(model, packed, torch.cat([plain[0, :5], plain[1, 3:4]]))
+
+
+def agrees(model: torch.nn.Module, got: torch.Tensor, expected: torch.Tensor) -> bool:
+    """Whether hidden states from a shared-prompt forward of ``model`` match the plain forward's, to the
+    rounding of the model's dtype."""
+    error = (got.float() - expected.float()).norm() / expected.float().norm().clamp(min=1e-6)
+    return bool(error < (1e-4 if next(model.parameters()).dtype == torch.float32 else 2e-2))
 
 
 def prompt_cache(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor,
@@ -231,7 +235,4 @@ def prompt_cache_support(model: torch.nn.Module) -> bool:
                                         output_hidden_states=True).hidden_states[-1]
         plain = model(input_ids=ids.to(device), attention_mask=mask.to(device),
                       output_hidden_states=True).hidden_states[-1]
-    expected, got = torch.cat([plain[0, 3:5], plain[1, 3:4]]).float(), torch.cat([continued[0], continued[1, :1]]).float()
-    error = (got - expected).norm() / expected.norm().clamp(min=1e-6)
-    tolerance = 1e-4 if next(model.parameters()).dtype == torch.float32 else 2e-2
-    return bool(error < tolerance)
+    return agrees(model, torch.cat([continued[0], continued[1, :1]]), torch.cat([plain[0, 3:5], plain[1, 3:4]]))
