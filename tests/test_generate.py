@@ -129,11 +129,12 @@ def test_decode_loop_equals_generate(fixture, request, monkeypatch):
         theirs, used_loop = greedy()
     assert ours == theirs and not used_loop
 
-    # top-p that keeps only the likeliest token: sampling is greedy decoding
-    torch.manual_seed(0)
-    top = sample_responses(model, tokenizer, prompts, num_samples=2, temperature=1.0, top_p=1e-6, max_new_tokens=12,
-                           batch_size=4, show_progress=False)
-    assert [[s.token_ids for s in per_prompt] for per_prompt in top] == ours
+    # top-p that keeps only the likeliest token, or a temperature near 0: sampling is greedy decoding
+    for temperature, top_p in ((1.0, 1e-6), (1e-4, 1.0)):
+        torch.manual_seed(0)
+        sampled = sample_responses(model, tokenizer, prompts, num_samples=2, temperature=temperature, top_p=top_p,
+                                   max_new_tokens=12, batch_size=4, show_progress=False)
+        assert [[s.token_ids for s in per_prompt] for per_prompt in sampled] == ours
 
     first_tokens = {answers[0][0] for answers in ours}
     model.generation_config.suppress_tokens = sorted(first_tokens)

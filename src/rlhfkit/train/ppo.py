@@ -226,11 +226,11 @@ def shared_prompt_answer_logits(model, rollout: Rollout) -> torch.Tensor:
     prompts = [q[q_mask.bool()].tolist() for q, q_mask in zip(rollout.query, rollout.query_mask, strict=True)]
     answers = [r[:n].tolist() for r, n in zip(rollout.response, answer_lengths.tolist(), strict=True)]
     groups: list[list[list[int]]] = []
-    for i, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
-        if i and prompt == prompts[i - 1]:
-            groups[-1].append(prompt + answer)
-        else:
+    for new, prompt, answer in zip(new_prompt_rows(rollout).tolist(), prompts, answers, strict=True):
+        if new:
             groups.append([prompt + answer])
+        else:
+            groups[-1].append(prompt + answer)
     batch = TreeBatch.from_groups(groups, pad_token_id=0).to(rollout.query.device)  # padding is masked: any id
     width = batch.input_ids.shape[1]
     # answer token j of sequence n is predicted at the position of its token P_n + j - 1
