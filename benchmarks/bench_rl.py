@@ -16,8 +16,8 @@ weights, tokenizer trained on a corpus written here), fp32, on the CPU, with ``-
 the order of rlhfkit's first epoch and not shuffled, so step i sees the same prompts on both sides), the
 same group size K (answers per prompt), prompts per step, answer length (``max_new_tokens`` =
 ``max_completion_length``), sampling (temperature 1, top-p 1, no top-k, KV cache, the whole rollout in
-one ``generate`` call), β, clipping ε = 0.2, learning rate (constant, no warmup), AdamW without weight
-decay (TRL's ``optim="adamw_torch"``, rlhfkit's ``torch.optim.AdamW``), gradient clipping at 1.0, the
+one ``generate`` call), β, clipping ε = 0.2, learning rate (constant, no warmup), fused AdamW without
+weight decay (TRL's default ``optim="adamw_torch_fused"``, rlhfkit's ``make_optimizer``), gradient clipping at 1.0, the
 same micro-batch size for every forward pass (``--micro-batch``: rlhfkit's ``batch_size``, TRL's
 ``per_device_train_batch_size``), and the same rule-based reward function (occurrences of one target
 word in the answer). One rollout batch feeds exactly one optimizer step: rlhfkit ``ppo_epochs=1,
@@ -41,7 +41,7 @@ every step.
 
 Not counted against TRL: rlhfkit's default reward clipping (±10) is off (``reward_clip=0``), and the
 TRL defaults that differ from rlhfkit's are switched off: ``gradient_checkpointing=True``,
-``bf16=True``, the fused AdamW and a linear learning-rate schedule.
+``bf16=True`` and a linear learning-rate schedule.
 
 Training throughput counts answers (completions) per second over the optimizer steps after the first
 ``--warmup`` steps, from each trainer's own per-step clock (rlhfkit's ``metrics.jsonl`` seconds, a TRL
@@ -110,10 +110,11 @@ def write_corpus(path: Path, lines: int, seed: int) -> Path:
     return path
 
 
-def make_prompts(count: int, seed: int) -> list[str]:
-    """Plain-string prompts of ~10-20 words (both trainers tokenize plain strings the same way)."""
+def make_prompts(count: int, seed: int, words: tuple[int, int] = (8, 16)) -> list[str]:
+    """Plain-string prompts of ``words`` (low, high) random words and a frame of three (both trainers
+    tokenize plain strings the same way)."""
     rng = random.Random(seed)
-    return [f"Question: {sentence(rng, 8, 16)}?\nAnswer:" for _ in range(count)]
+    return [f"Question: {sentence(rng, *words)}?\nAnswer:" for _ in range(count)]
 
 
 def throughput(step_times: dict[int, float], warmup: int, last: int, per_step: int) -> float:
@@ -199,7 +200,7 @@ def run_trl(estimator: str, model_dir: Path, prompts: list[str], output: Path, a
         gradient_accumulation_steps=accumulation, steps_per_generation=accumulation, num_iterations=1,
         num_generations=args.group_size, max_completion_length=args.max_new_tokens, temperature=1.0, top_p=1.0,
         top_k=0, beta=args.beta, epsilon=0.2, learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0,
-        optim="adamw_torch", weight_decay=0.0, max_grad_norm=1.0, disable_dropout=True, shuffle_dataset=False,
+        optim="adamw_torch_fused", weight_decay=0.0, max_grad_norm=1.0, disable_dropout=True, shuffle_dataset=False,
         gradient_checkpointing=False, bf16=False, fp16=False, use_cpu=True, logging_steps=1, save_strategy="no",
         report_to="none", disable_tqdm=True, seed=args.seed, dataloader_num_workers=0,
         generation_kwargs={"suppress_tokens": [tokenizer.eos_token_id]},
@@ -277,6 +278,8 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=0,
                         help="sequences per forward pass (0: the whole rollout, K x prompts per step)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--prompt-words", type=int, nargs=2, default=[8, 16], metavar=("LOW", "HIGH"),
+                        help="random words per prompt (HH-RLHF test prompts: a median of 63-149 words)")
     parser.add_argument("--beta", type=float, default=0.04)
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--seed", type=int, default=0)
@@ -307,7 +310,7 @@ def main() -> None:
     model_dir = write_tiny_model(corpus, folder / "model", arch="llama", layers=4, width=256, heads=4,
                                  vocab_size=1024)
     suppress_eos(model_dir)
-    prompts = make_prompts((args.warmup + args.steps) * args.prompts_per_step, args.seed)
+    prompts = make_prompts((args.warmup + args.steps) * args.prompts_per_step, args.seed, args.prompt_words)
     prompts_file = folder / "prompts.jsonl"
     prompts_file.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
 
@@ -321,13 +324,14 @@ def main() -> None:
                 runs.append((ours, peer))
             results[estimator] = runs
     if "rollout" in parts:
-        rollout = bench_rollout(model_dir, make_prompts(args.rollout_prompts, args.seed + 1), args)
+        rollout = bench_rollout(model_dir, make_prompts(args.rollout_prompts, args.seed + 1, args.prompt_words), args)
 
     print()
     print(f"tiny llama (4 layers, width 256, vocab 1024), fp32, CPU x{args.threads} threads; "
           f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}")
     if results:
         print(f"training: {args.prompts_per_step} prompts/step x K={args.group_size} = {answers} answers/step, "
+              f"prompts of {args.prompt_words[0]}-{args.prompt_words[1]} words, "
               f"max_new_tokens {args.max_new_tokens}, micro-batch {args.micro_batch}, beta {args.beta}, "
               f"{args.steps} timed steps after {args.warmup} warm-up")
     names = {"grpo": "GRPOTrainer", "rloo": "RLOOTrainer"}

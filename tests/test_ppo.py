@@ -17,6 +17,7 @@ from rlhfkit.train.ppo import (
     Rollout,
     ValueModel,
     compute_advantages,
+    load_critic,
     response_logprobs,
     response_values,
     run_ppo,
@@ -162,6 +163,19 @@ def test_critic_from_a_reward_model_reads_the_reward_at_the_last_token(tmp_path,
     # the value at the answer's last token (EOS) is what the reward model scores for the whole answer
     last = rollout.query.shape[1] + len(answer) - 1
     assert values[0, last].item() == pytest.approx(scorer.score([prompt], ["Snow is white."])[0], abs=1e-4)
+
+
+def test_a_critic_without_a_reward_model_starts_at_zero(tmp_path, tiny_model_dir, rl_files):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    critic = load_critic(ppo_config(tiny_model_dir, rl_files, tmp_path / "x", estimator="gae"), tokenizer,
+                         torch.float32).eval()
+    rollout = _rollout(tokenizer, [tokenizer.encode("Hello")], [[11, 12, tokenizer.eos_token_id]],
+                       tokenizer.pad_token_id)
+    with torch.no_grad():
+        values = response_values(critic, rollout)
+    assert (values == 0).all()
+    critic(**rollout.model_inputs()).mean().backward()  # and it can learn: the zero head still has a gradient
+    assert critic.head.weight.grad.abs().sum() > 0
 
 
 def test_resume_after_interruption_gives_identical_weights(tmp_path, tiny_model_dir, rl_files):

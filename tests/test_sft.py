@@ -13,7 +13,7 @@ from rlhfkit.config import SFTConfig
 from rlhfkit.data import load_demonstrations
 from rlhfkit.models import load_causal_lm, load_tokenizer
 from rlhfkit.rollout.generate import sample_responses
-from rlhfkit.train.loop import BatchPlan, latest_checkpoint
+from rlhfkit.train.loop import BatchPlan, latest_checkpoint, make_optimizer
 from rlhfkit.train.sft import held_out_loss, pack_examples, run_sft, tokenize_demonstrations
 
 
@@ -125,6 +125,28 @@ def test_batch_plan_covers_each_example_once_per_epoch():
     # 10 examples, the short last step topped up from the epoch's start
     assert sorted(set(seen)) == list(range(10))
     assert plan.global_indices(2) != plan.global_indices(0)  # epoch 2 is reshuffled
+
+
+def test_the_fused_optimizer_takes_the_same_steps_as_plain_adamw():
+    torch.manual_seed(0)
+    fused_model = torch.nn.Linear(8, 4)
+    plain_model = torch.nn.Linear(8, 4)
+    plain_model.load_state_dict(fused_model.state_dict())
+    start = fused_model.weight.detach().clone()
+    groups = [{"params": [fused_model.weight], "lr": 1e-2}, {"params": [fused_model.bias], "lr": 1e-3}]
+    fused = make_optimizer(groups, weight_decay=0.1)
+    assert fused.defaults["fused"] is True
+    plain = torch.optim.AdamW([{"params": [plain_model.weight], "lr": 1e-2}, {"params": [plain_model.bias], "lr": 1e-3}],
+                              weight_decay=0.1)
+    for _ in range(3):
+        x = torch.randn(5, 8)
+        for model, optimizer in ((fused_model, fused), (plain_model, plain)):
+            model(x).pow(2).mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    assert torch.allclose(fused_model.weight, plain_model.weight, atol=1e-6)
+    assert torch.allclose(fused_model.bias, plain_model.bias, atol=1e-6)
+    assert (fused_model.weight - start).abs().mean() > 1e-2  # the steps were real: far above the tolerance
 
 
 def test_length_grouping_keeps_the_epoch_and_cuts_padding():

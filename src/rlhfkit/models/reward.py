@@ -75,9 +75,11 @@ def load_reward_backbone(
     gradient_checkpointing: bool = False,
     lora: LoraSettings | None = None,
     seed: int = 0,
+    zero_head: bool = False,
 ) -> PreTrainedModel:
     """A reward model to train: a causal LM (e.g. the SFT model) with a new scalar head, or an existing
-    reward model to continue training. A new head is initialised with std 1/sqrt(d+1) (GUIDE §4.8)."""
+    reward model to continue training. A new head is initialised with std 1/sqrt(d+1) (GUIDE §4.8), or
+    to zero with ``zero_head`` (a new critic: its first values are all 0, not noise)."""
     fresh_head = not is_reward_model_folder(name_or_path)
     model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1, dtype=dtype)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
@@ -88,7 +90,8 @@ def load_reward_backbone(
         head = score_head(model)
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            head.weight.copy_(torch.randn(head.weight.shape, generator=generator) / math.sqrt(head.in_features + 1))
+            std = 0.0 if zero_head else 1 / math.sqrt(head.in_features + 1)
+            head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * std)
             if head.bias is not None:
                 head.bias.zero_()
         setattr(model.config, OFFSET_KEY, 0.0)

@@ -88,6 +88,7 @@ from rlhfkit.train.loop import (
     latest_checkpoint,
     load_checkpoint,
     make_accelerator,
+    make_optimizer,
     save_checkpoint,
     split_held_out,
 )
@@ -389,7 +390,8 @@ def check_config(config: PPOConfig, num_processes: int) -> int:
 
 def load_critic(config: PPOConfig, tokenizer, dtype) -> ValueModel:
     """The critic starts from the reward model when it reads the policy's tokens (GUIDE §4.8), otherwise
-    from the policy with a new scalar head."""
+    from the policy with a new scalar head at zero: a random head's values would be noise of about the
+    rewards' scale, and GAE would pass that noise on to the first updates' advantages."""
     source = config.policy
     if Path(config.reward).is_dir() and is_reward_model_folder(config.reward):
         reward_vocab = load_tokenizer(config.reward).get_vocab()
@@ -399,7 +401,7 @@ def load_critic(config: PPOConfig, tokenizer, dtype) -> ValueModel:
             console.print("[yellow]ppo: the reward model has another tokenizer than the policy; the critic "
                           "starts from the policy with a new value head[/]")
     model = load_reward_backbone(source, tokenizer, dtype=dtype, gradient_checkpointing=config.gradient_checkpointing,
-                                 lora=lora_settings(config), seed=config.seed)
+                                 lora=lora_settings(config), seed=config.seed, zero_head=source == config.policy)
     return ValueModel(model)
 
 
@@ -451,7 +453,7 @@ class PPOTrainer:
         if critic is not None:
             groups.append({"params": [p for p in critic.parameters() if p.requires_grad],
                            "lr": config.value_learning_rate or config.learning_rate})
-        optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+        optimizer = make_optimizer(groups, weight_decay=config.weight_decay)
         self.plan = BatchPlan(len(self.prompts), config.prompts_per_step // accelerator.num_processes, 1,
                               accelerator.num_processes, config.seed)
         self.steps = config.max_steps or max(1, math.ceil(config.epochs * self.plan.steps_per_epoch))
