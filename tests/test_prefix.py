@@ -9,6 +9,7 @@ from transformers import AutoModelForSequenceClassification, GPT2Config, LlamaCo
 
 from rlhfkit.data.chat import IGNORE_INDEX, TokenizedExample, pad_batch, truncate_prompt_first_together
 from rlhfkit.models import load_tokenizer
+from rlhfkit.models.loading import enable_checkpointing
 from rlhfkit.models.prefix import (
     TreeBatch,
     common_prefix_length,
@@ -104,7 +105,7 @@ def test_prompt_cache_is_refused_where_training_would_drop_the_cache(arch):
 
     model = AutoModelForCausalLM.from_config(_model(arch, "sdpa").config)
     assert prompt_cache_support(model)
-    model.gradient_checkpointing_enable()  # HF turns the cache off in training with checkpointing
+    enable_checkpointing(model)  # HF turns the cache off in training with checkpointing
     assert not prompt_cache_support(model)
 
 

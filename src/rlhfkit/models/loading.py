@@ -65,6 +65,16 @@ class LoraSettings:
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
 
 
+def enable_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute each layer's activations in the backward pass instead of keeping them (non-reentrant
+    ``torch.utils.checkpoint``), under transformers' new name for it where it has one."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:  # older transformers
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def lora_settings(config) -> LoraSettings | None:
     """The LoRA settings of a trainer config (``--lora-r`` etc.), or None when ``lora_r`` is 0."""
     if not config.lora_r:
@@ -115,7 +125,7 @@ def load_causal_lm(
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     disable_dropout(model)
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
         model.config.use_cache = False
     if lora is not None and lora.r > 0:
         model = apply_lora(model, lora, "CAUSAL_LM", gradient_checkpointing)

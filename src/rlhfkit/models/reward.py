@@ -33,6 +33,7 @@ from rlhfkit.models.loading import (
     LoraSettings,
     apply_lora,
     disable_dropout,
+    enable_checkpointing,
     load_tokenizer,
     resolve_device,
     resolve_dtype,
@@ -96,7 +97,7 @@ def load_reward_backbone(
                 head.bias.zero_()
         setattr(model.config, OFFSET_KEY, 0.0)
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     if lora is not None and lora.r > 0:
         model = apply_lora(model, lora, "SEQ_CLS", gradient_checkpointing)  # the head stays fully trainable
     return model
