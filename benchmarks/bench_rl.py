@@ -65,13 +65,21 @@ reference passes (the prompts' cache continued by their answers, or one row per 
 attention mask built once, one random number per answer and token, the first token from the prompts'
 pass).
 
-Measured on 2026-11-22, 1 thread, ``--repeats 5`` (medians), on a shared 2-core machine whose speed
-drifted by ~20% over the day: GRPO 1.46x, 1.51x and 1.41x TRL (three runs); RLOO 1.57x and 1.63x;
-sampling 1.35x and 1.25x the generate loop. Earlier the same day, with the prompts shared as tree
-rows and sampled by ``generate``: GRPO 1.38x, RLOO 1.48x, sampling 1.23x; before any sharing: 0.99x,
-0.71-1.03x and 0.80-0.96x. Where a GRPO step goes (32 answers of 32 tokens after prompts of about 18, one thread):
-about 0.4 s sampling, 0.15 s for the reference pass and 0.45 s for the update's forward and
-backward, three quarters of it in matrix products; TRL runs each prompt K times in every pass.
+Measured on 2026-11-22/23, 1 thread, ``--repeats 5`` (medians; ``--repeats 3`` for the long prompts), on
+a shared 2-core machine whose speed drifted by ~20% over the day (only ratios from one run compare):
+
+- Default prompts (8-16 words, about 18 tokens): GRPO 1.46x, 1.51x, 1.41x, 1.37x and 1.36x TRL (five
+  runs); RLOO 1.57x, 1.63x and 1.58x; sampling 1.35x, 1.25x, 1.14x and 1.32x the generate loop.
+- ``--prompt-words 48 96``, as long as real RLHF prompts (HH-RLHF's test prompts have a median of
+  63-149 words): GRPO 2.63x, RLOO 2.95x (TRL 7.9 and 6.8 answers/s against 20.8 and 20.1).
+
+Earlier, with the prompts shared as tree rows and sampled by ``generate``: GRPO 1.38x, RLOO 1.48x,
+sampling 1.23x; before any sharing: 0.99x, 0.71-1.03x and 0.80-0.96x. Where a GRPO step with the
+default prompts goes (32 answers of 32 tokens, one thread): about 0.4 s sampling, 0.15 s for the
+reference pass and 0.45 s for the update's forward and backward, three quarters of it in matrix
+products; TRL runs each prompt K times in every pass, which costs it little when prompts are short
+next to the answers and a lot when they are long. ``torch.compile`` on the decode step (static
+cache) gave nothing on this CPU: 0.401 s against 0.397 s eager for 32 decode steps.
 
 Threads default to 1: on a machine shared with other jobs, intra-op threads wait on each other whenever
 one of their cores is taken, and steps then take several times (up to ~15x) longer, at random: on a
