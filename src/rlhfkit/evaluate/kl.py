@@ -38,6 +38,32 @@ def _device_of(model) -> torch.device:
 
 
 @torch.inference_mode()
+def answer_logprob_sums(model, tokenizer, prompt_ids: list[list[int]], responses_token_ids: list[list[int]],
+                        temperature: float = 1.0, *, batch_size: int = 16) -> list[float]:
+    """``Σ_t log model(y_t | x, y_<t)`` over each answer's tokens, at the sampling ``temperature`` (1 for
+    greedy answers), for the encoded prompts ``prompt_ids[i]`` and their answers ``responses_token_ids[i]``.
+    Batched by ``batch_size`` answers, longest first."""
+    if len(prompt_ids) != len(responses_token_ids):
+        raise ValueError(f"{len(prompt_ids)} prompts but {len(responses_token_ids)} answers")
+    temperature = temperature if temperature > 0 else 1.0
+    # longest first, so each batch holds sequences of similar length (little padding)
+    order = sorted(range(len(prompt_ids)), key=lambda i: -(len(prompt_ids[i]) + len(responses_token_ids[i])))
+    result = [0.0] * len(prompt_ids)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            rollout = answer_rollout([prompt_ids[i] for i in chunk], [list(responses_token_ids[i]) for i in chunk],
+                                     tokenizer, _device_of(model))
+            sums = response_logprobs(model, rollout, temperature)[0].sum(1)  # 0 after EOS: masked
+            for i, value in zip(chunk, sums.tolist(), strict=True):
+                result[i] = value
+    finally:
+        model.train(was_training)
+    return result
+
+
 def sequence_kl(policy, reference, tokenizer, prompts: list, responses_token_ids: list[list[int]],
                 temperature: float = 1.0, *, batch_size: int = 16,
                 prompt_ids: list[list[int]] | None = None) -> list[float]:
@@ -50,27 +76,6 @@ def sequence_kl(policy, reference, tokenizer, prompts: list, responses_token_ids
     if len(prompts) != len(responses_token_ids):
         raise ValueError(f"{len(prompts)} prompts but {len(responses_token_ids)} answers")
     encoded = prompt_ids if prompt_ids is not None else [encode_prompt(tokenizer, p) for p in prompts]
-    temperature = temperature if temperature > 0 else 1.0
-    # longest first, so each batch holds sequences of similar length (little padding)
-    order = sorted(range(len(encoded)), key=lambda i: -(len(encoded[i]) + len(responses_token_ids[i])))
-    result = [0.0] * len(encoded)
-    modes = [(model, model.training) for model in (policy, reference)]
-    for model, _ in modes:
-        model.eval()
-    try:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            queries = [encoded[i] for i in chunk]
-            answers = [list(responses_token_ids[i]) for i in chunk]
-            rollout = answer_rollout(queries, answers, tokenizer, _device_of(policy))
-            policy_logprobs = response_logprobs(policy, rollout, temperature)[0]
-            if _device_of(reference) != _device_of(policy):
-                rollout = answer_rollout(queries, answers, tokenizer, _device_of(reference))
-            reference_logprobs = response_logprobs(reference, rollout, temperature)[0].to(policy_logprobs.device)
-            per_answer = ((policy_logprobs - reference_logprobs) * rollout.mask.to(policy_logprobs.device)).sum(1)
-            for i, value in zip(chunk, per_answer.tolist(), strict=True):
-                result[i] = value
-    finally:
-        for model, was_training in modes:
-            model.train(was_training)
-    return result
+    ours, theirs = (answer_logprob_sums(model, tokenizer, encoded, responses_token_ids, temperature,
+                                        batch_size=batch_size) for model in (policy, reference))
+    return [a - b for a, b in zip(ours, theirs, strict=True)]

@@ -348,9 +348,9 @@ class Reference:
             if not self.keep or self.lora_policy is not None:
                 self._model = None
 
-    def logps(self, batch: dict[str, torch.Tensor], *, logit_mask: bool, temperature: float = 1.0) -> torch.Tensor:
+    def logps(self, batch: dict[str, torch.Tensor], *, logit_mask: bool) -> torch.Tensor:
         with torch.no_grad(), self.model() as model:
-            return sequence_logps(model, batch, logit_mask=logit_mask, temperature=temperature)[0]
+            return sequence_logps(model, batch, logit_mask=logit_mask)[0]
 
 
 def precompute_reference(examples: list[PreferenceExample], reference: Reference, pad_token_id: int,
@@ -526,6 +526,7 @@ def kl_to_reference(policy, reference: Reference, tokenizer, prompts: list, conf
                     accelerator) -> dict[str, float]:
     """KL(policy ‖ reference) on ``prompts``: answers sampled from the policy, Σ_t log π - log π_ref over
     their tokens (log-probs at the sampling temperature), averaged over answers."""
+    from rlhfkit.evaluate.kl import answer_logprob_sums
     from rlhfkit.rollout.generate import sample_responses
 
     mine = prompts[accelerator.process_index :: accelerator.num_processes]
@@ -534,31 +535,14 @@ def kl_to_reference(policy, reference: Reference, tokenizer, prompts: list, conf
         samples = sample_responses(policy, tokenizer, mine, num_samples=1, max_new_tokens=config.max_new_tokens,
                                    temperature=config.temperature, top_p=config.top_p,
                                    batch_size=config.generation_batch_size, show_progress=False)
-        sequences = []
-        for prompt, [sample] in zip(mine, samples, strict=True):
-            prompt_ids = encode_prompt(tokenizer, prompt)
-            sequences.append(TokenizedExample(prompt_ids + sample.token_ids,
-                                              [IGNORE_INDEX] * len(prompt_ids) + sample.token_ids))
-        temperature = config.temperature if config.temperature > 0 else 1.0
-        logit_mask = supports_logit_mask(policy)
-        batches, policy_logps = [], []
-        for start in range(0, len(sequences), config.batch_size):
-            chunk = sequences[start : start + config.batch_size]
-            input_ids, attention_mask = pad_batch([s.input_ids for s in chunk], tokenizer.pad_token_id)
-            labels = torch.full_like(input_ids, IGNORE_INDEX)
-            for row, s in enumerate(chunk):
-                labels[row, : len(s.labels)] = torch.tensor(s.labels)
-            batch = {"input_ids": input_ids.to(accelerator.device), "labels": labels.to(accelerator.device),
-                     "attention_mask": attention_mask.to(accelerator.device)}
-            logps, counts = sequence_logps(policy, batch, logit_mask=logit_mask, temperature=temperature)
-            batches.append(batch)
-            policy_logps.append(logps)
-            total[2] += counts.sum().float()
-        with reference.model():  # loaded once (or adapters disabled once) for all batches
-            for batch, logps in zip(batches, policy_logps, strict=True):
-                ref_logps = reference.logps(batch, logit_mask=logit_mask, temperature=temperature)
-                total[0] += (logps - ref_logps).sum()
-        total[1] += len(sequences)
+        prompt_ids = [encode_prompt(tokenizer, prompt) for prompt in mine]
+        answer_ids = [sample.token_ids for [sample] in samples]
+        settings = dict(temperature=config.temperature, batch_size=config.batch_size)
+        ours = answer_logprob_sums(policy, tokenizer, prompt_ids, answer_ids, **settings)
+        with reference.model() as model:  # loaded once (or adapters disabled once) for all answers
+            theirs = answer_logprob_sums(model, tokenizer, prompt_ids, answer_ids, **settings)
+        total += torch.tensor([sum(ours) - sum(theirs), len(answer_ids), sum(map(len, answer_ids))],
+                              device=accelerator.device)
     if accelerator.num_processes > 1:
         total = accelerator.reduce(total, reduction="sum")
     kl, answers, tokens = total.tolist()
