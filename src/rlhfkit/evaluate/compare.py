@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 
 from transformers import set_seed
 
+from rlhfkit.data.chat import encode_prompt
 from rlhfkit.evaluate.kl import sequence_kl
 from rlhfkit.evaluate.refusal import refusal_rates
 from rlhfkit.evaluate.win_rate import outcome_of_scores, outcome_of_winner, win_rate
@@ -144,7 +145,9 @@ def evaluate_policies(
     started = time.perf_counter()
     kl_a = kl_b = None
     if reference is not None:
-        kl_options = dict(temperature=temperature, batch_size=batch_size)
+        encoded = [encode_prompt(tokenizer, prompt) for prompt in prompts]  # each prompt once, not K times
+        kl_options = dict(temperature=temperature, batch_size=batch_size,
+                          prompt_ids=[encoded[i // k] for i in range(len(answers_a))])
         kl_a = 0.0 if reference is policy else mean(sequence_kl(
             policy, reference, tokenizer, flat_prompts, [s.token_ids for s in answers_a], **kl_options))
         if reference is baseline:
