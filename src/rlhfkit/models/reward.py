@@ -91,8 +91,10 @@ def load_reward_backbone(
         head = score_head(model)
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            std = 0.0 if zero_head else 1 / math.sqrt(head.in_features + 1)
-            head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * std)
+            if zero_head:
+                head.weight.zero_()
+            else:
+                head.weight.copy_(torch.randn(head.weight.shape, generator=generator) / math.sqrt(head.in_features + 1))
             if head.bias is not None:
                 head.bias.zero_()
         setattr(model.config, OFFSET_KEY, 0.0)
