@@ -532,10 +532,11 @@ def kl_to_reference(policy, reference: Reference, tokenizer, prompts: list, conf
     mine = prompts[accelerator.process_index :: accelerator.num_processes]
     total = torch.zeros(3, device=accelerator.device)  # [summed KL, answers, answer tokens]
     if mine:
+        prompt_ids = [encode_prompt(tokenizer, prompt) for prompt in mine]
         samples = sample_responses(policy, tokenizer, mine, num_samples=1, max_new_tokens=config.max_new_tokens,
                                    temperature=config.temperature, top_p=config.top_p,
-                                   batch_size=config.generation_batch_size, show_progress=False)
-        prompt_ids = [encode_prompt(tokenizer, prompt) for prompt in mine]
+                                   batch_size=config.generation_batch_size, show_progress=False,
+                                   prompt_ids=prompt_ids)
         answer_ids = [sample.token_ids for [sample] in samples]
         settings = dict(temperature=config.temperature, batch_size=config.batch_size)
         ours = answer_logprob_sums(policy, tokenizer, prompt_ids, answer_ids, **settings)
