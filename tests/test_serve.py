@@ -66,6 +66,25 @@ def test_models_and_chat_completions(server):
     assert error.value.code == 422
 
 
+def test_batched_logprobs_equal_each_answer_scored_alone(server):
+    import torch
+
+    engine, _ = server
+    tokenizer = engine.tokenizer
+    prompts = [tokenizer.encode("What colour is snow?"), tokenizer.encode("Hi")]
+    answers = [[11, 12, tokenizer.eos_token_id], [13, 14, 15, 16, 17]]  # ragged: padding inside the batch
+    got = engine._logprobs(prompts, answers, temperature=0.7, tops=[2, 4])
+    for prompt, answer, content, top in zip(prompts, answers, got, [2, 4], strict=True):
+        with torch.no_grad():
+            logits = engine.model(torch.tensor([prompt + answer])).logits[0, len(prompt) - 1 : -1] / 0.7
+        expected = torch.log_softmax(logits, -1)
+        assert [entry["logprob"] for entry in content] == pytest.approx(
+            expected.gather(-1, torch.tensor(answer)[:, None]).squeeze(-1).tolist(), abs=1e-4)
+        assert all(len(entry["top_logprobs"]) == top for entry in content)
+        assert [entry["top_logprobs"][0]["logprob"] for entry in content] == pytest.approx(
+            expected.max(-1).values.tolist(), abs=1e-4)
+
+
 def test_concurrent_requests_are_all_answered(server):
     _, url = server
     results = [None] * 8

@@ -8,8 +8,8 @@ judges point at it.
 Batching: requests wait in a queue; a single worker thread takes everything queued (up to
 ``--max-batch`` answers), groups it by sampling settings and generates each group in one batched,
 KV-cached ``generate`` call (the same sampler as ``rlhfkit generate``). Log-probs, when asked for,
-come from one teacher-forced forward pass over prompt + answer (at the sampling temperature, 1 for
-greedy), with the ``top_logprobs`` most likely tokens at each position (capped at the vocabulary size,
+come from one batched teacher-forced forward pass over the group's prompts + answers, as PPO takes
+them (at the sampling temperature, 1 for greedy), with the ``top_logprobs`` most likely tokens at each position (capped at the vocabulary size,
 not at OpenAI's 20, so that a judge can always see the labels it asks about).
 """
 
@@ -20,14 +20,15 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from pydantic import BaseModel, Field
 
-from rlhfkit.data.chat import encode_prompt, pad_batch
-from rlhfkit.models.reward import position_ids_from_mask
+from rlhfkit.data.chat import encode_prompt
 from rlhfkit.rollout.generate import sample_responses
+
+# at most this many log-prob values ([answers, tokens, vocabulary]) per teacher-forced pass: 512 MiB in fp32
+LOGPROB_ELEMENTS = 2**27
 
 
 class ChatRequest(BaseModel):
@@ -116,6 +117,7 @@ class ChatEngine:
             batch_size=self.max_batch, show_progress=False)
         eos = self.tokenizer.eos_token_id
         position = 0
+        scored = []  # (choice, prompt ids, answer tokens, top) for the log-prob pass
         for index, job in enumerate(jobs):
             choices = []
             for k in range(job.n):
@@ -128,31 +130,44 @@ class ChatEngine:
                           "finish_reason": "stop" if finished else "length", "logprobs": None,
                           "_tokens": len(tokens)}
                 if job.top_logprobs is not None and tokens:
-                    temperature = job.temperature if job.temperature > 0 else 1.0
-                    choice["logprobs"] = {"content": self._logprobs(prompt_ids[index], tokens, temperature,
-                                                                    job.top_logprobs)}
+                    scored.append((choice, prompt_ids[index], tokens, job.top_logprobs))
                 choices.append(choice)
             job.result = choices
+        temperature = first.temperature if first.temperature > 0 else 1.0  # one sampling setting per group
+        # answers per pass: the full-vocabulary log-probs of a pass stay under LOGPROB_ELEMENTS
+        width = max((len(answer) for _, _, answer, _ in scored), default=1)
+        per_pass = max(1, min(self.max_batch, LOGPROB_ELEMENTS // (width * len(self.tokenizer))))
+        for start in range(0, len(scored), per_pass):
+            part = scored[start : start + per_pass]
+            contents = self._logprobs([p for _, p, _, _ in part], [a for _, _, a, _ in part], temperature,
+                                      [top for *_, top in part])
+            for (choice, *_), content in zip(part, contents, strict=True):
+                choice["logprobs"] = {"content": content}
 
-    def _logprobs(self, prompt: list[int], answer: list[int], temperature: float, top: int) -> list[dict]:
-        """Per answer token: its log-prob and the ``top`` most likely tokens, from one forward pass."""
-        ids, mask = pad_batch([prompt + answer], self.tokenizer.pad_token_id)
-        device = next(self.model.parameters()).device
-        ids, mask = ids.to(device), mask.to(device)
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
-        logprobs = torch.log_softmax(logits[0, len(prompt) - 1 : -1].float() / temperature, dim=-1)
-        top = max(0, min(top, logprobs.shape[-1]))
-        best = logprobs.topk(top, dim=-1) if top else None
-        content = []
-        for t, token in enumerate(answer):
-            entry: dict[str, Any] = {"token": self.tokenizer.decode([token]), "logprob": logprobs[t, token].item(),
-                                     "top_logprobs": []}
-            if best is not None:
-                entry["top_logprobs"] = [{"token": self.tokenizer.decode([i]), "logprob": v}
-                                         for v, i in zip(best.values[t].tolist(), best.indices[t].tolist(),
-                                                         strict=True)]
-            content.append(entry)
-        return content
+    def _logprobs(self, prompts: list[list[int]], answers: list[list[int]], temperature: float,
+                  tops: list[int]) -> list[list[dict]]:
+        """Per answer token: its log-prob and the ``tops[i]`` most likely tokens, for the answers
+        ``answers[i]`` to ``prompts[i]``, from one teacher-forced forward pass over all of them."""
+        from rlhfkit.evaluate.kl import answer_rollout
+        from rlhfkit.train.ppo import answer_logits
+
+        rollout = answer_rollout(prompts, answers, self.tokenizer, next(self.model.parameters()).device)
+        logprobs = torch.log_softmax(answer_logits(self.model, rollout).float() / temperature, dim=-1)
+        chosen = logprobs.gather(-1, rollout.response.unsqueeze(-1)).squeeze(-1).tolist()
+        most = max(0, min(max(tops), logprobs.shape[-1]))
+        best = logprobs.topk(most, dim=-1) if most else None
+        values, indices = (best.values.tolist(), best.indices.tolist()) if best is not None else (None, None)
+        decode = self.tokenizer.decode
+        contents = []
+        for row, (answer, top) in enumerate(zip(answers, tops, strict=True)):
+            content = []
+            for t, token in enumerate(answer):
+                likely = [] if values is None else [
+                    {"token": decode([i]), "logprob": v}
+                    for v, i in zip(values[row][t][:top], indices[row][t][:top], strict=True)]
+                content.append({"token": decode([token]), "logprob": chosen[row][t], "top_logprobs": likely})
+            contents.append(content)
+        return contents
 
 
 def create_app(engine: ChatEngine):
