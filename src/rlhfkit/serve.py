@@ -6,8 +6,8 @@ ignored, since requests share batches). Users chat with their policy through any
 judges point at it.
 
 Batching: requests wait in a queue; a single worker thread takes everything queued (up to
-``--max-batch`` answers), groups it by sampling settings and generates each group in one batched,
-KV-cached ``generate`` call (the same sampler as ``rlhfkit generate``). Log-probs, when asked for,
+``--max-batch`` answers), groups it by sampling settings and samples each group in one batched,
+KV-cached call (the sampler of ``rlhfkit generate``). Log-probs, when asked for,
 come from one batched teacher-forced forward pass over the group's prompts + answers, as PPO takes
 them (at the sampling temperature, 1 for greedy), with the ``top_logprobs`` most likely tokens at each position (capped at the vocabulary size,
 not at OpenAI's 20, so that a judge can always see the labels it asks about).
