@@ -7,10 +7,10 @@ judges point at it.
 
 Batching: requests wait in a queue; a single worker thread takes everything queued (up to
 ``--max-batch`` answers), groups it by sampling settings and samples each group in one batched,
-KV-cached call (the sampler of ``rlhfkit generate``). Log-probs, when asked for,
-come from one batched teacher-forced forward pass over the group's prompts + answers, as PPO takes
-them (at the sampling temperature, 1 for greedy), with the ``top_logprobs`` most likely tokens at each position (capped at the vocabulary size,
-not at OpenAI's 20, so that a judge can always see the labels it asks about).
+KV-cached call (the sampler of ``rlhfkit generate``). Log-probs, when asked for, come from batched
+teacher-forced passes over the group's prompts and answers, as PPO takes them (at the sampling
+temperature, 1 for greedy), with the ``top_logprobs`` most likely tokens at each position (capped at
+the vocabulary size, not at OpenAI's 20, so that a judge can always see the labels it asks about).
 """
 
 from __future__ import annotations
