@@ -146,13 +146,15 @@ def test_response_logprobs_use_the_sampling_temperature(tiny_model_dir):
     assert torch.allclose(got[0, :3], expected, atol=1e-5)
 
 
-def test_critic_from_a_reward_model_reads_the_reward_at_the_last_token(tmp_path, tiny_model_dir):
+def test_critic_from_a_reward_model_reads_the_reward_at_the_last_token(tmp_path, tiny_model_dir, rl_files):
     tokenizer = load_tokenizer(str(tiny_model_dir))
     model = load_reward_backbone(str(tiny_model_dir), tokenizer, seed=3)
     model.save_pretrained(tmp_path / "rm")
     tokenizer.save_pretrained(tmp_path / "rm")
     scorer = RewardModel.from_pretrained(tmp_path / "rm", device="cpu")
-    critic = ValueModel(load_reward_backbone(str(tmp_path / "rm"), tokenizer)).eval()
+    # through the trainer's own entry point (GUIDE §4.8): the reward model's head, not a new zero one
+    config = ppo_config(tiny_model_dir, rl_files, tmp_path / "x", estimator="gae", reward=str(tmp_path / "rm"))
+    critic = load_critic(config, tokenizer, torch.float32).eval()
     from rlhfkit.data.chat import encode_prompt
 
     prompt = [{"role": "user", "content": "What colour is snow?"}]

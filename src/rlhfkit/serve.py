@@ -157,15 +157,20 @@ class ChatEngine:
         most = max(0, min(max(tops), logprobs.shape[-1]))
         best = logprobs.topk(most, dim=-1) if most else None
         values, indices = (best.values.tolist(), best.indices.tolist()) if best is not None else (None, None)
-        decode = self.tokenizer.decode
+        # each token id shown is decoded once, in one call (a judge asks for the whole vocabulary)
+        shown = {token for answer in answers for token in answer}
+        if indices is not None:
+            shown.update(i for row in indices for position in row for i in position)
+        ids = sorted(shown)
+        text = dict(zip(ids, self.tokenizer.batch_decode([[i] for i in ids]), strict=True))
         contents = []
         for row, (answer, top) in enumerate(zip(answers, tops, strict=True)):
             content = []
             for t, token in enumerate(answer):
                 likely = [] if values is None else [
-                    {"token": decode([i]), "logprob": v}
+                    {"token": text[i], "logprob": v}
                     for v, i in zip(values[row][t][:top], indices[row][t][:top], strict=True)]
-                content.append({"token": decode([token]), "logprob": chosen[row][t], "top_logprobs": likely})
+                content.append({"token": text[token], "logprob": chosen[row][t], "top_logprobs": likely})
             contents.append(content)
         return contents
 

@@ -54,7 +54,7 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     return accelerator
 
 
-# devices with torch's fused AdamW kernel that rlhfkit has been run on
+# devices where torch has a fused AdamW kernel that HF's Trainer also uses by default
 FUSED_ADAMW_DEVICES = ("cpu", "cuda")
 
 
