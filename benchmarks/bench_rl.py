@@ -179,7 +179,7 @@ def run_trl(estimator: str, model_dir: Path, prompts: list[str], output: Path, a
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
     from rlhfkit.models import load_causal_lm, load_tokenizer
-    from rlhfkit.train.loop import epoch_order
+    from rlhfkit.train.batches import epoch_order
 
     tokenizer = load_tokenizer(str(model_dir))
     model = load_causal_lm(str(model_dir), tokenizer)

@@ -56,7 +56,7 @@ from pathlib import Path
 import torch
 from peers import TrainerClock, throughput, write_pairs
 
-from rlhfkit.train.loop import BatchPlan
+from rlhfkit.train.batches import BatchPlan
 
 HH_SPLIT = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf" / "helpful-base-test.jsonl.gz"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from rlhfkit.train.loop import BatchPlan, epoch_order
+from rlhfkit.train.batches import BatchPlan, epoch_order
 
 WORDS = [
     "the", "a", "river", "mountain", "city", "capital", "quickly", "slowly", "answer", "question",

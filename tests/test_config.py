@@ -54,3 +54,19 @@ def test_yaml_that_is_not_a_mapping(tmp_path):
     path.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         parse(["--config", str(path)])
+
+
+def test_choice_fields_list_the_registries_and_refuse_other_values():
+    import dataclasses
+
+    from rlhfkit.config import DPOConfig, PPOConfig
+    from rlhfkit.losses import ADVANTAGE_ESTIMATORS, DPO_LOSSES, UNPAIRED_LOSSES
+
+    choices = {f.name: f.metadata["choices"] for f in dataclasses.fields(PPOConfig) if f.metadata.get("choices")}
+    assert set(choices["estimator"]) == set(ADVANTAGE_ESTIMATORS)
+    loss = next(f for f in dataclasses.fields(DPOConfig) if f.name == "loss").metadata["choices"]
+    assert set(loss) == set(DPO_LOSSES) | set(UNPAIRED_LOSSES)
+    with pytest.raises(ConfigError, match=r"--estimator 'ppo2': expected one of gae, grpo, rloo, reinforce\+\+"):
+        PPOConfig(estimator="ppo2")
+    with pytest.raises(ConfigError, match="--kl-penalty 'both'"):
+        PPOConfig(kl_penalty="both")

@@ -270,7 +270,7 @@ def _watched(chosen: float, rejected: float, relative: bool) -> dict:
 
 
 def test_likelihood_watch_warns_once_when_chosen_and_rejected_both_fall(capsys):
-    """GUIDE §4.11: both log-probs falling (relative to the reference) is flagged, once; one falling is not."""
+    """ARCHITECTURE.md rule 11: both log-probs falling (relative to the reference) is flagged, once; one falling is not."""
     watch = LikelihoodWatch(window=2, tolerance=0.05)
     for step, (chosen, rejected) in enumerate([(0.1, -0.3), (0.0, -0.4), (-0.2, -0.1), (-0.3, -0.2)], start=1):
         watch.record(_watched(chosen, rejected, relative=True))

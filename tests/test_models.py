@@ -25,7 +25,7 @@ def test_tiny_model_is_a_plain_hf_folder(fixture, request):
 
 
 def test_pad_token_added_when_it_equals_eos(tmp_path, tiny_model_dir):
-    """GPT-2 style tokenizers use EOS as pad; masking pads would then mask EOS (GUIDE §4.1)."""
+    """GPT-2 style tokenizers use EOS as pad; masking pads would then mask EOS (ARCHITECTURE.md rule 1)."""
     folder = tmp_path / "pad-is-eos"
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     tokenizer.pad_token = tokenizer.eos_token
@@ -77,7 +77,7 @@ def test_dtype_selection():
 
 
 def test_every_loader_turns_dropout_off(tmp_path, tiny_model_dir):
-    """GUIDE §4.7: a checkpoint saved with dropout loads with dropout 0 as policy, reward model and critic."""
+    """ARCHITECTURE.md rule 7: a checkpoint saved with dropout loads with dropout 0 as policy, reward model and critic."""
     from rlhfkit.models.reward import RewardModel, load_reward_backbone
 
     folder = tmp_path / "with-dropout"

@@ -12,7 +12,7 @@ from rlhfkit.config import ConfigError, PPOConfig
 from rlhfkit.models import load_causal_lm, load_tokenizer
 from rlhfkit.models.reward import RewardModel, load_reward_backbone
 from rlhfkit.rewards import RewardSpecError, load_reward_function
-from rlhfkit.train.loop import TrainingError
+from rlhfkit.train.optimizer import TrainingError
 from rlhfkit.train.ppo import (
     Rollout,
     ValueModel,
@@ -152,7 +152,7 @@ def test_critic_from_a_reward_model_reads_the_reward_at_the_last_token(tmp_path,
     model.save_pretrained(tmp_path / "rm")
     tokenizer.save_pretrained(tmp_path / "rm")
     scorer = RewardModel.from_pretrained(tmp_path / "rm", device="cpu")
-    # through the trainer's own entry point (GUIDE §4.8): the reward model's head, not a new zero one
+    # through the trainer's own entry point (ARCHITECTURE.md rule 8): the reward model's head, not a new zero one
     config = ppo_config(tiny_model_dir, rl_files, tmp_path / "x", estimator="gae", reward=str(tmp_path / "rm"))
     critic = load_critic(config, tokenizer, torch.float32).eval()
     from rlhfkit.data.chat import encode_prompt

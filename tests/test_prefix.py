@@ -138,7 +138,7 @@ def test_rm_loss_with_shared_prompts_equals_the_plain_loss(tiny_llama_dir):
 def _ppo_rollout(share: str | None, rows: slice = slice(None)):
     """2 prompts x 3 answers: answers sharing their first tokens, cut at EOS (id 1), one unfinished, and
     garbage after one EOS (which must not matter)."""
-    from rlhfkit.train.ppo import Rollout
+    from rlhfkit.rollout.logprobs import Rollout
 
     prompts = [[11, 12, 13], [21, 22]]
     answers = [[30, 31, 1], [30, 32, 33, 1], [34, 1], [40, 41, 42, 43, 44], [40, 1], [45, 46, 1]]
@@ -157,7 +157,7 @@ def test_ppo_answer_logprobs_with_shared_prompts_equal_the_padded_forward(arch, 
     answers) give the padded batch's log-probs, entropies and gradients."""
     from transformers import AutoModelForCausalLM
 
-    from rlhfkit.train.ppo import cheapest_layout, response_logprobs
+    from rlhfkit.rollout.logprobs import cheapest_layout, response_logprobs
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(_model(arch, "sdpa").config).eval()
@@ -177,7 +177,7 @@ def test_ppo_answer_logprobs_with_shared_prompts_equal_the_padded_forward(arch, 
 
 
 def test_the_cheapest_layout_is_the_cache_for_equal_answers_and_the_tree_for_ragged_ones():
-    from rlhfkit.train.ppo import Rollout, cheapest_layout
+    from rlhfkit.rollout.logprobs import Rollout, cheapest_layout
 
     query, query_mask = pad_batch([[11, 12, 13]] * 4 + [[21, 22]] * 4, 0, side="left")
 
@@ -198,7 +198,8 @@ def test_the_cheapest_layout_is_the_cache_for_equal_answers_and_the_tree_for_rag
 def test_dpo_sequence_logps_with_shared_prompts_equal_the_padded_batch(tiny_llama_dir, logit_mask):
     from transformers import AutoModelForCausalLM
 
-    from rlhfkit.train.dpo import PreferenceExample, collate_examples, sequence_logps
+    from rlhfkit.rollout.logprobs import sequence_logps
+    from rlhfkit.train.dpo import PreferenceExample, collate_examples
 
     tokenizer = load_tokenizer(str(tiny_llama_dir))
     model = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir)).eval()
@@ -246,7 +247,7 @@ def _ddp_prompt_cache_worker(rank: int, init_file: str, output: str) -> None:
     import torch.distributed as dist
     from transformers import AutoModelForCausalLM
 
-    from rlhfkit.train.ppo import response_logprobs
+    from rlhfkit.rollout.logprobs import response_logprobs
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
@@ -268,7 +269,7 @@ def test_prompt_cache_gradients_under_ddp_equal_one_process(tmp_path):
     import torch.multiprocessing as mp
     from transformers import AutoModelForCausalLM
 
-    from rlhfkit.train.ppo import response_logprobs
+    from rlhfkit.rollout.logprobs import response_logprobs
 
     output = tmp_path / "grads.pt"
     mp.spawn(_ddp_prompt_cache_worker, args=(str(tmp_path / "init"), str(output)), nprocs=2, join=True)

@@ -134,7 +134,7 @@ def test_entropy_from_logits():
 
 
 def test_clipped_losses_ignore_whatever_is_in_masked_positions():
-    # GUIDE §4.5: the same real tokens with different garbage after EOS give the same loss and gradient
+    # ARCHITECTURE.md rule 5: the same real tokens with different garbage after EOS give the same loss and gradient
     mask = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
     real = torch.tensor([[-1.0, -2.0, 0.0, 0.0], [-0.5, 0.0, 0.0, 0.0]])
     garbage = torch.tensor([[0.0, 0.0, 40.0, -300.0], [0.0, 25.0, -80.0, 7.0]])
@@ -158,7 +158,7 @@ def test_clipped_losses_ignore_whatever_is_in_masked_positions():
 
 
 def test_kl_controller_is_proportional_with_the_error_clipped_at_a_fifth():
-    from rlhfkit.train.ppo import KLController
+    from rlhfkit.losses import KLController
 
     fixed = KLController(0.1)
     fixed.update(100.0, 64)
@@ -175,7 +175,7 @@ def test_kl_controller_is_proportional_with_the_error_clipped_at_a_fifth():
 
 
 def test_ppo_defaults_follow_the_checklist():
-    # GUIDE §4.9: GAE with γ = 1, λ = 0.95, whitened advantages, clipped policy (0.2) and value losses
+    # ARCHITECTURE.md rule 9: GAE with γ = 1, λ = 0.95, whitened advantages, clipped policy (0.2) and value losses
     from rlhfkit.config import PPOConfig
 
     defaults = PPOConfig(policy="p", reward="r", prompts="x", output="o")

@@ -13,7 +13,9 @@ from rlhfkit.config import SFTConfig
 from rlhfkit.data import load_demonstrations
 from rlhfkit.models import load_causal_lm, load_tokenizer
 from rlhfkit.rollout.generate import sample_responses
-from rlhfkit.train.loop import BatchPlan, latest_checkpoint, make_optimizer
+from rlhfkit.train.batches import BatchPlan
+from rlhfkit.train.checkpoints import latest_checkpoint
+from rlhfkit.train.optimizer import make_optimizer
 from rlhfkit.train.sft import held_out_loss, pack_examples, run_sft, tokenize_demonstrations
 
 

@@ -141,7 +141,7 @@ STAGES = {
     "score": (ScoreConfig, _score, "Score {prompt, response(s)} records with a reward model."),
     "generate": (GenerateConfig, _generate, "Sample K answers per prompt to JSONL {prompt, responses}."),
     "eval": (EvalConfig, _eval, "Compare policy A with policy B: win rate (reward model, judge, function or "
-                                "people) with a 95% interval, KL, length, refusal and over-refusal rates."),
+                                "people) with a 95%% interval, KL, length, refusal and over-refusal rates."),
     "loop": (LoopConfig, _loop, "Iterated RLHF rounds: generate, label (judge, people or semi-AI), retrain the "
                                 "reward model, PPO or DPO, evaluate; resumable; a report across rounds."),
     "tiny-model": (TinyModelConfig, _tiny_model, "Train a tokenizer on a corpus and write a tiny random model."),
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     from rlhfkit.data import DataError
     from rlhfkit.judge.http import JudgeRequestError
     from rlhfkit.rewards import RewardSpecError
-    from rlhfkit.train.loop import TrainingError
+    from rlhfkit.train.optimizer import TrainingError
 
     args = build_parser().parse_args(argv)
     setup_logging()

@@ -24,9 +24,11 @@ class ConfigError(ValueError):
     """A config file or command line that does not fit the stage's config dataclass."""
 
 
-def option(default: Any, help: str, *, required: bool = False, short: str | None = None) -> Any:
-    """A dataclass field with its help text (shown by ``--help``)."""
-    metadata = {"help": help, "required": required, "short": short}
+def option(default: Any, help: str, *, required: bool = False, short: str | None = None,
+           choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field with its help text (shown by ``--help``). ``choices``: the values allowed, declared
+    once: ``--help`` lists them and any other value is a :class:`ConfigError` when the config is made."""
+    metadata = {"help": help, "required": required, "short": short, "choices": choices}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     if isinstance(default, dict):
@@ -34,9 +36,21 @@ def option(default: Any, help: str, *, required: bool = False, short: str | None
     return field(default=default, metadata=metadata)
 
 
+def check_choices(config: Any) -> None:
+    """A :class:`ConfigError` for the first field whose value is not one of its declared ``choices``."""
+    for f in dataclasses.fields(config):
+        allowed = f.metadata.get("choices")
+        value = getattr(config, f.name)
+        if allowed and value not in allowed:
+            raise ConfigError(f"--{f.name.replace('_', '-')} {value!r}: expected one of {', '.join(allowed)}")
+
+
 @dataclass
 class ModelConfig:
     """How to load a model: shared by every stage that loads one."""
+
+    def __post_init__(self) -> None:
+        check_choices(self)
 
     device: str = option("auto", "Device: auto (cuda if available, else cpu), cpu, cuda, cuda:N or mps.")
     dtype: str = option("auto", "Weights dtype: auto (bf16 on GPUs that support it, else fp32), float32, bfloat16, float16.")
@@ -106,7 +120,8 @@ class DPOConfig(TrainConfig):
                            "(expanded to pairs) or HH transcripts; for --loss kto also unpaired "
                            "{prompt, completion, label: true|false} records. Not used with --online.")
     learning_rate: float = option(5e-7, "Peak learning rate (AdamW); DPO on real models uses ~5e-7.")
-    loss: str = option("dpo", "Loss: dpo, ipo, cdpo, robust, simpo, orpo or kto.")
+    loss: str = option("dpo", "The loss (rlhfkit.losses.DPO_LOSSES, and kto for unpaired feedback).",
+                       choices=("dpo", "ipo", "cdpo", "robust", "simpo", "orpo", "kto"))
     beta: float = option(0.1, "β: the KL strength of dpo/cdpo/robust/kto, τ of ipo, the reward scale of simpo "
                               "(its paper uses 2-2.5).")
     label_smoothing: float = option(0.0, "ε, the assumed rate of flipped labels (cdpo, robust; robust needs < 0.5).")
@@ -145,7 +160,8 @@ class PPOConfig(TrainConfig):
                              "'module:function' or 'file.py:function' taking (prompts, responses) -> scores.",
                          required=True)
     prompts: str = option("", "Prompts file: {prompt} records (string or messages).", required=True)
-    estimator: str = option("gae", "Advantage estimator: gae (PPO with a critic), grpo, rloo or reinforce++.")
+    estimator: str = option("gae", "Advantage estimator (rlhfkit.losses.ADVANTAGE_ESTIMATORS): gae is PPO with a "
+                                   "critic; the others are critic-free.", choices=("gae", "grpo", "rloo", "reinforce++"))
     prompts_per_step: int = option(16, "Prompts per rollout batch (over all processes).")
     samples_per_prompt: int = option(0, "Answers sampled per prompt; 0: 1 for gae/reinforce++, 4 for grpo/rloo.")
     ppo_epochs: int = option(4, "Passes of policy (and critic) updates over each rollout batch.")
@@ -158,9 +174,10 @@ class PPOConfig(TrainConfig):
                                                    "--max-new-tokens without EOS (null: score them normally).")
     beta: float = option(0.05, "KL penalty coefficient β (the initial value with --target-kl).")
     kl_estimator: str = option("k1", "Per-token KL estimator in the reward: k1 (log π - log π_ref) or k3 (never "
-                                     "negative). Both are logged.")
+                                     "negative). Both are logged.", choices=("k1", "k3"))
     kl_penalty: str = option("reward", "Where β·KL goes: reward (-β·KL per token in the reward, InstructGPT) or loss "
-                                       "(β·k3 added to the policy loss, as in GRPO; its gradient is 0 at the reference).")
+                                       "(β·k3 added to the policy loss, as in GRPO; its gradient is 0 at the reference).",
+                                choices=("reward", "loss"))
     target_kl: float | None = option(None, "Adapt β so that the KL per answer approaches this (nats); null: fixed β.")
     kl_horizon: int = option(10000, "Adaptive KL controller horizon (answers).")
     reward_clip: float = option(10.0, "Clip scores to ±this before use (0: no clipping).")
@@ -194,7 +211,7 @@ class JudgeConfig(ModelConfig):
     constitution: str | None = option(None, "Constitution YAML (principles: [{name, text, weight}]); null: the "
                                             "built-in one (helpful, honest, harmless, not over-refusing).")
     principles: str = option("all", "Language-model judges: ask about all principles, or 'sample' one per "
-                                    "comparison by weight (Constitutional AI).")
+                                    "comparison by weight (Constitutional AI).", choices=("all", "sample"))
     batch_size: int = option(8, "Comparisons (or answers, for reward models) per forward pass.")
     max_length: int = option(1024, "Maximum tokens per scored sequence (reward-model judges).")
     seed: int = option(0, "Seed for sampling principles.")
@@ -314,7 +331,8 @@ class LoopConfig(ModelConfig):
                                        "different prompts (0: all prompts every round).")
     labels: str = option("judge", "Who labels the answers: judge (an AI judge, --judge), people (the feedback "
                                   "app; the loop waits until the quota is labelled) or semi-ai (the judge labels "
-                                  "everything, people review a share).")
+                                  "everything, people review a share).",
+                         choices=("judge", "people", "semi-ai"))
     judge: str | None = option(None, "labels judge or semi-ai: the judge, as 'rlhfkit judge --judge' "
                                      "(module:function, reward-model folder, causal-LM folder, or an "
                                      "OpenAI-compatible URL).")
@@ -323,7 +341,7 @@ class LoopConfig(ModelConfig):
     project: str | None = option(None, "labels people or semi-ai: the project name prefix; round r uses the "
                                        "project '{project}-round-{r}'.")
     task: str = option("rank", "labels people: the round projects' task: rank (all K answers at once) or "
-                               "pairwise (disjoint pairs of answers).")
+                               "pairwise (disjoint pairs of answers).", choices=("rank", "pairwise"))
     overlap: int = option(1, "labels people or semi-ai: annotators per item.")
     quota: int = option(0, "labels people or semi-ai: items that must be labelled before the round goes on "
                            "(0: every item of the round).")
@@ -334,12 +352,13 @@ class LoopConfig(ModelConfig):
     poll_seconds: float = option(30.0, "labels people or semi-ai: seconds between looks at the database while "
                                        "waiting for labels.")
     optimizer: str = option("ppo", "How each round optimises the policy: ppo (against the round's reward model) "
-                                   "or dpo (on the labels).")
+                                   "or dpo (on the labels).", choices=("ppo", "dpo"))
     dpo_data: str = option("round", "optimizer dpo: train on this round's labels (round) or on all labels so far "
-                                    "(all).")
+                                    "(all).", choices=("round", "all"))
     dpo_reference: str = option("initial", "optimizer dpo: the KL reference: the initial policy (initial) or the "
                                            "round's starting policy, the previous round's (previous). PPO's "
-                                           "reference is always its starting policy.")
+                                           "reference is always its starting policy.",
+                                choices=("initial", "previous"))
     eval_judge: str | None = option(None, "Who compares each round's policy with the initial one: a reward-model "
                                           "folder or module:function (the higher score wins), or a judge spec "
                                           "(causal-LM folder, URL) asked in both orders; null: --judge.")
@@ -365,9 +384,12 @@ class LoopConfig(ModelConfig):
 class TinyModelConfig:
     """Train a byte-level BPE tokenizer on a corpus and write a small randomly initialised model."""
 
+    def __post_init__(self) -> None:
+        check_choices(self)
+
     corpus: str = option("", "Plain-text corpus to train the tokenizer on (one document per line).", required=True)
     output: str = option("", "Output folder (a normal HF model folder).", required=True)
-    arch: str = option("gpt2", "Architecture: gpt2 or llama.")
+    arch: str = option("gpt2", "Architecture.", choices=("gpt2", "llama"))
     layers: int = option(2, "Transformer layers.")
     width: int = option(64, "Hidden size.")
     heads: int = option(4, "Attention heads.")
@@ -511,7 +533,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in dataclasses.fields(cls):
         tp = _field_types(cls)[f.name]
         flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata.get("help", "")
+        help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse %-formats help strings
+        if f.metadata.get("choices"):
+            help_text += f" Choices: {', '.join(f.metadata['choices'])}."
         if f.metadata.get("required"):
             help_text += " (required)"
         elif f.default is not dataclasses.MISSING:

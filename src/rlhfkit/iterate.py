@@ -502,7 +502,7 @@ def step_labels(ctx: LoopContext, paths: RoundPaths, start_policy: str, fresh: b
 def trainer_resume(folder: Path, fresh: bool) -> bool:
     """Whether the trainer writing ``folder`` resumes: yes when it holds a checkpoint of this round's
     inputs. ``fresh`` (an earlier step of the round ran again) discards the folder instead."""
-    from rlhfkit.train.loop import latest_checkpoint
+    from rlhfkit.train.checkpoints import latest_checkpoint
 
     if fresh:
         if folder.exists():

@@ -1,4 +1,9 @@
-"""The algorithm's math as small pure functions over tensors.
+"""The algorithm's math as small pure functions over tensors, and the tables that name them.
+
+The trainers choose by name from the registries at the end of this file (:data:`DPO_LOSSES`,
+:data:`ADVANTAGE_ESTIMATORS`) and adapt β with :class:`KLController`; ``rlhfkit.config`` declares the
+same names as the choices of ``--loss`` and ``--estimator`` (a test keeps the two equal). Adding a loss
+is a function here, a row in its table, and a name in that config field's choices.
 
 Conventions: ``logits`` are ``[batch, time, vocab]`` from a causal LM over ``input_ids``;
 ``labels`` are ``[batch, time]`` with :data:`IGNORE_INDEX` (-100) where a token carries no loss. The
@@ -6,6 +11,10 @@ prediction for token ``t`` comes from position ``t - 1`` (the shift happens here
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +24,7 @@ from rlhfkit.data.chat import IGNORE_INDEX
 __all__ = [
     "IGNORE_INDEX", "bradley_terry_loss", "conservative_dpo_loss", "dpo_loss", "ipo_loss", "kto_loss",
     "kto_reference_point", "orpo_loss", "robust_dpo_loss", "sft_loss", "shift_for_next_token", "simpo_loss",
-    "token_logprobs",
+    "token_logprobs", "ADVANTAGE_ESTIMATORS", "DPO_LOSSES", "KLController", "PairLogps", "compute_advantages",
 ]
 
 
@@ -28,7 +37,7 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, temperature: floa
     """Log-probability of each label token, ``[batch, time - 1]``; 0 where the label is ignored.
 
     ``temperature`` divides the logits first: log-probs of sampled tokens must use the sampling
-    temperature (GUIDE §4.6).
+    temperature (ARCHITECTURE.md rule 6).
     """
     logits, targets = shift_for_next_token(logits, labels)
     if temperature != 1.0:
@@ -337,3 +346,134 @@ def entropy_from_logprobs(logprobs: torch.Tensor) -> torch.Tensor:
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of the softmax distribution at each position."""
     return entropy_from_logprobs(F.log_softmax(logits.float(), -1))
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """``1 - Var(returns - values) / Var(returns)``: 1 is a perfect critic, 0 no better than a constant."""
+    variance = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+    residual = returns - values
+    residual_variance = masked_mean((residual - masked_mean(residual, mask)) ** 2, mask)
+    return float(1.0 - residual_variance / variance.clamp(min=1e-8))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The DPO family by name
+
+
+@dataclass
+class PairLogps:
+    """Per-pair answer log-probs: summed over tokens, and token counts (means are sum / count)."""
+
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+    chosen_tokens: torch.Tensor
+    rejected_tokens: torch.Tensor
+    reference_chosen: torch.Tensor | None = None
+    reference_rejected: torch.Tensor | None = None
+
+    @property
+    def chosen_mean(self) -> torch.Tensor:
+        return self.chosen / self.chosen_tokens
+
+    @property
+    def rejected_mean(self) -> torch.Tensor:
+        return self.rejected / self.rejected_tokens
+
+
+def _ipo(lp: PairLogps, c: Any) -> torch.Tensor:
+    # per-token log-ratios (see ipo_loss): the reference sums are divided by the same lengths
+    return ipo_loss(lp.chosen_mean, lp.rejected_mean, lp.reference_chosen / lp.chosen_tokens,
+                    lp.reference_rejected / lp.rejected_tokens, c.beta)
+
+
+DPO_LOSSES: dict[str, Callable[[PairLogps, Any], torch.Tensor]] = {
+    "dpo": lambda lp, c: dpo_loss(lp.chosen, lp.rejected, lp.reference_chosen, lp.reference_rejected, c.beta),
+    "cdpo": lambda lp, c: conservative_dpo_loss(lp.chosen, lp.rejected, lp.reference_chosen, lp.reference_rejected,
+                                                c.beta, c.label_smoothing),
+    "robust": lambda lp, c: robust_dpo_loss(lp.chosen, lp.rejected, lp.reference_chosen, lp.reference_rejected,
+                                            c.beta, c.label_smoothing),
+    "ipo": _ipo,
+    "simpo": lambda lp, c: simpo_loss(lp.chosen_mean, lp.rejected_mean, c.beta, c.simpo_gamma),
+    "orpo": lambda lp, c: orpo_loss(lp.chosen_mean, lp.rejected_mean, c.orpo_lambda),
+}
+"""Pairwise losses: name -> per-pair loss of (:class:`PairLogps`, settings with ``beta``,
+``label_smoothing``, ``simpo_gamma``, ``orpo_lambda``). KTO, on unpaired answers, is :func:`kto_loss`."""
+
+UNPAIRED_LOSSES = ("kto",)
+REFERENCE_FREE = frozenset({"simpo", "orpo"})
+
+
+def needs_reference(loss: str) -> bool:
+    """Whether the DPO-family loss ``loss`` compares with a reference policy."""
+    return loss not in REFERENCE_FREE
+
+
+# ---------------------------------------------------------------------------------------------------
+# Advantage estimators by name
+#
+# Each takes the rollout's sequence ``scores`` [N], per-token ``kl`` [N, R] to the reference, the
+# critic's ``values`` (gae only) and the answer ``mask``, with the settings as keywords, and returns
+# per-token ``(advantages, returns)``; returns (value targets) only for gae.
+
+
+def gae_estimator(scores, kl, values, mask, *, beta, gamma, lam, whiten, **_):
+    """PPO with a critic: per-token rewards ``-β·KL_t`` plus the score at the end, then GAE."""
+    advantages, returns = gae_advantages(kl_penalized_rewards(scores, kl, mask, beta), values, mask, gamma, lam)
+    return (masked_whiten(advantages, mask) if whiten else advantages), returns
+
+
+def reinforce_pp_estimator(scores, kl, values, mask, *, beta, gamma, whiten, **_):
+    """REINFORCE++ (Hu 2025): the return-to-go of the KL-penalised rewards, whitened over the batch."""
+    returns = discounted_returns(kl_penalized_rewards(scores, kl, mask, beta), mask, gamma)
+    return (masked_whiten(returns, mask) if whiten else returns), None
+
+
+def group_estimator(method: str):
+    """GRPO or RLOO: the score minus β times the answer's summed KL, compared within each prompt's group
+    of ``group_size`` consecutive answers (:func:`group_advantages`); the same advantage on every token."""
+
+    def estimate(scores, kl, values, mask, *, beta, group_size, **_):
+        sequence_reward = scores - beta * (kl * mask).sum(1)
+        return group_advantages(sequence_reward, group_size, method)[:, None] * mask, None
+
+    return estimate
+
+
+ADVANTAGE_ESTIMATORS = {
+    "gae": gae_estimator,
+    "grpo": group_estimator("grpo"),
+    "rloo": group_estimator("rloo"),
+    "reinforce++": reinforce_pp_estimator,
+}
+CRITIC_ESTIMATORS = frozenset({"gae"})  # these need a value model
+GROUP_ESTIMATORS = frozenset({"grpo", "rloo"})  # these compare K answers to the same prompt
+
+
+def compute_advantages(estimator: str, scores: torch.Tensor, kl: torch.Tensor, values: torch.Tensor | None,
+                       mask: torch.Tensor, beta: float, group_size: int, gamma: float, lam: float,
+                       whiten: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token ``(advantages, returns)`` by the estimator named ``estimator``."""
+    if estimator not in ADVANTAGE_ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; expected one of {', '.join(ADVANTAGE_ESTIMATORS)}")
+    return ADVANTAGE_ESTIMATORS[estimator](scores, kl, values, mask, beta=beta, group_size=group_size,
+                                           gamma=gamma, lam=lam, whiten=whiten)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The KL coefficient
+
+
+@dataclass
+class KLController:
+    """β for the KL penalty: fixed, or adaptive (Ziegler et al. 2019) when ``target`` is set:
+    ``β ← β·(1 + clip(KL/target - 1, ±0.2)·n/horizon)`` after each batch of ``n`` answers."""
+
+    beta: float
+    target: float | None = None
+    horizon: int = 10000
+
+    def update(self, kl_per_answer: float, num_answers: int) -> None:
+        if self.target is None:
+            return
+        error = min(max(kl_per_answer / self.target - 1.0, -0.2), 0.2)
+        self.beta *= 1.0 + error * num_answers / self.horizon

@@ -148,8 +148,7 @@ class ChatEngine:
                   tops: list[int]) -> list[list[dict]]:
         """Per answer token: its log-prob and the ``tops[i]`` most likely tokens, for the answers
         ``answers[i]`` to ``prompts[i]``, from one teacher-forced forward pass over all of them."""
-        from rlhfkit.evaluate.kl import answer_rollout
-        from rlhfkit.train.ppo import answer_logits
+        from rlhfkit.rollout.logprobs import answer_logits, answer_rollout
 
         rollout = answer_rollout(prompts, answers, self.tokenizer, next(self.model.parameters()).device)
         logprobs = torch.log_softmax(answer_logits(self.model, rollout).float() / temperature, dim=-1)

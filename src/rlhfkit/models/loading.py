@@ -51,7 +51,7 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
-    """Set every dropout probability to 0 (RLHF needs deterministic log-probs; see GUIDE §4.7)."""
+    """Set every dropout probability to 0 (RLHF needs deterministic log-probs; see ARCHITECTURE.md rule 7)."""
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0

@@ -79,7 +79,7 @@ def load_reward_backbone(
     zero_head: bool = False,
 ) -> PreTrainedModel:
     """A reward model to train: a causal LM (e.g. the SFT model) with a new scalar head, or an existing
-    reward model to continue training. A new head is initialised with std 1/sqrt(d+1) (GUIDE §4.8), or
+    reward model to continue training. A new head is initialised with std 1/sqrt(d+1) (ARCHITECTURE.md rule 8), or
     to zero with ``zero_head`` (a new critic: its first values are all 0, not noise)."""
     fresh_head = not is_reward_model_folder(name_or_path)
     model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1, dtype=dtype)

@@ -9,7 +9,7 @@ seeded shuffle, instead of being re-drawn in every batch (same estimate in expec
 reference log-probs be cached).
 
 One forward. A batch stacks the first sequences of all its examples, then the second sequences, in
-one right-padded batch, so chosen and rejected go through the model together (GUIDE §4.11). Logits are
+one right-padded batch, so chosen and rejected go through the model together (ARCHITECTURE.md rule 11). Logits are
 computed only at the positions that predict answer tokens (the model's ``logits_to_keep`` with a
 boolean mask, where transformers supports it): no vocabulary-sized logits for prompts or padding.
 A sequence's log-prob is the sum of its answer tokens' log-probs.
@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from accelerate.utils import gather_object
 
 from rlhfkit.config import ConfigError, DPOConfig
@@ -54,18 +53,14 @@ from rlhfkit.data.chat import (
     truncate_prompt_first_together,
 )
 from rlhfkit.losses import (
-    conservative_dpo_loss,
-    dpo_loss,
-    ipo_loss,
+    DPO_LOSSES,
+    UNPAIRED_LOSSES,
+    PairLogps,
     kto_loss,
     kto_reference_point,
-    orpo_loss,
-    robust_dpo_loss,
-    simpo_loss,
-    token_logprobs,
 )
+from rlhfkit.losses import needs_reference as loss_needs_reference
 from rlhfkit.models import (
-    accepts_logits_to_keep,
     load_causal_lm,
     load_tokenizer,
     lora_settings,
@@ -73,8 +68,11 @@ from rlhfkit.models import (
     resolve_dtype,
     save_model,
 )
-from rlhfkit.models.prefix import TreeBatch, group_cost, tree_forward, tree_support
-from rlhfkit.train.loop import Stage, load_train_and_held_out, make_accelerator, train
+from rlhfkit.models.prefix import TreeBatch, group_cost, tree_support
+from rlhfkit.rollout.logprobs import sequence_logps, supports_logit_mask
+from rlhfkit.train.batches import load_train_and_held_out
+from rlhfkit.train.offline import Stage, train
+from rlhfkit.train.optimizer import make_accelerator
 
 log = logging.getLogger("rlhfkit.dpo")
 
@@ -82,50 +80,17 @@ log = logging.getLogger("rlhfkit.dpo")
 # The losses by name
 
 
-@dataclass
-class PairLogps:
-    """Per-pair answer log-probs: summed over tokens, and token counts (means are sum / count)."""
-
-    chosen: torch.Tensor
-    rejected: torch.Tensor
-    chosen_tokens: torch.Tensor
-    rejected_tokens: torch.Tensor
-    reference_chosen: torch.Tensor | None = None
-    reference_rejected: torch.Tensor | None = None
-
-    @property
-    def chosen_mean(self) -> torch.Tensor:
-        return self.chosen / self.chosen_tokens
-
-    @property
-    def rejected_mean(self) -> torch.Tensor:
-        return self.rejected / self.rejected_tokens
 
 
-def _ipo(lp: PairLogps, c: DPOConfig) -> torch.Tensor:
-    # per-token log-ratios (see ipo_loss): the reference sums are divided by the same lengths
-    return ipo_loss(lp.chosen_mean, lp.rejected_mean, lp.reference_chosen / lp.chosen_tokens,
-                    lp.reference_rejected / lp.rejected_tokens, c.beta)
 
 
-PAIR_LOSSES: dict[str, Callable[[PairLogps, DPOConfig], torch.Tensor]] = {
-    "dpo": lambda lp, c: dpo_loss(lp.chosen, lp.rejected, lp.reference_chosen, lp.reference_rejected, c.beta),
-    "cdpo": lambda lp, c: conservative_dpo_loss(lp.chosen, lp.rejected, lp.reference_chosen, lp.reference_rejected,
-                                                c.beta, c.label_smoothing),
-    "robust": lambda lp, c: robust_dpo_loss(lp.chosen, lp.rejected, lp.reference_chosen, lp.reference_rejected,
-                                            c.beta, c.label_smoothing),
-    "ipo": _ipo,
-    "simpo": lambda lp, c: simpo_loss(lp.chosen_mean, lp.rejected_mean, c.beta, c.simpo_gamma),
-    "orpo": lambda lp, c: orpo_loss(lp.chosen_mean, lp.rejected_mean, c.orpo_lambda),
-}
-"""Pairwise losses: name -> per-pair loss. KTO (unpaired) is handled by :func:`kto_outputs`."""
 
-LOSS_NAMES = (*PAIR_LOSSES, "kto")
-REFERENCE_FREE = frozenset({"simpo", "orpo"})
+PAIR_LOSSES = DPO_LOSSES
+LOSS_NAMES = (*DPO_LOSSES, *UNPAIRED_LOSSES)
 
 
 def needs_reference(config: DPOConfig) -> bool:
-    return config.loss not in REFERENCE_FREE
+    return loss_needs_reference(config.loss)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -248,63 +213,10 @@ def rows(batch: dict[str, torch.Tensor], part: slice) -> dict[str, torch.Tensor]
 # Log-probs of answers
 
 
-def supports_logit_mask(model: torch.nn.Module) -> bool:
-    """Whether ``model`` can compute logits at chosen positions only (``logits_to_keep`` as a boolean mask,
-    transformers >= 5)."""
-    import transformers.modeling_utils as modeling_utils
-
-    return accepts_logits_to_keep(model) and hasattr(modeling_utils, "slice_logits_to_keep")
 
 
-def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, logit_mask: bool,
-                   temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed answer log-probs, answer token counts), one per row of ``batch``.
-
-    Position t predicts token t+1, so logits are needed only where ``labels[t+1]`` is an answer token.
-    With ``logit_mask`` the model projects just those positions onto the vocabulary; otherwise the full
-    logits go through :func:`rlhfkit.losses.token_logprobs`. ``temperature`` divides the logits (log-probs
-    of sampled answers, GUIDE §4.6).
-    """
-    if "tree_last" in batch:
-        return tree_sequence_logps(model, batch, logit_mask=logit_mask, temperature=temperature)
-    input_ids, attention_mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-    predicts_answer = torch.zeros_like(labels, dtype=torch.bool)
-    predicts_answer[:, :-1] = labels[:, 1:] != IGNORE_INDEX
-    counts = predicts_answer.sum(-1)
-    if logit_mask:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=predicts_answer,
-                       use_cache=False).logits
-        if temperature != 1.0:
-            logits = logits / temperature
-        targets = labels[:, 1:][predicts_answer[:, :-1]]
-        per_token = -F.cross_entropy(logits.float(), targets, reduction="none")
-        row_of_token = predicts_answer.nonzero()[:, 0]
-        sums = torch.zeros(len(labels), device=per_token.device, dtype=per_token.dtype)
-        return sums.index_add(0, row_of_token, per_token), counts
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    return token_logprobs(logits, labels, temperature).sum(-1), counts
 
 
-def tree_sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, logit_mask: bool,
-                        temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`sequence_logps` of a shared-prompt batch (:func:`tree_answers`): answer token t of a
-    sequence is predicted at the row position of its token t-1 (which two answers may share)."""
-    tree = TreeBatch.from_dict(batch)
-    real = batch["answer_mask"].bool()
-    predictors = tree.token_index(batch["answer_positions"] - 1)[real]  # flat row positions
-    if logit_mask:
-        keep = torch.zeros(tree.input_ids.numel(), dtype=torch.bool, device=predictors.device)
-        keep[predictors] = True
-        logits = tree_forward(model, tree, logits_to_keep=keep.view_as(tree.input_ids), use_cache=False).logits
-        logits = logits[(keep.cumsum(0) - 1)[predictors]]  # the kept rows come in row-major order
-    else:
-        logits = tree_forward(model, tree, use_cache=False).logits.flatten(0, 1)[predictors]
-    if temperature != 1.0:
-        logits = logits / temperature
-    per_token = -F.cross_entropy(logits.float(), batch["answer_tokens"][real], reduction="none")
-    sequence_of_token = real.nonzero()[:, 0]
-    sums = torch.zeros(len(real), device=per_token.device, dtype=per_token.dtype)
-    return sums.index_add(0, sequence_of_token, per_token), real.sum(-1)
 
 
 class Reference:
@@ -526,8 +438,8 @@ def kl_to_reference(policy, reference: Reference, tokenizer, prompts: list, conf
                     accelerator) -> dict[str, float]:
     """KL(policy ‖ reference) on ``prompts``: answers sampled from the policy, Σ_t log π - log π_ref over
     their tokens (log-probs at the sampling temperature), averaged over answers."""
-    from rlhfkit.evaluate.kl import answer_logprob_sums
     from rlhfkit.rollout.generate import sample_responses
+    from rlhfkit.rollout.logprobs import answer_logprob_sums
 
     mine = prompts[accelerator.process_index :: accelerator.num_processes]
     total = torch.zeros(3, device=accelerator.device)  # [summed KL, answers, answer tokens]

@@ -43,21 +43,19 @@ from transformers import get_constant_schedule_with_warmup
 from rlhfkit.config import ConfigError, PPOConfig, save_config
 from rlhfkit.console import console, progress_bar
 from rlhfkit.data import load_prompts
-from rlhfkit.data.chat import encode_prompt, pad_batch
+from rlhfkit.data.chat import encode_prompt
 from rlhfkit.losses import (
+    ADVANTAGE_ESTIMATORS,
+    GROUP_ESTIMATORS,
+    KLController,
     clipped_policy_loss,
     clipped_value_loss,
-    discounted_returns,
-    entropy_from_logprobs,
-    gae_advantages,
-    group_advantages,
+    compute_advantages,
+    explained_variance,
     kl_estimates,
-    kl_penalized_rewards,
     masked_mean,
-    masked_whiten,
 )
 from rlhfkit.models import (
-    accepts_logits_to_keep,
     load_causal_lm,
     load_tokenizer,
     lora_settings,
@@ -66,72 +64,29 @@ from rlhfkit.models import (
     save_model,
 )
 from rlhfkit.models.prefix import (
-    TreeBatch,
-    continue_from_cache,
-    prompt_cache,
     prompt_cache_support,
-    tree_forward,
     tree_support,
 )
 from rlhfkit.models.reward import (
     head_module,
     is_reward_model_folder,
     load_reward_backbone,
-    position_ids_from_mask,
 )
 from rlhfkit.rewards import RewardFunction, load_reward_function
-from rlhfkit.rollout.generate import sample_responses
-from rlhfkit.train.loop import (
-    BatchPlan,
-    MetricsLog,
-    TrainingError,
-    latest_checkpoint,
-    load_checkpoint,
-    make_accelerator,
-    make_optimizer,
-    save_checkpoint,
-    split_held_out,
-)
+from rlhfkit.rollout.logprobs import Rollout, in_chunks, response_logprobs, rollout_from_samples
+from rlhfkit.rollout.sampler import HFSampler, SamplingSettings
+from rlhfkit.train.batches import BatchPlan, split_held_out
+from rlhfkit.train.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from rlhfkit.train.metrics import MetricsLog, tensorboard_writer
+from rlhfkit.train.optimizer import TrainingError, make_accelerator, make_optimizer
 
-ESTIMATORS = ("gae", "grpo", "rloo", "reinforce++")
-GROUP_ESTIMATORS = ("grpo", "rloo")
+ESTIMATORS = tuple(ADVANTAGE_ESTIMATORS)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Rollouts
 
 
-@dataclass
-class Rollout:
-    """A batch of sampled answers, laid out as ``[left-padded prompt | right-padded answer]``."""
-
-    query: torch.Tensor  # [N, P] prompt tokens, left-padded
-    query_mask: torch.Tensor  # [N, P]
-    response: torch.Tensor  # [N, R] answer tokens, padded after the first EOS
-    mask: torch.Tensor  # [N, R] float: 1 through the first EOS, 0 after
-    finished: torch.Tensor  # [N] bool: the answer ended with EOS
-    prompts: list  # [N] the prompt of each answer (K consecutive answers share one)
-    texts: list[str]  # [N] decoded answers
-    # the ways the forward passes may run each prompt once for its K consecutive answers, those the models
-    # support (models/prefix.py): "cache" (the prompts' key/value cache, continued by the answers) and
-    # "tree" (one row per prompt); answer_logits takes the cheapest, or every answer with its own prompt
-    share_prompts: tuple[str, ...] = ()
-
-    def __len__(self) -> int:
-        return self.response.shape[0]
-
-    def select(self, index: torch.Tensor | list[int]) -> Rollout:
-        index = torch.as_tensor(index, dtype=torch.long)
-        rows = index.tolist()
-        return Rollout(self.query[index], self.query_mask[index], self.response[index], self.mask[index],
-                       self.finished[index], [self.prompts[i] for i in rows], [self.texts[i] for i in rows],
-                       self.share_prompts)
-
-    def model_inputs(self) -> dict[str, torch.Tensor]:
-        input_ids = torch.cat([self.query, self.response], dim=1)
-        attention_mask = torch.cat([self.query_mask, self.mask.long()], dim=1)
-        return {"input_ids": input_ids, "attention_mask": attention_mask,
-                "position_ids": position_ids_from_mask(attention_mask)}
 
 
 def truncate_prompt(ids: list[int], limit: int) -> list[int]:
@@ -142,119 +97,24 @@ def truncate_prompt(ids: list[int], limit: int) -> list[int]:
 def generate_rollout(policy, tokenizer, prompts: list, prompt_ids: list[list[int]], num_samples: int,
                      config: PPOConfig, share_prompts: tuple[str, ...] = ()) -> Rollout:
     """Sample ``num_samples`` answers per prompt; answer ``i*K + k`` is the k-th answer to prompt ``i``."""
-    samples = sample_responses(
-        policy, tokenizer, prompts, num_samples=num_samples, max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature, top_p=config.top_p, batch_size=config.generation_batch_size,
-        show_progress=False, prompt_ids=prompt_ids,
-    )
-    flat = [s for per_prompt in samples for s in per_prompt]
-    device = next(policy.parameters()).device
-    query, query_mask = pad_batch([prompt_ids[s.prompt_index] for s in flat], tokenizer.pad_token_id, side="left")
-    response, mask = pad_batch([s.token_ids for s in flat], tokenizer.pad_token_id, side="right")
-    return Rollout(query.to(device), query_mask.to(device), response.to(device), mask.float().to(device),
-                   torch.tensor([s.finished for s in flat], device=device),
-                   [prompts[s.prompt_index] for s in flat], [s.text for s in flat], share_prompts)
+    sampler = HFSampler(policy, tokenizer)
+    settings = SamplingSettings(config.max_new_tokens, config.temperature, config.top_p,
+                                config.generation_batch_size)
+    samples = sampler.sample(prompts, prompt_ids, num_samples, settings)
+    return rollout_from_samples(samples, prompts, prompt_ids, tokenizer.pad_token_id,
+                                next(policy.parameters()).device, share_prompts)
 
 
-def answer_logits(model, rollout: Rollout) -> torch.Tensor:
-    """The logits that predict each answer token, ``[N, R, vocab]`` (garbage after EOS). Computed for
-    the answer positions only when the model supports it."""
-    layout = cheapest_layout(rollout)
-    if layout == "cache":
-        return cached_prompt_answer_logits(model, rollout)
-    if layout == "tree":
-        return shared_prompt_answer_logits(model, rollout)
-    width = rollout.response.shape[1]
-    inputs = rollout.model_inputs()
-    if accepts_logits_to_keep(model):
-        return model(**inputs, logits_to_keep=width + 1).logits[:, :-1]
-    return model(**inputs).logits[:, -width - 1 : -1]
 
 
-def new_prompt_rows(rollout: Rollout) -> torch.Tensor:
-    """``[N]`` bool: the rows whose prompt is not the previous row's."""
-    query, query_mask = rollout.query, rollout.query_mask
-    new = torch.ones(len(rollout), dtype=torch.bool, device=query.device)
-    new[1:] = (query[1:] != query[:-1]).any(1) | (query_mask[1:] != query_mask[:-1]).any(1)
-    return new
 
 
-def cheapest_layout(rollout: Rollout) -> str | None:
-    """The layout of :func:`answer_logits` with the fewest token positions, among those the rollout
-    allows: every answer after its own copy of its prompt (None); one tree row per prompt, answers cut
-    at EOS ("tree"); or each prompt once, then every answer padded to the longest ("cache"). Ties go
-    to the cache, whose attention work is the smallest. Answers of equal length favour the cache;
-    answers that end early favour the tree."""
-    if not rollout.share_prompts:
-        return None
-    rows, prompt_width = rollout.query.shape
-    answer_width = rollout.response.shape[1]
-    new = new_prompt_rows(rollout)
-    groups = int(new.sum())
-    costs: dict[str | None, int] = {}
-    if "cache" in rollout.share_prompts:
-        costs["cache"] = groups * prompt_width + rows * (answer_width - 1)
-    if "tree" in rollout.share_prompts:
-        group = new.long().cumsum(0) - 1
-        answers = torch.zeros(groups, device=group.device).index_add_(0, group, rollout.mask.sum(1).clamp(min=1))
-        costs["tree"] = groups * int((rollout.query_mask[new].sum(1) + answers).max())
-    costs[None] = rows * (prompt_width + answer_width)
-    return min(costs, key=costs.__getitem__)  # the first of equals: the cache, then the tree, then none
 
 
-def cached_prompt_answer_logits(model, rollout: Rollout) -> torch.Tensor:
-    """:func:`answer_logits` with each run of consecutive answers to the same prompt reading that
-    prompt once: the distinct prompts run first, and the answers continue from their key/value cache
-    (:func:`~rlhfkit.models.prefix.prompt_cache`). The prompts' last logits predict the first answer
-    tokens."""
-    query, query_mask = rollout.query, rollout.query_mask
-    new_prompt = new_prompt_rows(rollout)
-    prompt_of_row = new_prompt.long().cumsum(0) - 1
-    keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
-    prompts, cache = prompt_cache(model, query[new_prompt], query_mask[new_prompt], prompt_of_row, **keep)
-    first = prompts.logits[:, -1:][prompt_of_row]
-    if rollout.response.shape[1] == 1:
-        return first
-    answers = continue_from_cache(model, cache, query_mask, rollout.response[:, :-1], rollout.mask[:, :-1])
-    return torch.cat([first, answers.logits], dim=1)
 
 
-def shared_prompt_answer_logits(model, rollout: Rollout) -> torch.Tensor:
-    """:func:`answer_logits` with consecutive answers to the same prompt in one row (the prompt once,
-    then each answer through its EOS; :class:`~rlhfkit.models.prefix.TreeBatch`)."""
-    prompt_lengths = rollout.query_mask.sum(1)
-    answer_lengths = rollout.mask.sum(1).long().clamp(min=1)
-    prompts = [q[q_mask.bool()].tolist() for q, q_mask in zip(rollout.query, rollout.query_mask, strict=True)]
-    answers = [r[:n].tolist() for r, n in zip(rollout.response, answer_lengths.tolist(), strict=True)]
-    groups: list[list[list[int]]] = []
-    for new, prompt, answer in zip(new_prompt_rows(rollout).tolist(), prompts, answers, strict=True):
-        if new:
-            groups.append([prompt + answer])
-        else:
-            groups[-1].append(prompt + answer)
-    batch = TreeBatch.from_groups(groups, pad_token_id=0).to(rollout.query.device)  # padding is masked: any id
-    width = batch.input_ids.shape[1]
-    # answer token j of sequence n is predicted at the position of its token P_n + j - 1
-    steps = torch.arange(rollout.response.shape[1], device=rollout.query.device)
-    predecessors = prompt_lengths[:, None] + torch.minimum(steps[None, :], answer_lengths[:, None] - 1) - 1
-    index = batch.token_index(predecessors)
-    kept = width - int(prompt_lengths.min()) + 1  # no logits for the prompt positions before the first answer
-    if accepts_logits_to_keep(model):
-        logits = tree_forward(model, batch, logits_to_keep=kept).logits
-    else:
-        logits = tree_forward(model, batch).logits[:, -kept:]
-    index = (index // width) * kept + index % width - (width - kept)
-    return logits.reshape(-1, logits.shape[-1])[index]
 
 
-def response_logprobs(model, rollout: Rollout, temperature: float, with_entropy: bool = False):
-    """Log-probs of the answer tokens under ``model`` at the sampling temperature, ``[N, R]`` (0 after
-    EOS), and the per-token entropy when asked."""
-    logits = answer_logits(model, rollout)
-    all_logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
-    logprobs = all_logprobs.gather(-1, rollout.response.unsqueeze(-1)).squeeze(-1)
-    entropy = entropy_from_logprobs(all_logprobs) * rollout.mask if with_entropy else None
-    return logprobs * rollout.mask, entropy
 
 
 class ValueModel(torch.nn.Module):
@@ -278,55 +138,16 @@ def response_values(critic, rollout: Rollout) -> torch.Tensor:
     return critic(**rollout.model_inputs())[:, -width - 1 : -1] * rollout.mask
 
 
-def in_chunks(function, rollout: Rollout, batch_size: int) -> list:
-    """Apply ``function`` to micro-batches of ``rollout``; returns the results, one per chunk."""
-    return [function(rollout.select(list(range(i, min(i + batch_size, len(rollout))))))
-            for i in range(0, len(rollout), batch_size)]
 
 
 # ---------------------------------------------------------------------------------------------------
 # KL control and advantages
 
 
-@dataclass
-class KLController:
-    """β for the KL penalty: fixed, or adaptive (Ziegler et al. 2019) when ``target`` is set:
-    ``β ← β·(1 + clip(KL/target - 1, ±0.2)·n/horizon)`` after each batch of ``n`` answers."""
-
-    beta: float
-    target: float | None = None
-    horizon: int = 10000
-
-    def update(self, kl_per_answer: float, num_answers: int) -> None:
-        if self.target is None:
-            return
-        error = min(max(kl_per_answer / self.target - 1.0, -0.2), 0.2)
-        self.beta *= 1.0 + error * num_answers / self.horizon
 
 
-def compute_advantages(estimator: str, scores: torch.Tensor, kl: torch.Tensor, values: torch.Tensor | None,
-                       mask: torch.Tensor, beta: float, group_size: int, gamma: float, lam: float,
-                       whiten: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-token ``(advantages, returns)``; returns (value targets) only for ``gae``."""
-    if estimator in GROUP_ESTIMATORS:
-        sequence_reward = scores - beta * (kl * mask).sum(1)
-        return group_advantages(sequence_reward, group_size, estimator)[:, None] * mask, None
-    rewards = kl_penalized_rewards(scores, kl, mask, beta)
-    if estimator == "gae":
-        advantages, returns = gae_advantages(rewards, values, mask, gamma, lam)
-        return (masked_whiten(advantages, mask) if whiten else advantages), returns
-    if estimator == "reinforce++":
-        returns = discounted_returns(rewards, mask, gamma)
-        return (masked_whiten(returns, mask) if whiten else returns), None
-    raise ConfigError(f"unknown estimator {estimator!r}; expected one of {', '.join(ESTIMATORS)}")
 
 
-def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
-    """``1 - Var(returns - values) / Var(returns)``: 1 is a perfect critic, 0 no better than a constant."""
-    variance = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
-    residual = returns - values
-    residual_variance = masked_mean((residual - masked_mean(residual, mask)) ** 2, mask)
-    return float(1.0 - residual_variance / variance.clamp(min=1e-8))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -389,7 +210,7 @@ def check_config(config: PPOConfig, num_processes: int) -> int:
 
 
 def load_critic(config: PPOConfig, tokenizer, dtype) -> ValueModel:
-    """The critic starts from the reward model when it reads the policy's tokens (GUIDE §4.8), otherwise
+    """The critic starts from the reward model when it reads the policy's tokens (ARCHITECTURE.md rule 8), otherwise
     from the policy with a new scalar head at zero: a random head's values would be noise of about the
     rewards' scale, and GAE would pass that noise on to the first updates' advantages."""
     source = config.policy
@@ -717,13 +538,6 @@ class PPOTrainer:
         return output
 
 
-def tensorboard_writer(output: Path):
-    """A TensorBoard writer into ``output/tensorboard`` when tensorboard is installed, else None."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(output / "tensorboard"))
 
 
 def run_ppo(config: PPOConfig, on_step=None) -> Path:

@@ -40,7 +40,9 @@ from rlhfkit.models.reward import (
     sequence_rewards,
     tree_rewards,
 )
-from rlhfkit.train.loop import Stage, load_train_and_held_out, make_accelerator, train
+from rlhfkit.train.batches import load_train_and_held_out
+from rlhfkit.train.offline import Stage, train
+from rlhfkit.train.optimizer import make_accelerator
 
 
 @dataclass

@@ -1,0 +1,64 @@
+"""Resumable checkpoints, written atomically: ``OUTPUT/checkpoints/step-NNNNNNN/``.
+
+A checkpoint stores the accelerator's state (models, optimizer, RNG states), the scheduler and a
+``trainer_state.json`` with the step and whatever the trainer adds (β, the epoch). It is written into
+``step-N.tmp`` and renamed when complete, so a kill while writing leaves the previous one usable; the
+newest ``KEEP_CHECKPOINTS`` are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+CHECKPOINTS = "checkpoints"
+
+KEEP_CHECKPOINTS = 2
+
+
+
+def checkpoint_dir(output: str | Path, step: int) -> Path:
+    return Path(output) / CHECKPOINTS / f"step-{step:07d}"
+
+
+def latest_checkpoint(output: str | Path) -> Path | None:
+    """The newest complete checkpoint (folders being written end in .tmp and are ignored)."""
+    root = Path(output) / CHECKPOINTS
+    if not root.is_dir():
+        return None
+    done = sorted(p for p in root.iterdir() if p.name.startswith("step-") and (p / "trainer_state.json").exists()
+                  and not p.name.endswith(".tmp"))
+    return done[-1] if done else None
+
+
+def save_checkpoint(accelerator: Accelerator, output: str | Path, step: int, scheduler, extra: dict) -> Path:
+    """Write a resumable checkpoint atomically: into ``step-N.tmp``, renamed when complete."""
+    final = checkpoint_dir(output, step)
+    tmp = final.with_name(final.name + ".tmp")
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **extra}, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        older = sorted(p for p in final.parent.iterdir() if p.name.startswith("step-") and p != final)
+        for old in older[: max(0, len(older) - (KEEP_CHECKPOINTS - 1))]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator: Accelerator, path: Path, scheduler) -> dict:
+    accelerator.load_state(str(path))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    return json.loads((path / "trainer_state.json").read_text())
+
