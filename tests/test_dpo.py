@@ -227,21 +227,21 @@ def test_online_dpo_raises_the_reward_and_resumes_between_rounds(tmp_path, tiny_
     output = tmp_path / "online"
     run_dpo(config(output))
     rounds = [json.loads(line) for line in (output / "rounds.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in rounds] == [0, 1, 2, "final"]
-    assert all((output / f"round-{i:03d}" / name).exists() for i in range(3)
+    assert [r["round"] for r in rounds] == [1, 2, 3, "final"]  # numbered as `rlhfkit loop` numbers rounds
+    assert all((output / f"round-{i:03d}" / name).exists() for i in range(1, 4)
                for name in ("pairs.jsonl", "metrics.jsonl", "model.safetensors", "round.json"))
-    assert len(load_preferences(output / "round-000" / "pairs.jsonl")) == rounds[0]["pairs"] > 0
+    assert len(load_preferences(output / "round-001" / "pairs.jsonl")) == rounds[0]["pairs"] > 0
     print("online DPO mean reward by round:", [round(r["mean_reward"], 3) for r in rounds])
     assert rounds[-1]["mean_reward"] > rounds[0]["mean_reward"] + 0.05
 
-    # interrupted after round 0: --resume redoes rounds 1-2 only, and ends where the straight run did
+    # interrupted after round 1: --resume redoes rounds 2-3 only, and ends where the straight run did
     interrupted = tmp_path / "interrupted"
     run_dpo(config(interrupted, rounds=1))
-    first_pairs = (interrupted / "round-000" / "pairs.jsonl").read_text()
+    first_pairs = (interrupted / "round-001" / "pairs.jsonl").read_text()
     run_dpo(config(interrupted, resume=True))
-    assert (interrupted / "round-000" / "pairs.jsonl").read_text() == first_pairs  # not resampled
+    assert (interrupted / "round-001" / "pairs.jsonl").read_text() == first_pairs  # not resampled
     resumed = [json.loads(line) for line in (interrupted / "rounds.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in resumed] == [0, "final", 1, 2, "final"]
+    assert [r["round"] for r in resumed] == [1, "final", 2, 3, "final"]
     assert resumed[-1]["mean_reward"] == pytest.approx(rounds[-1]["mean_reward"], abs=1e-6)
 
 

@@ -270,12 +270,12 @@ def assert_same_training(first: Path, second: Path, weights_atol: float) -> None
 
 def test_single_update_reusing_its_own_logprobs_equals_a_separate_old_pass(tmp_path, tiny_model_dir, rl_files,
                                                                            monkeypatch):
-    import rlhfkit.train.ppo as ppo
+    import rlhfkit.train.ppo_experience as ppo_experience
 
     settings = dict(estimator="grpo", kl_penalty="loss", ppo_epochs=1, num_minibatches=1, max_steps=3, batch_size=16)
-    assert ppo.reuses_update_logprobs(ppo_config(tiny_model_dir, rl_files, tmp_path / "x", **settings))
+    assert ppo_experience.reuses_update_logprobs(ppo_config(tiny_model_dir, rl_files, tmp_path / "x", **settings))
     run_ppo(ppo_config(tiny_model_dir, rl_files, tmp_path / "reused", **settings))
-    monkeypatch.setattr(ppo, "reuses_update_logprobs", lambda config: False)
+    monkeypatch.setattr(ppo_experience, "reuses_update_logprobs", lambda config: False)
     run_ppo(ppo_config(tiny_model_dir, rl_files, tmp_path / "separate", **settings))
     assert_same_training(tmp_path / "reused", tmp_path / "separate", weights_atol=1e-6)
 
@@ -284,15 +284,15 @@ def test_update_forward_before_the_rewards_equals_a_separate_old_pass(tmp_path, 
                                                                       monkeypatch):
     """RLOO with the KL in the reward, one update on one micro-batch: the update's forward runs first and
     its detached log-probs are the old ones; the same training as with a separate old-log-prob pass."""
-    import rlhfkit.train.ppo as ppo
+    import rlhfkit.train.ppo_experience as ppo_experience
 
     settings = dict(estimator="rloo", kl_penalty="reward", kl_estimator="k1", ppo_epochs=1, num_minibatches=1,
                     max_steps=3, batch_size=64, entropy_coef=0.01)
     config = ppo_config(tiny_model_dir, rl_files, tmp_path / "x", **settings)
-    assert ppo.forwards_before_rewards(config, config.prompts_per_step * config.samples_per_prompt)
-    assert not ppo.forwards_before_rewards(config, 65)  # more than one micro-batch: a separate pass
+    assert ppo_experience.forwards_before_rewards(config, config.prompts_per_step * config.samples_per_prompt)
+    assert not ppo_experience.forwards_before_rewards(config, 65)  # more than one micro-batch: a separate pass
     run_ppo(ppo_config(tiny_model_dir, rl_files, tmp_path / "early", **settings))
-    monkeypatch.setattr(ppo, "forwards_before_rewards", lambda config, size: False)
+    monkeypatch.setattr(ppo_experience, "forwards_before_rewards", lambda config, size: False)
     run_ppo(ppo_config(tiny_model_dir, rl_files, tmp_path / "separate", **settings))
     # the ratio is exactly 1 here and 1 +- 1e-7 there; Adam at lr 1e-2 turns that into ~1e-5 after 3 steps
     assert_same_training(tmp_path / "early", tmp_path / "separate", weights_atol=1e-4)

@@ -1,0 +1,158 @@
+"""Online (iterative) DPO: sample from the current policy, pair its best answer with its worst, train.
+
+Rounds are numbered from 1, as ``rlhfkit loop`` numbers its rounds: round r writes ``OUTPUT/round-00r/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from transformers import set_seed
+
+from rlhfkit.config import DPOConfig
+from rlhfkit.console import console
+from rlhfkit.data import load_prompts
+from rlhfkit.models import (
+    load_causal_lm,
+    load_tokenizer,
+    resolve_device,
+    resolve_dtype,
+)
+from rlhfkit.rewards import load_reward_function
+from rlhfkit.rollout.generate import sample_responses
+from rlhfkit.train.dpo_offline import train_dpo_offline
+
+log = logging.getLogger("rlhfkit.dpo")
+
+
+def round_dir(output: str | Path, number: int) -> Path:
+    """Round ``number``'s folder (rounds count from 1)."""
+    return Path(output) / f"round-{number:03d}"
+
+
+def round_is_finished(folder: Path) -> bool:
+    return (folder / "round.json").exists()
+
+
+def best_and_worst_pairs(prompts: list, answers: list[list[str]], scores: list[list[float]]) -> tuple[list, int]:
+    """One pair per prompt, its best-scored answer over its worst; prompts whose scores all tie are
+    skipped (they say nothing about which answer is better). Returns (pairs, skipped count)."""
+    pairs, skipped = [], 0
+    for prompt, texts, values in zip(prompts, answers, scores, strict=True):
+        best = max(range(len(values)), key=values.__getitem__)
+        worst = min(range(len(values)), key=values.__getitem__)
+        if values[best] == values[worst]:
+            skipped += 1
+            continue
+        pairs.append({"prompt": prompt, "chosen": texts[best], "rejected": texts[worst],
+                      "chosen_score": values[best], "rejected_score": values[worst]})
+    return pairs, skipped
+
+
+def sample_and_score(model_path: str, prompts: list, reward, config: DPOConfig, count: int):
+    """``count`` answers per prompt from the model at ``model_path``, with their scores."""
+    device = resolve_device(config.device)
+    tokenizer = load_tokenizer(model_path)
+    policy = load_causal_lm(model_path, tokenizer, dtype=resolve_dtype(config.dtype, device), device=device)
+    samples = sample_responses(policy, tokenizer, prompts, num_samples=count, max_new_tokens=config.max_new_tokens,
+                               temperature=config.temperature, top_p=config.top_p,
+                               batch_size=config.generation_batch_size)
+    del policy
+    answers = [[s.text for s in per_prompt] for per_prompt in samples]
+    flat = reward([p for p, texts in zip(prompts, answers, strict=True) for _ in texts],
+                  [t for texts in answers for t in texts])
+    scores = [flat[i * count : (i + 1) * count] for i in range(len(prompts))]
+    unfinished = sum(not s.finished for per_prompt in samples for s in per_prompt)
+    return answers, scores, unfinished
+
+
+def run_online_dpo(config: DPOConfig) -> Path:
+    """Online DPO: ``rounds`` times, sample K answers per prompt from the current policy, score them with
+    ``--reward``, pair each prompt's best answer with its worst, and train on those pairs.
+
+    Round r (from 1) writes ``OUTPUT/round-00r/``: ``pairs.jsonl``, the loop's ``metrics.jsonl`` and
+    checkpoints, the round's model and ``round.json`` (written last: the round is finished).
+    ``OUTPUT/rounds.jsonl`` has each round's mean sample reward, and after the last round that of the final
+    policy. The reference is the initial model in every round. With ``--resume`` finished rounds are
+    skipped, an unfinished round reuses its pairs and resumes from its last checkpoint. Answers are
+    re-tokenized from their text for training (unfinished answers then end with EOS like any other); the
+    DPO loss uses the policy at temperature 1.
+    """
+    output = Path(config.output)
+    output.mkdir(parents=True, exist_ok=True)
+    if not config.resume:
+        for old in output.glob("round-*"):
+            shutil.rmtree(old)
+        (output / "rounds.jsonl").unlink(missing_ok=True)
+    prompts = [record.prompt for record in load_prompts(config.prompts, skip_invalid=config.skip_invalid)]
+    reward = load_reward_function(config.reward, device=config.device, dtype=config.dtype,
+                                  batch_size=config.generation_batch_size, max_length=config.max_length)
+    policy_path = config.model
+    for number in range(1, config.rounds + 1):
+        folder = round_dir(output, number)
+        if not round_is_finished(folder):
+            run_round(config, number, folder, policy_path, prompts, reward)
+        policy_path = str(folder)
+
+    set_seed(config.seed + config.rounds)
+    _, scores, _ = sample_and_score(policy_path, prompts, reward, config, config.samples_per_prompt)
+    final = {"round": "final", "mean_reward": sum(map(sum, scores)) / (len(prompts) * config.samples_per_prompt)}
+    append_round(output, final)
+    copy_model_files(Path(policy_path), output)
+    console.print(f"online dpo: final policy mean reward {final['mean_reward']:.4f}; model saved to {output}")
+    return output
+
+
+def run_round(config: DPOConfig, number: int, folder: Path, policy_path: str, prompts: list, reward) -> None:
+    """One round: its pairs (sampled now, or kept from an interrupted run), then DPO on them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pairs_file = folder / "pairs.jsonl"
+    if not pairs_file.exists():
+        write_round_pairs(config, number, folder, policy_path, prompts, reward)
+    summary = json.loads((folder / "samples.json").read_text())
+    console.print(f"online dpo: round {number}: mean reward {summary['mean_reward']:.4f}, {summary['pairs']} pairs "
+                  f"({summary['tied_prompts']} prompts with tied scores skipped)")
+    if summary["pairs"]:
+        round_config = dataclasses.replace(config, online=False, model=policy_path, data=str(pairs_file),
+                                           output=str(folder), reference=config.reference or config.model,
+                                           eval_data=None)
+        train_dpo_offline(round_config)
+    else:
+        log.warning("online dpo: round %d has no pairs (all scores tied); the policy is unchanged", number)
+        copy_model_files(Path(policy_path), folder)
+    (folder / "round.json").write_text(json.dumps(summary))
+    append_round(folder.parent, summary)
+
+
+def write_round_pairs(config: DPOConfig, number: int, folder: Path, policy_path: str, prompts: list,
+                      reward) -> None:
+    """Sample and score the round's answers; write its pairs (atomically) and its summary."""
+    set_seed(config.seed + number - 1)
+    answers, scores, unfinished = sample_and_score(policy_path, prompts, reward, config, config.samples_per_prompt)
+    pairs, skipped = best_and_worst_pairs(prompts, answers, scores)
+    mean_reward = sum(map(sum, scores)) / (len(prompts) * config.samples_per_prompt)
+    summary = {"round": number, "mean_reward": mean_reward, "pairs": len(pairs), "tied_prompts": skipped,
+               "unfinished_answers": unfinished}
+    (folder / "samples.json").write_text(json.dumps(summary))
+    tmp = folder / "pairs.tmp"
+    tmp.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    tmp.replace(folder / "pairs.jsonl")
+
+
+def append_round(output: Path, summary: dict) -> None:
+    with (output / "rounds.jsonl").open("a") as handle:
+        handle.write(json.dumps(summary) + "\n")
+
+
+def copy_model_files(source: Path, destination: Path) -> None:
+    """Copy an HF model folder's files (not its subfolders such as checkpoints) into ``destination``."""
+    destination.mkdir(parents=True, exist_ok=True)
+    for path in source.iterdir():
+        if path.is_file() and path.name not in ("metrics.jsonl", "round.json", "samples.json", "pairs.jsonl",
+                                                "reference_logps.json", "config.yaml", "eval.json"):
+            shutil.copy2(path, destination / path.name)
+
