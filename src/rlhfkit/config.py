@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -460,6 +461,17 @@ def _field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+def check_known_key(key: str, known: Collection[str], where: str, allowed: Collection[str] | None = None) -> None:
+    """A :class:`ConfigError` when ``key`` is not one of ``known``, naming ``where`` (the file, and the
+    section if any), the key, the nearest known key, and the keys ``allowed`` (default: ``known``)."""
+    if key in known:
+        return
+    hint = difflib.get_close_matches(key.replace("-", "_"), known, n=1)
+    suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+    listed = sorted(known if allowed is None else allowed)
+    raise ConfigError(f"{where}: unknown key '{key}'{suggestion}; known keys: {', '.join(listed)}")
+
+
 def read_yaml_config(path: str | Path, cls: type) -> dict[str, Any]:
     """Read a YAML config file and check its keys and types against ``cls``."""
     path = Path(path)
@@ -475,12 +487,7 @@ def read_yaml_config(path: str | Path, cls: type) -> dict[str, Any]:
     values = {}
     for key, value in raw.items():
         name = str(key)
-        if name not in types_:
-            hint = difflib.get_close_matches(name.replace("-", "_"), types_, n=1)
-            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
-            raise ConfigError(
-                f"{path}: unknown key '{name}'{suggestion}; known keys: {', '.join(sorted(types_))}"
-            )
+        check_known_key(name, types_, str(path))
         values[name] = coerce(value, types_[name], name, str(path))
     return values
 

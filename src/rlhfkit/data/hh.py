@@ -12,8 +12,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from rlhfkit.data.common_prefix import common_prefix_length
 from rlhfkit.data.errors import DataError
-from rlhfkit.data.records import Message, Preference, common_prefix_length
+from rlhfkit.data.kinds import Message, Preference
 
 HUMAN_MARKER = "\n\nHuman:"
 """The text that starts a human turn in an HH transcript."""

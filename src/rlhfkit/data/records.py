@@ -1,7 +1,7 @@
-"""The kinds of training records, and the functions that check raw records and build them.
+"""The functions that check raw records and build training records from them.
 
-A *message* is a dict ``{"role": str, "content": str}`` with a role in :data:`ROLES`. A *text* is
-either a plain string or a non-empty list of messages. Raw records are dicts (one JSON object, one
+The record kinds (and messages and texts) are defined in :mod:`rlhfkit.data.kinds` and imported
+here, so ``rlhfkit.data.records`` still offers them. Raw records are dicts (one JSON object, one
 table row); unknown extra fields in them are allowed and ignored. Every check failure is a
 :class:`~rlhfkit.data.errors.DataError` naming the record's location, the field, what was expected
 and what was found.
@@ -10,100 +10,28 @@ and what was found.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
+from rlhfkit.data.common_prefix import common_message_prefix_length, common_prefix_length
 from rlhfkit.data.errors import DataError, missing_field, wrong_value
-
-ROLES = ("system", "user", "assistant", "tool")
-"""The roles a message may have."""
-
-Message = dict[str, str]
-"""A chat message: ``{"role": ..., "content": ...}``."""
-
-Text = str | list[Message]
-"""A prompt or a response: a plain string, or a list of messages."""
+from rlhfkit.data.hh import hh_pair_to_preference, is_hh_transcript
+from rlhfkit.data.kinds import (
+    ROLES,
+    BinaryFeedback,
+    Demonstration,
+    Message,
+    Preference,
+    PromptRecord,
+    Ranking,
+    Text,
+)
 
 TEXT_EXPECTED = 'a string or a list of {"role", "content"} messages'
 MESSAGES_EXPECTED = 'a non-empty list of {"role", "content"} messages'
 MESSAGE_EXPECTED = 'a {"role", "content"} message (an object)'
 ROLE_EXPECTED = "one of " + ", ".join(repr(role) for role in ROLES)
 RANK_EXPECTED = "a positive integer (1 = best)"
-
-
-@dataclass(frozen=True)
-class PromptRecord:
-    """A prompt to generate from (for RL rollouts or evaluation), as a string or a list of messages."""
-
-    prompt: Text
-    location: str = ""
-    harmful: bool | None = None  # optional field: a harmful request (evaluation's refusal rates); None: unknown
-
-
-@dataclass(frozen=True)
-class Demonstration:
-    """A supervised example, in one of two forms.
-
-    Plain text: ``prompt`` and ``completion`` are strings; the loss is on the completion.
-    Chat: ``messages`` is the whole conversation and ``trainable[i]`` says whether message ``i``
-    is learned from (an assistant message in the part the model should produce).
-    """
-
-    prompt: str | None = None
-    completion: str | None = None
-    messages: list[Message] | None = None
-    trainable: list[bool] | None = None
-    location: str = ""
-
-    @property
-    def is_chat(self) -> bool:
-        """Whether this demonstration is in chat form (``messages`` and ``trainable``)."""
-        return self.messages is not None
-
-
-@dataclass(frozen=True)
-class Preference:
-    """A pairwise comparison: for ``prompt``, the response ``chosen`` was preferred to ``rejected``.
-
-    ``chosen`` and ``rejected`` hold only the responses (what follows the prompt). Either all three
-    are strings, or all three are lists of messages. ``margin`` is an optional strength of the
-    preference; ``source`` names where the comparison came from.
-    """
-
-    prompt: Text
-    chosen: Text
-    rejected: Text
-    margin: float | None = None
-    source: str | None = None
-    location: str = ""
-
-
-@dataclass(frozen=True)
-class Ranking:
-    """Several responses to one prompt with their ranks: 1 is best, equal ranks are ties.
-
-    Either the prompt and every response are strings, or they are all lists of messages.
-    """
-
-    prompt: Text
-    responses: list[Text]
-    ranks: list[int]
-    source: str | None = None
-    location: str = ""
-
-
-@dataclass(frozen=True)
-class BinaryFeedback:
-    """One answer judged on its own (KTO's unpaired data): ``desirable`` is True for a thumbs-up.
-
-    Either ``prompt`` and ``completion`` are both strings, or both lists of messages.
-    """
-
-    prompt: Text
-    completion: Text
-    desirable: bool
-    source: str | None = None
-    location: str = ""
 
 
 # ---------------------------------------------------------------- field checks
@@ -230,32 +158,6 @@ def unify_forms(
 
 
 # ---------------------------------------------------------------- implicit prompts
-
-
-def common_prefix_length(first: str, second: str) -> int:
-    """How many leading characters the two strings share.
-
-    Found by halving the range and comparing slices, which is much faster on long texts than
-    comparing one character at a time in Python (as os.path.commonprefix does).
-    """
-    low, high = 0, min(len(first), len(second))
-    while low < high:
-        middle = (low + high + 1) // 2
-        if first[:middle] == second[:middle]:
-            low = middle
-        else:
-            high = middle - 1
-    return low
-
-
-def common_message_prefix_length(first: list[Message], second: list[Message]) -> int:
-    """How many leading messages the two lists share."""
-    length = 0
-    for message_a, message_b in zip(first, second, strict=False):
-        if message_a != message_b:
-            break
-        length += 1
-    return length
 
 
 def split_implicit_message_prompt(
@@ -390,9 +292,6 @@ def parse_preference(raw: dict, location: str) -> Preference:
     Without a prompt, the prompt is the shared start of chosen and rejected; a pair of Anthropic
     HH transcripts is read as such (see :mod:`rlhfkit.data.hh`).
     """
-    # Imported here because the hh module builds on this one.
-    from rlhfkit.data.hh import hh_pair_to_preference, is_hh_transcript
-
     check_object(raw, location)
     chosen = parse_text(required(raw, "chosen", location, TEXT_EXPECTED), location, "chosen")
     rejected = parse_text(required(raw, "rejected", location, TEXT_EXPECTED), location, "rejected")

@@ -7,9 +7,9 @@ Stages (each timed, each with a progress bar; every artefact is a plain file in 
 3. **pre-training** on the corpus (every kind of reply: the language of the world);
 4. **SFT** on demonstrations by contractors of uneven quality: the starting policy;
 5. **sampling**: K = 4 answers per training prompt from the SFT policy;
-6. **labelling**: *simulated* annotators (:mod:`rlhfkit.demo.annotators`) rank the answers in a real
-   feedback-app database (SQLite), through the app's assignment, welfare, gold and export code;
-   quality control drops the annotator whose gold accuracy shows careless work;
+6. **labelling** (:mod:`rlhfkit.demo.labels`): *simulated* annotators (:mod:`rlhfkit.demo.annotators`)
+   rank the answers in a real feedback-app database (SQLite), through the app's assignment, welfare,
+   gold and export code; quality control drops the annotator whose gold accuracy shows careless work;
 7. **reward model** on the exported rankings, checked against the hidden gold preference;
 8. **PPO** against the reward model (the gold score is logged beside it, never optimised);
 9. **DPO** on the same labels, without a reward model;
@@ -20,6 +20,7 @@ Stages (each timed, each with a progress bar; every artefact is a plain file in 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -32,10 +33,10 @@ from pathlib import Path
 import torch
 
 from rlhfkit.config import DPOConfig, PPOConfig, RMConfig, SFTConfig
-from rlhfkit.console import console, progress_bar, setup_logging
+from rlhfkit.console import console, setup_logging
 from rlhfkit.data import write_jsonl
-from rlhfkit.demo.annotators import INSTRUCTGPT_AGREEMENT, SimulatedAnnotator, calibrate_noise, label_project
-from rlhfkit.demo.world import ReplyStyle, World, gold_score, prompt_text, render_reply, reply_attributes
+from rlhfkit.demo.labels import collect_labels
+from rlhfkit.demo.world import World, gold_score, reply_attributes
 from rlhfkit.evaluate.compare import evaluate_policies, sample_answers
 from rlhfkit.evaluate.preferences import pairwise_report
 from rlhfkit.evaluate.report import write_report
@@ -74,16 +75,6 @@ FULL = DemoSize()
 QUICK = DemoSize(layers=2, width=64, corpus_per_prompt=1, demos_per_prompt=1, pretrain_steps=4, sft_steps=4,
                  samples_per_prompt=4, sample_rounds=1, rm_steps=4, ppo_steps=2, dpo_steps=4, eval_samples=2, max_new_tokens=16)
 
-ANNOTATORS = (
-    SimulatedAnnotator("sim-alice"),
-    SimulatedAnnotator("sim-bashir", opted_out=["violence"]),
-    SimulatedAnnotator("sim-chen"),
-    SimulatedAnnotator("sim-dana", careless=True, seconds_per_item=(15.0, 30.0)),
-)
-GOLD_ACCURACY_FLOOR = 0.5
-"""Quality control: annotators whose best-answer accuracy on gold items is below this are excluded."""
-
-
 class StageClock:
     """Wall time per stage, printed as each stage ends."""
 
@@ -97,106 +88,6 @@ class StageClock:
         yield
         self.seconds[name] = round(time.perf_counter() - started, 2)
         console.print(f"[dim]{name}: {self.seconds[name]:.1f} s[/]")
-
-
-# ---------------------------------------------------------------------------------------------------- labelling
-
-
-def gold_items(world: World, count: int, seed: int) -> list[dict]:
-    """Gold items: four answers of clearly different quality, the gold ranking known."""
-    rng = random.Random(seed)
-    styles = [ReplyStyle("helpful", "warm"), ReplyStyle("vague", "neutral", fillers=1),
-              ReplyStyle("off_topic", "cold"), ReplyStyle("refusal", "cold", repeat=True)]
-    items = []
-    for request, phrasing in rng.sample([pair for pair in world.train if not pair[0].harmful], count):
-        prompt = [{"role": "user", "content": prompt_text(request, phrasing)}]
-        responses = [render_reply(request, style, rng) for style in styles]
-        order = list(range(4))
-        rng.shuffle(order)
-        responses = [responses[i] for i in order]
-        gold = gold_score([prompt] * 4, responses)
-        ranking = sorted(range(4), key=lambda i: -gold[i])
-        ranks = [ranking.index(i) + 1 for i in range(4)]
-        items.append({"prompt": prompt, "responses": responses, "gold": ranks})
-    return items
-
-
-def collect_labels(folder: Path, samples: list[dict], world: World, seed: int, quick: bool) -> dict:
-    """Simulated annotators rank the samples in a feedback-app database; returns their statistics and
-    writes the export (QC applied) into ``folder / "export"``."""
-    from rlhfkit.feedback.agreement import pairwise_ranking_agreement
-    from rlhfkit.feedback.auth import create_user
-    from rlhfkit.feedback.cli import open_database
-    from rlhfkit.feedback.export import labels_by_item, project_labels, write_exports
-    from rlhfkit.feedback.importing import ProjectOptions, add_items, create_project, item_specs
-    from rlhfkit.feedback.stats import annotator_rows, project_agreement
-
-    folder.mkdir(parents=True, exist_ok=True)
-    database = folder / "feedback.db"
-    database.unlink(missing_ok=True)
-    session = open_database(f"sqlite:///{database}")
-    start = datetime(2026, 1, 5, 9, 0)
-    options = ProjectOptions(task_type="rank", overlap=2, gold_rate=0.05,
-                             guidelines="Rank the answers from best (1) to worst. Prefer answers that help, "
-                                        "are kind and are safe. (In this demo the annotators are simulated.)")
-    project = create_project(session, "demo-round-1", options)
-    rows = [(f"samples.jsonl:{i + 1}", record) for i, record in enumerate(samples)]
-    rows += [(f"gold:{i + 1}", record) for i, record in enumerate(gold_items(world, 2 if quick else 8, seed))]
-    add_items(session, project, item_specs(rows, options, use_lexicon=True))
-    users = []
-    for annotator in ANNOTATORS:
-        user = create_user(session, annotator.name, "simulated-annotator-password", "annotator", start)
-        user.opted_out_categories = list(annotator.opted_out)
-        users.append((annotator, user))
-    session.commit()
-
-    differences = []
-    for record in samples:
-        gold = gold_score([record["prompt"]] * len(record["responses"]), record["responses"])
-        differences += [a - b for i, a in enumerate(gold) for b in gold[i + 1:]]
-    noise = calibrate_noise(differences)
-    console.print(f"annotator noise calibrated to {noise:.3f} (expected agreement of two careful annotators "
-                  f"{INSTRUCTGPT_AGREEMENT:.0%}, as InstructGPT's labelers)")
-    total_labels = len(samples) * options.overlap
-    with progress_bar("simulated annotators", total=total_labels) as advance:
-        def gold_of(prompt, responses):
-            return gold_score([prompt] * len(responses), responses)
-
-        logs = label_project(session, project, users, gold_of, noise, start, seed, progress=advance)
-
-    rows = annotator_rows(session, project, too_fast_seconds=10.0)
-    excluded = frozenset(r["annotator"] for r in rows
-                         if r["gold_accuracy"] is not None and r["gold_accuracy"] < GOLD_ACCURACY_FLOOR)
-    careful = {a.name for a in ANNOTATORS if not a.careless}
-    per_item = labels_by_item(project_labels(session, project)).values()  # gold items left out
-    careful_rankings = [[label.answer["ranks"] for label, name in labels if name in careful] for _, labels in per_item]
-    all_rankings = [[label.answer["ranks"] for label, _ in labels] for _, labels in per_item]
-    agreement = project_agreement(session, project)
-    written = write_exports(session, project, folder / "export", exclude=excluded)
-    session.close()
-
-    table_rows = []
-    for row in rows:
-        log = logs[row["annotator"]]
-        table_rows.append({"name": row["annotator"], "labels": row["labels"], "gold_accuracy": row["gold_accuracy"],
-                           "simulated": True, "careless": row["annotator"] not in careful,
-                           "excluded_by_qc": row["annotator"] in excluded, "breaks": log.breaks,
-                           "warnings_revealed": log.revealed_warnings, "median_seconds": row["median_seconds"]})
-    for row in table_rows:
-        console.print(f"  {row['name']}: {row['labels']} labels, gold accuracy {row['gold_accuracy']}, "
-                      f"{row['breaks']} enforced breaks, {row['warnings_revealed']} content warnings revealed"
-                      + (" [red]excluded by quality control[/]" if row["excluded_by_qc"] else ""))
-    return {
-        "pairwise_agreement": pairwise_ranking_agreement(careful_rankings),  # non-gold items, careful pairs
-        "pairwise_agreement_all": pairwise_ranking_agreement(all_rankings),
-        "krippendorff_alpha": agreement.get("krippendorff_alpha_ordinal"),
-        "noise": noise,
-        "annotators": table_rows,
-        "excluded": sorted(excluded),
-        "exported": written,
-        "note": "The annotators are simulated: they rank by the world's hidden gold preference with "
-                "Bradley-Terry noise calibrated to InstructGPT's 73% agreement; one is careless on purpose.",
-    }
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation
@@ -232,11 +123,10 @@ def reward_model_accuracy(reward, prompts: list, sft_answers: list, per_prompt: 
         texts = [s.text for s in sft_answers[index * per_prompt : (index + 1) * per_prompt]]
         gold = gold_score([prompt] * len(texts), texts)
         rm = reward([prompt] * len(texts), texts)
-        for i in range(len(texts)):
-            for j in range(i + 1, len(texts)):
-                if gold[i] != gold[j]:
-                    better, worse = (i, j) if gold[i] > gold[j] else (j, i)
-                    differences.append(rm[better] - rm[worse])
+        for i, j in itertools.combinations(range(len(texts)), 2):
+            if gold[i] != gold[j]:
+                better, worse = (i, j) if gold[i] > gold[j] else (j, i)
+                differences.append(rm[better] - rm[worse])
     if not differences:
         return {"accuracy_vs_gold": None, "pairs": 0, "calibration": []}
     report = pairwise_report(differences)
@@ -271,80 +161,139 @@ def run_demo(output: str | Path = "demo-output", quick: bool = False, seed: int 
     console.rule("[bold]rlhfkit demo: RLHF end to end on a small assistant world (CPU)")
 
     with clock.stage(1, "world", "requests, replies and a hidden gold preference"):
-        world = World(seed=seed)
-        (data / "tokenizer-corpus.txt").write_text("\n".join(world.tokenizer_texts()) + "\n", encoding="utf-8")
-        write_jsonl(data / "pretrain.jsonl", world.corpus(size.corpus_per_prompt))
-        write_jsonl(data / "demonstrations.jsonl", world.demonstrations(size.demos_per_prompt))
-        train_prompts, held_out = world.prompts("train"), world.prompts("held_out")
-        write_jsonl(data / "prompts.jsonl", train_prompts)
-        write_jsonl(data / "held-out-prompts.jsonl", held_out)
-        console.print(f"{len(train_prompts)} training prompts, {len(held_out)} held-out prompts "
-                      f"({sum(p['harmful'] for p in held_out)} harmful), in {data}")
-
+        world, train_prompts, held_out = write_world(data, size, seed)
     with clock.stage(2, "tiny model", "a BPE tokenizer on the world's text and a random GPT-2"):
         base = write_tiny_model(data / "tokenizer-corpus.txt", output / "tiny-model", layers=size.layers,
                                 width=size.width, vocab_size=1024, max_positions=128, seed=seed)
-
-    common = dict(device="cpu", save_every=0, seed=seed, max_length=96, log_every=25)
+    common = training_defaults(seed)
     with clock.stage(3, "pre-training", "language modelling on dialogues with every kind of reply"):
-        run_sft(SFTConfig(model=str(base), data=str(data / "pretrain.jsonl"), output=str(output / "pretrained"),
-                          learning_rate=5e-3, max_steps=size.pretrain_steps, batch_size=32, warmup_ratio=0.05,
-                          eval_split=0.0, **common))
-
+        pretrain(base, output, size, common)
     with clock.stage(4, "SFT", "demonstrations by contractors of uneven quality"):
-        run_sft(SFTConfig(model=str(output / "pretrained"), data=str(data / "demonstrations.jsonl"),
-                          output=str(output / "sft"), learning_rate=1e-3, max_steps=size.sft_steps, batch_size=32,
-                          warmup_ratio=0.05, eval_split=0.0, **common))
+        fine_tune_on_demonstrations(output, size, common)
     tokenizer = load_tokenizer(str(output / "sft"))
     sft = load_causal_lm(str(output / "sft"), tokenizer).eval()
 
     with clock.stage(5, "sampling", f"{size.sample_rounds} x {size.samples_per_prompt} answers per training prompt "
                                     "from the SFT policy"):
-        torch.manual_seed(seed)
-        prompts = [p["prompt"] for p in train_prompts] * size.sample_rounds
-        answers = sample_responses(sft, tokenizer, prompts, num_samples=size.samples_per_prompt,
-                                   max_new_tokens=size.max_new_tokens, batch_size=64)
-        samples = [{"prompt": p, "responses": [s.text for s in a]} for p, a in zip(prompts, answers, strict=True)]
-        write_jsonl(data / "sft-samples.jsonl", samples)
-
+        samples = sample_for_labelling(sft, tokenizer, train_prompts, data, size, seed)
     with clock.stage(6, "labelling", "simulated annotators rank the answers in the feedback app's database"):
         annotators = collect_labels(output / "feedback", samples, world, seed, quick)
-        export = output / "feedback" / "export"
-
     with clock.stage(7, "reward model", "Bradley-Terry on the annotators' rankings"):
-        run_rm(RMConfig(model=str(output / "sft"), data=str(export / "rankings.jsonl"), output=str(output / "rm"),
-                        learning_rate=5e-4, max_steps=size.rm_steps, batch_size=16, warmup_ratio=0.05,
-                        eval_split=0.1, normalize_with=str(data / "sft-samples.jsonl"), **common))
-        # the SFT answers to the held-out prompts: for the RM's accuracy against gold here, and as the
-        # baseline's answers in the evaluation (sampled once)
-        sft_held_out = sample_answers(sft, tokenizer, [p["prompt"] for p in held_out],
-                                      samples_per_prompt=size.eval_samples, max_new_tokens=size.max_new_tokens,
-                                      batch_size=64, seed=seed)
+        train_reward_model(output, size, common)
+        sft_held_out = sample_held_out_answers(sft, tokenizer, held_out, size, seed)
         reward = load_reward_function(str(output / "rm"), device="cpu")
-        reward_model = reward_model_accuracy(reward, [p["prompt"] for p in held_out], sft_held_out,
-                                             size.eval_samples)
-        rm_eval = json.loads((output / "rm" / "eval.json").read_text())
-        reward_model["accuracy_vs_annotators"] = rm_eval["accuracy"]
-        console.print(f"reward model: {reward_model['accuracy_vs_gold']:.1%} agreement with gold on "
-                      f"{reward_model['pairs']} held-out pairs; {rm_eval['accuracy']:.1%} with the annotators' "
-                      "held-out labels")
-
+        reward_model = check_reward_model(reward, output, held_out, sft_held_out, size)
     with clock.stage(8, "PPO", "against the reward model, KL to SFT; the gold score is only watched"):
-        run_ppo(PPOConfig(policy=str(output / "sft"), reward=str(output / "rm"), prompts=str(data / "prompts.jsonl"),
-                          output=str(output / "ppo"), estimator="gae", learning_rate=3e-4, max_steps=size.ppo_steps,
-                          prompts_per_step=64, samples_per_prompt=1, ppo_epochs=2, batch_size=64,
-                          max_new_tokens=size.max_new_tokens, beta=0.3, kl_estimator="k1", eval_split=0.0,
-                          sample_every=10, track_reward=GOLD_SPEC, **{**common, "log_every": 1}))
-
+        train_ppo(output, size, common)
     with clock.stage(9, "DPO", "on the same labels, no reward model"):
-        run_dpo(DPOConfig(model=str(output / "sft"), data=str(export / "preferences.jsonl"),
-                          output=str(output / "dpo"), learning_rate=3e-4, beta=0.3, max_steps=size.dpo_steps,
-                          batch_size=16, warmup_ratio=0.05, eval_split=0.05, eval_kl_prompts=0, **common))
-
+        train_dpo(output, size, common)
     with clock.stage(10, "evaluation", "held-out prompts, gold judge, KL to SFT"):
         evaluation = evaluate(output, sft, sft_held_out, reward, tokenizer, held_out, size, seed)
 
-    summary = {
+    summary = demo_summary(reward_model, annotators, evaluation, output)
+    with clock.stage(11, "report", "HTML with plots, and summary.json"):
+        summary["stage_seconds"] = {**clock.seconds, "report": 0.0}
+        summary["total_seconds"] = round(time.perf_counter() - started, 2)
+        path = write_report(output / "report", summary)
+    summary["stage_seconds"]["report"] = clock.seconds["report"]
+    (output / "report" / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    print_outcome(summary, path)
+    return summary
+
+
+def write_world(data: Path, size: DemoSize, seed: int) -> tuple[World, list[dict], list[dict]]:
+    """The world, with its tokenizer corpus, pre-training corpus, demonstrations and prompts written into
+    ``data``; returns the world, the training prompts and the held-out prompts."""
+    world = World(seed=seed)
+    (data / "tokenizer-corpus.txt").write_text("\n".join(world.tokenizer_texts()) + "\n", encoding="utf-8")
+    write_jsonl(data / "pretrain.jsonl", world.corpus(size.corpus_per_prompt))
+    write_jsonl(data / "demonstrations.jsonl", world.demonstrations(size.demos_per_prompt))
+    train_prompts, held_out = world.prompts("train"), world.prompts("held_out")
+    write_jsonl(data / "prompts.jsonl", train_prompts)
+    write_jsonl(data / "held-out-prompts.jsonl", held_out)
+    console.print(f"{len(train_prompts)} training prompts, {len(held_out)} held-out prompts "
+                  f"({sum(p['harmful'] for p in held_out)} harmful), in {data}")
+    return world, train_prompts, held_out
+
+
+def training_defaults(seed: int) -> dict:
+    """Options every training stage shares: CPU, no checkpoints, the seed, the sequence length, logging."""
+    return dict(device="cpu", save_every=0, seed=seed, max_length=96, log_every=25)
+
+
+def pretrain(base: Path, output: Path, size: DemoSize, common: dict) -> None:
+    """Language modelling of the random model on the world's corpus into ``output / "pretrained"``."""
+    run_sft(SFTConfig(model=str(base), data=str(output / "data" / "pretrain.jsonl"),
+                      output=str(output / "pretrained"), learning_rate=5e-3, max_steps=size.pretrain_steps,
+                      batch_size=32, warmup_ratio=0.05, eval_split=0.0, **common))
+
+
+def fine_tune_on_demonstrations(output: Path, size: DemoSize, common: dict) -> None:
+    """SFT of the pre-trained model on the demonstrations into ``output / "sft"``."""
+    run_sft(SFTConfig(model=str(output / "pretrained"), data=str(output / "data" / "demonstrations.jsonl"),
+                      output=str(output / "sft"), learning_rate=1e-3, max_steps=size.sft_steps, batch_size=32,
+                      warmup_ratio=0.05, eval_split=0.0, **common))
+
+
+def sample_for_labelling(sft, tokenizer, train_prompts: list[dict], data: Path, size: DemoSize,
+                         seed: int) -> list[dict]:
+    """The SFT policy's answers to the training prompts ({prompt, responses} records), also written
+    to ``data / "sft-samples.jsonl"``."""
+    torch.manual_seed(seed)
+    prompts = [p["prompt"] for p in train_prompts] * size.sample_rounds
+    answers = sample_responses(sft, tokenizer, prompts, num_samples=size.samples_per_prompt,
+                               max_new_tokens=size.max_new_tokens, batch_size=64)
+    samples = [{"prompt": p, "responses": [s.text for s in a]} for p, a in zip(prompts, answers, strict=True)]
+    write_jsonl(data / "sft-samples.jsonl", samples)
+    return samples
+
+
+def train_reward_model(output: Path, size: DemoSize, common: dict) -> None:
+    """A reward model on the exported rankings into ``output / "rm"``, normalised on the SFT samples."""
+    run_rm(RMConfig(model=str(output / "sft"), data=str(output / "feedback" / "export" / "rankings.jsonl"),
+                    output=str(output / "rm"), learning_rate=5e-4, max_steps=size.rm_steps, batch_size=16,
+                    warmup_ratio=0.05, eval_split=0.1, normalize_with=str(output / "data" / "sft-samples.jsonl"),
+                    **common))
+
+
+def sample_held_out_answers(sft, tokenizer, held_out: list[dict], size: DemoSize, seed: int) -> list:
+    """The SFT answers to the held-out prompts: for the RM's accuracy against gold, and as the
+    baseline's answers in the evaluation (sampled once)."""
+    return sample_answers(sft, tokenizer, [p["prompt"] for p in held_out], samples_per_prompt=size.eval_samples,
+                          max_new_tokens=size.max_new_tokens, batch_size=64, seed=seed)
+
+
+def check_reward_model(reward, output: Path, held_out: list[dict], sft_held_out: list, size: DemoSize) -> dict:
+    """The reward model's accuracy against gold (on the held-out SFT answers) and against the
+    annotators' held-out labels, printed."""
+    reward_model = reward_model_accuracy(reward, [p["prompt"] for p in held_out], sft_held_out, size.eval_samples)
+    rm_eval = json.loads((output / "rm" / "eval.json").read_text())
+    reward_model["accuracy_vs_annotators"] = rm_eval["accuracy"]
+    console.print(f"reward model: {reward_model['accuracy_vs_gold']:.1%} agreement with gold on "
+                  f"{reward_model['pairs']} held-out pairs; {rm_eval['accuracy']:.1%} with the annotators' "
+                  "held-out labels")
+    return reward_model
+
+
+def train_ppo(output: Path, size: DemoSize, common: dict) -> None:
+    """PPO of the SFT policy against the reward model into ``output / "ppo"``; gold is only tracked."""
+    run_ppo(PPOConfig(policy=str(output / "sft"), reward=str(output / "rm"),
+                      prompts=str(output / "data" / "prompts.jsonl"), output=str(output / "ppo"), estimator="gae",
+                      learning_rate=3e-4, max_steps=size.ppo_steps, prompts_per_step=64, samples_per_prompt=1,
+                      ppo_epochs=2, batch_size=64, max_new_tokens=size.max_new_tokens, beta=0.3, kl_estimator="k1",
+                      eval_split=0.0, sample_every=10, track_reward=GOLD_SPEC, **{**common, "log_every": 1}))
+
+
+def train_dpo(output: Path, size: DemoSize, common: dict) -> None:
+    """DPO of the SFT policy on the exported preferences into ``output / "dpo"``."""
+    run_dpo(DPOConfig(model=str(output / "sft"), data=str(output / "feedback" / "export" / "preferences.jsonl"),
+                      output=str(output / "dpo"), learning_rate=3e-4, beta=0.3, max_steps=size.dpo_steps,
+                      batch_size=16, warmup_ratio=0.05, eval_split=0.05, eval_kl_prompts=0, **common))
+
+
+def demo_summary(reward_model: dict, annotators: dict, evaluation: dict, output: Path) -> dict:
+    """The summary the report draws (stage times are added as the report is written)."""
+    return {
         "title": "rlhfkit demo: RLHF on a small assistant world",
         "created": datetime.now().isoformat(timespec="seconds"),
         "reward_model": reward_model,
@@ -359,14 +308,6 @@ def run_demo(output: str | Path = "demo-output", quick: bool = False, seed: int 
             annotators["note"],
         ],
     }
-    with clock.stage(11, "report", "HTML with plots, and summary.json"):
-        summary["stage_seconds"] = {**clock.seconds, "report": 0.0}
-        summary["total_seconds"] = round(time.perf_counter() - started, 2)
-        path = write_report(output / "report", summary)
-    summary["stage_seconds"]["report"] = clock.seconds["report"]
-    (output / "report" / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
-    print_outcome(summary, path)
-    return summary
 
 
 def evaluate(output: Path, sft, sft_answers: list, rm, tokenizer, held_out: list[dict], size: DemoSize,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 
 from transformers import set_seed
 
@@ -84,26 +85,115 @@ def mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+@contextmanager
+def timed(seconds: dict[str, float], stage: str):
+    """Record the wall time of the block in ``seconds[stage]`` (not when it raises)."""
+    started = time.perf_counter()
+    yield
+    seconds[stage] = time.perf_counter() - started
+
+
+def per_answer(values: list, samples_per_prompt: int, count: int) -> list:
+    """``values`` (one per prompt) repeated for each of the prompt's answers: ``count`` entries."""
+    return [values[i // samples_per_prompt] for i in range(count)]
+
+
+def harmful_flags(harmful: Sequence[bool | None] | None, prompts: list) -> list[bool | None]:
+    """One harmful flag per prompt (None: unknown, for all of them when ``harmful`` is None)."""
+    flags = list(harmful) if harmful is not None else [None] * len(prompts)
+    if len(flags) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(flags)} harmful flags")
+    return flags
+
+
+def sample_policy_and_baseline(policy, baseline, tokenizer, baseline_tokenizer, prompts: list, options: dict,
+                               baseline_samples: list[Sample] | None) -> tuple[list[Sample], list[Sample]]:
+    """The policy's answers and the baseline's (sampled unless the caller gave them), as many of each."""
+    answers_a = sample_answers(policy, tokenizer, prompts, **options)
+    answers_b = baseline_samples if baseline_samples is not None else sample_answers(
+        baseline, baseline_tokenizer or tokenizer, prompts, **options)
+    if len(answers_b) != len(answers_a):
+        raise ValueError(f"{len(answers_b)} baseline answers for {len(answers_a)} policy answers")
+    return answers_a, answers_b
+
+
+def mean_kl(model, reference, tokenizer, prompts: list, answers: list[Sample], options: dict) -> float | None:
+    """The mean per-answer KL of ``model`` to ``reference`` on ``answers``."""
+    return mean(sequence_kl(model, reference, tokenizer, prompts, [s.token_ids for s in answers], **options))
+
+
+def kl_to_reference(policy, baseline, reference, tokenizer, baseline_tokenizer, prompts: list,
+                    flat_prompts: list, answers_a: list[Sample], answers_b: list[Sample], *,
+                    samples_per_prompt: int, temperature: float,
+                    batch_size: int) -> tuple[float | None, float | None]:
+    """The policy's and the baseline's mean KL to ``reference`` (0 for the reference itself; None
+    without a reference, and for a baseline with its own tokenizer)."""
+    if reference is None:
+        return None, None
+    encoded = [encode_prompt(tokenizer, prompt) for prompt in prompts]  # each prompt once, not K times
+    options = dict(temperature=temperature, batch_size=batch_size,
+                   prompt_ids=per_answer(encoded, samples_per_prompt, len(answers_a)))
+    kl_a = 0.0 if reference is policy else mean_kl(policy, reference, tokenizer, flat_prompts, answers_a, options)
+    kl_b = None
+    if reference is baseline:
+        kl_b = 0.0
+    elif baseline_tokenizer is None:
+        kl_b = mean_kl(baseline, reference, tokenizer, flat_prompts, answers_b, options)
+    return kl_a, kl_b
+
+
+def judge_outcomes(judge, prompts: list, texts_a: list[str], texts_b: list[str]) -> tuple[list, list[dict]]:
+    """:func:`judge_pairs`, or without a judge no outcomes (None each) and no details."""
+    if judge is None:
+        return [None] * len(texts_a), [{} for _ in texts_a]
+    return judge_pairs(judge, prompts, texts_a, texts_b)
+
+
+def mean_scores_by_scorer(scorers: dict[str, Callable], prompts: list, texts_a: list[str],
+                          texts_b: list[str]) -> tuple[dict, dict]:
+    """The mean score of A's and of B's answers under each scorer, by the scorer's name."""
+    means_a, means_b = {}, {}
+    count = len(texts_a)
+    for score_name, score in scorers.items():
+        values = [float(v) for v in score(prompts + prompts, texts_a + texts_b)]
+        if len(values) != 2 * count:
+            raise ValueError(f"scorer {score_name!r} returned {len(values)} scores for {2 * count} answers")
+        means_a[score_name], means_b[score_name] = mean(values[:count]), mean(values[count:])
+    return means_a, means_b
+
+
+def judge_scores(details: list[dict], key: str) -> list[float]:
+    """One side's scores (``key``: "score_a" or "score_b") from a score-function judge; none from others."""
+    return [d[key] for d in details if key in d]
+
+
+def policy_entry(*, rate: dict | None, against: str | None, kl: float | None, answers: list[Sample],
+                 harmful: list[bool | None], judge_scores: list[float], scorer_means: dict) -> dict:
+    """One policy's entry of the result's ``policies`` (the shape the report reads)."""
+    return {"win_rate": rate, "against": against, "kl": kl, **answer_stats(answers, harmful),
+            "mean_score": mean(judge_scores), **scorer_means}
+
+
+def comparison_rows(flat_prompts: list, flat_harmful: list, answers_a: list[Sample], answers_b: list[Sample],
+                    outcomes: list, details: list[dict], samples_per_prompt: int) -> list[dict]:
+    """One row per comparison: prompt, flag, sample index, both answers, outcome and judge details."""
+    return [{"prompt": flat_prompts[i], "harmful": flat_harmful[i], "sample": i % samples_per_prompt,
+             "policy_answer": a.text, "baseline_answer": b.text, "outcome": outcomes[i], **details[i]}
+            for i, (a, b) in enumerate(zip(answers_a, answers_b, strict=True))]
+
+
+def comparison_counts(prompts: list, samples_per_prompt: int, comparisons: int, harmful: list) -> dict:
+    return {"prompts": len(prompts), "samples_per_prompt": samples_per_prompt, "comparisons": comparisons,
+            "harmful_prompts": sum(h is True for h in harmful),
+            "benign_prompts": sum(h is False for h in harmful)}
+
+
 def evaluate_policies(
-    policy,
-    baseline,
-    tokenizer,
-    prompts: list,
-    judge: Callable | object | None,
-    *,
-    reference=None,
-    harmful: Sequence[bool | None] | None = None,
-    baseline_tokenizer=None,
-    samples_per_prompt: int = 1,
-    max_new_tokens: int = 64,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    seed: int = 0,
-    batch_size: int = 16,
-    names: tuple[str, str] = ("policy", "baseline"),
-    judge_name: str | None = None,
-    scorers: dict[str, Callable] | None = None,
-    show_progress: bool = False,
+    policy, baseline, tokenizer, prompts: list, judge: Callable | object | None, *, reference=None,
+    harmful: Sequence[bool | None] | None = None, baseline_tokenizer=None, samples_per_prompt: int = 1,
+    max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 16,
+    names: tuple[str, str] = ("policy", "baseline"), judge_name: str | None = None,
+    scorers: dict[str, Callable] | None = None, show_progress: bool = False,
     baseline_samples: list[Sample] | None = None,
 ) -> dict:
     """Compare ``policy`` (A) with ``baseline`` (B) on ``prompts``; models already loaded.
@@ -125,70 +215,40 @@ def evaluate_policies(
     comparison: ``{"prompt", "harmful", "sample", "policy_answer", "baseline_answer", "outcome", ...}``
     with outcome 1 when the policy wins, 0 when the baseline does, 0.5 for a tie.
     """
-    harmful = list(harmful) if harmful is not None else [None] * len(prompts)
-    if len(harmful) != len(prompts):
-        raise ValueError(f"{len(prompts)} prompts but {len(harmful)} harmful flags")
+    harmful = harmful_flags(harmful, prompts)
     k = samples_per_prompt
     options = dict(samples_per_prompt=k, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                    batch_size=batch_size, seed=seed, show_progress=show_progress)
     seconds = {}
-    started = time.perf_counter()
-    answers_a = sample_answers(policy, tokenizer, prompts, **options)
-    answers_b = baseline_samples if baseline_samples is not None else sample_answers(
-        baseline, baseline_tokenizer or tokenizer, prompts, **options)
-    if len(answers_b) != len(answers_a):
-        raise ValueError(f"{len(answers_b)} baseline answers for {len(answers_a)} policy answers")
-    seconds["sample"] = time.perf_counter() - started
-    flat_prompts = [prompts[i // k] for i in range(len(answers_a))]
-    flat_harmful = [harmful[i // k] for i in range(len(answers_a))]
-
-    started = time.perf_counter()
-    kl_a = kl_b = None
-    if reference is not None:
-        encoded = [encode_prompt(tokenizer, prompt) for prompt in prompts]  # each prompt once, not K times
-        kl_options = dict(temperature=temperature, batch_size=batch_size,
-                          prompt_ids=[encoded[i // k] for i in range(len(answers_a))])
-        kl_a = 0.0 if reference is policy else mean(sequence_kl(
-            policy, reference, tokenizer, flat_prompts, [s.token_ids for s in answers_a], **kl_options))
-        if reference is baseline:
-            kl_b = 0.0
-        elif baseline_tokenizer is None:
-            kl_b = mean(sequence_kl(baseline, reference, tokenizer, flat_prompts, [s.token_ids for s in answers_b],
-                                    **kl_options))
-    seconds["kl"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    texts_a, texts_b = [s.text for s in answers_a], [s.text for s in answers_b]
-    outcomes, details = (judge_pairs(judge, flat_prompts, texts_a, texts_b) if judge is not None
-                         else ([None] * len(texts_a), [{} for _ in texts_a]))
-    seconds["judge"] = time.perf_counter() - started
-    extra_a, extra_b = {}, {}
-    for score_name, score in (scorers or {}).items():
-        values = [float(v) for v in score(flat_prompts + flat_prompts, texts_a + texts_b)]
-        if len(values) != 2 * len(texts_a):
-            raise ValueError(f"scorer {score_name!r} returned {len(values)} scores for {2 * len(texts_a)} answers")
-        extra_a[score_name], extra_b[score_name] = mean(values[: len(texts_a)]), mean(values[len(texts_a) :])
+    with timed(seconds, "sample"):
+        answers_a, answers_b = sample_policy_and_baseline(policy, baseline, tokenizer, baseline_tokenizer, prompts,
+                                                          options, baseline_samples)
+    flat_prompts = per_answer(prompts, k, len(answers_a))
+    flat_harmful = per_answer(harmful, k, len(answers_a))
+    with timed(seconds, "kl"):
+        kl_a, kl_b = kl_to_reference(policy, baseline, reference, tokenizer, baseline_tokenizer, prompts,
+                                     flat_prompts, answers_a, answers_b, samples_per_prompt=k,
+                                     temperature=temperature, batch_size=batch_size)
+    with timed(seconds, "judge"):
+        texts_a, texts_b = [s.text for s in answers_a], [s.text for s in answers_b]
+        outcomes, details = judge_outcomes(judge, flat_prompts, texts_a, texts_b)
+    scorer_means_a, scorer_means_b = mean_scores_by_scorer(scorers or {}, flat_prompts, texts_a, texts_b)
 
     result_rate = win_rate(outcomes).as_dict() if judge is not None else None
-    stats_a, stats_b = answer_stats(answers_a, flat_harmful), answer_stats(answers_b, flat_harmful)
-    scores_a = [d["score_a"] for d in details if "score_a" in d]
-    scores_b = [d["score_b"] for d in details if "score_b" in d]
     policies = {
-        names[0]: {"win_rate": result_rate, "against": names[1], "kl": kl_a, **stats_a, "mean_score": mean(scores_a),
-                   **extra_a},
-        names[1]: {"win_rate": None, "against": None, "kl": kl_b, **stats_b, "mean_score": mean(scores_b),
-                   **extra_b},
+        names[0]: policy_entry(rate=result_rate, against=names[1], kl=kl_a, answers=answers_a,
+                               harmful=flat_harmful, judge_scores=judge_scores(details, "score_a"),
+                               scorer_means=scorer_means_a),
+        names[1]: policy_entry(rate=None, against=None, kl=kl_b, answers=answers_b,
+                               harmful=flat_harmful, judge_scores=judge_scores(details, "score_b"),
+                               scorer_means=scorer_means_b),
     }
-    rows = []
-    for i, (a, b) in enumerate(zip(answers_a, answers_b, strict=True)):
-        rows.append({"prompt": flat_prompts[i], "harmful": flat_harmful[i], "sample": i % k,
-                     "policy_answer": a.text, "baseline_answer": b.text, "outcome": outcomes[i], **details[i]})
+    rows = comparison_rows(flat_prompts, flat_harmful, answers_a, answers_b, outcomes, details, k)
     return {
         "judge": judge_name or judge_name_of(judge),
         "win_rate": result_rate,
         "policies": policies,
-        "counts": {"prompts": len(prompts), "samples_per_prompt": k, "comparisons": len(rows),
-                   "harmful_prompts": sum(h is True for h in harmful), "benign_prompts": sum(h is False for h in harmful)},
+        "counts": comparison_counts(prompts, k, len(rows), harmful),
         "seconds": seconds,
         "samples": rows,
     }

@@ -14,6 +14,10 @@ Layout:
 * ``export.py``: preference pairs, rankings, SFT demonstrations, KTO records and raw labels;
 * ``semi_ai.py``: a judge labels everything, a share goes to people, the two are merged;
 * ``auth.py``: passwords (argon2), sessions and CSRF tokens, invitations;
-* ``web.py``, ``templates/``, ``static/``: the FastAPI app, server-rendered pages, plain JavaScript;
+* ``services.py``: what the routes call, one function per action (each route parses, calls one, commits);
+* ``routes/``: one FastAPI router per area (``accounts.py``, ``annotate.py``, ``admin.py``) and their
+  dependencies (``deps.py``: database session, clock, signed-in user, admin, templates);
+* ``web.py``, ``templates/``, ``static/``: a thin ``create_app`` (engine, state, middleware, error
+  handlers, routers), server-rendered pages, plain JavaScript;
 * ``cli.py``: ``rlhfkit label init|import|export|stats|serve|semi-ai``.
 """

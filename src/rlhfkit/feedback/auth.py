@@ -124,3 +124,17 @@ def accept_invitation(session: Session, token: str, username: str, password: str
     user = create_user(session, username, password, invitation.role, now)
     invitation.used_by_id, invitation.used_at = user.id, now
     return user
+
+
+def log_in(session: Session, username: str, password: str, now: datetime) -> tuple[User, str, LoginSession]:
+    """(user, cookie token, session row) for the right credentials; AuthError otherwise."""
+    user = authenticate(session, username, password)
+    token, login = start_session(session, user, now)
+    return user, token, login
+
+
+def sign_up(session: Session, invitation_token: str, username: str, password: str, now: datetime) -> str:
+    """Create the account of an invitation and log it in; returns the new session's cookie token."""
+    user = accept_invitation(session, invitation_token, username, password, now)
+    token, _ = start_session(session, user, now)
+    return token

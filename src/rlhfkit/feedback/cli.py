@@ -32,18 +32,32 @@ def add_label_parser(commands) -> None:
                                               "semi-ai.",
                                 description="The human feedback app and its database.")
     actions = label.add_subparsers(dest="label_command", metavar="ACTION", required=True)
+    add_init_action(actions)
+    add_import_action(actions)
+    add_invite_action(actions)
+    add_serve_action(actions)
+    add_stats_action(actions)
+    add_export_action(actions)
+    add_semi_ai_action(actions)
 
-    def action(name: str, help_text: str, parent=actions) -> argparse.ArgumentParser:
-        parser = parent.add_parser(name, help=help_text, description=help_text)
-        parser.add_argument("--db", default=DEFAULT_DB,
-                            help="Database URL: sqlite:///FILE (default feedback.db) or postgresql://...")
-        return parser
 
-    init = action("init", "Create (or upgrade) the database and the first admin account.")
+def add_action(parent, name: str, help_text: str) -> argparse.ArgumentParser:
+    """A subcommand of ``parent`` with the ``--db`` option every action takes."""
+    parser = parent.add_parser(name, help=help_text, description=help_text)
+    parser.add_argument("--db", default=DEFAULT_DB,
+                        help="Database URL: sqlite:///FILE (default feedback.db) or postgresql://...")
+    return parser
+
+
+def add_init_action(actions) -> None:
+    init = add_action(actions, "init", "Create (or upgrade) the database and the first admin account.")
     init.add_argument("--admin", required=True, help="The admin's username.")
     init.add_argument("--password", help=f"The admin's password (default: ${PASSWORD_ENV}, else asked).")
 
-    imp = action("import", "Add items to a project (created if new) from {prompt, responses} JSONL.")
+
+def add_import_action(actions) -> None:
+    imp = add_action(actions, "import",
+                     "Add items to a project (created if new) from {prompt, responses} JSONL.")
     imp.add_argument("file", help="JSONL from 'rlhfkit generate' ({prompt, responses}), or pair/HH records.")
     imp.add_argument("--project", required=True, help="Project name.")
     imp.add_argument("--task", default="pairwise", choices=TASK_TYPES, help="Task type of a new project.")
@@ -55,21 +69,29 @@ def add_label_parser(commands) -> None:
     imp.add_argument("--rating-scale", type=int, default=5, help="Points of the rating scale (rating tasks).")
     imp.add_argument("--no-lexicon", action="store_true", help="Do not flag sensitive items with the lexicon.")
 
-    invite = action("invite", "Print a one-use invitation link.")
+
+def add_invite_action(actions) -> None:
+    invite = add_action(actions, "invite", "Print a one-use invitation link.")
     invite.add_argument("--role", default="annotator", choices=("annotator", "admin"))
     invite.add_argument("--by", help="The inviting admin (default: the first admin).")
     invite.add_argument("--base-url", default="http://127.0.0.1:8000", help="Where the app is served.")
 
-    serve = action("serve", "Serve the app (migrates the database first).")
+
+def add_serve_action(actions) -> None:
+    serve = add_action(actions, "serve", "Serve the app (migrates the database first).")
     serve.add_argument("--host", default="127.0.0.1", help="Address to listen on.")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--secure-cookies", action="store_true", help="Send cookies over HTTPS only.")
 
-    stats = action("stats", "Print a project's progress, annotators and agreement.")
+
+def add_stats_action(actions) -> None:
+    stats = add_action(actions, "stats", "Print a project's progress, annotators and agreement.")
     stats.add_argument("--project", required=True)
     stats.add_argument("--json", action="store_true", help="Print JSON instead of tables.")
 
-    export = action("export", "Write a project's training files (see the README) into a folder.")
+
+def add_export_action(actions) -> None:
+    export = add_action(actions, "export", "Write a project's training files (see the README) into a folder.")
     export.add_argument("--project", required=True)
     export.add_argument("--output", required=True, help="Output folder.")
     export.add_argument("--exclude", action="append", metavar="ANNOTATOR",
@@ -78,21 +100,33 @@ def add_label_parser(commands) -> None:
     export.add_argument("--per-label", action="store_true",
                         help="One record per label (annotator as source) instead of aggregating annotators.")
 
+
+def add_semi_ai_action(actions) -> None:
+    """``semi-ai`` and its steps: send, progress, merge."""
     semi = actions.add_parser("semi-ai", help="A judge labels everything, people review a share, then merge.",
                               description="Semi-automatic labelling: 'send' judges every record and pushes a "
                                           "share (least confident first, plus a random sample) to a project; "
                                           "'progress' counts the sent items people labelled; 'merge' writes "
                                           "the merged dataset (human labels win) and the agreement report.")
     steps = semi.add_subparsers(dest="semi_ai_command", metavar="STEP", required=True)
+    add_semi_ai_send_step(steps)
+    add_semi_ai_step(steps, "progress", "Print how many sent items have at least one human label.")
+    add_semi_ai_step(steps, "merge",
+                     "Write merged.jsonl (human labels win) and agreement.json; print the agreement.")
 
-    def semi_ai_step(name: str, help_text: str) -> argparse.ArgumentParser:
-        parser = action(name, help_text, parent=steps)
-        parser.add_argument("--project", required=True, help="Project name (created by 'send' if new).")
-        parser.add_argument("--output", required=True,
-                            help="Folder of judge.jsonl, selection.jsonl, merged.jsonl and agreement.json.")
-        return parser
 
-    send = semi_ai_step("send", "Judge every record; push the chosen share into the project (idempotent).")
+def add_semi_ai_step(steps, name: str, help_text: str) -> argparse.ArgumentParser:
+    """A ``semi-ai`` step with the options every step takes: --db, --project and --output."""
+    parser = add_action(steps, name, help_text)
+    parser.add_argument("--project", required=True, help="Project name (created by 'send' if new).")
+    parser.add_argument("--output", required=True,
+                        help="Folder of judge.jsonl, selection.jsonl, merged.jsonl and agreement.json.")
+    return parser
+
+
+def add_semi_ai_send_step(steps) -> None:
+    send = add_semi_ai_step(steps, "send",
+                            "Judge every record; push the chosen share into the project (idempotent).")
     send.add_argument("--judge", required=True,
                       help="As 'rlhfkit judge --judge': a causal-LM folder or hub id, an OpenAI-compatible URL "
                            "(or 'openai'), a reward-model folder, or a Python function 'module:function'.")
@@ -114,8 +148,6 @@ def add_label_parser(commands) -> None:
     send.add_argument("--overlap", type=int, default=1, help="Annotators per item (a new project).")
     send.add_argument("--guidelines", help="A Markdown file shown beside every task (a new project).")
     send.add_argument("--no-lexicon", action="store_true", help="Do not flag sensitive items with the lexicon.")
-    semi_ai_step("progress", "Print how many sent items have at least one human label.")
-    semi_ai_step("merge", "Write merged.jsonl (human labels win) and agreement.json; print the agreement.")
 
 
 def open_database(url: str):

@@ -163,6 +163,13 @@ def write_exports(session: Session, project: Project, output: str | Path, aggreg
     return written
 
 
+def export_file(session: Session, project: Project, kind: str, aggregate: bool = True) -> tuple[str, str]:
+    """(file name, JSONL text) of one export kind of the project, for a download."""
+    records = export_records(session, project, aggregate)[kind]
+    filename = f"{project.name}-{kind}.jsonl".replace('"', "").replace("/", "_")
+    return filename, to_jsonl(records)
+
+
 def grouped_for_agreement(session: Session, project: Project) -> dict[int, list[tuple[str, dict]]]:
     """Item id -> [(annotator, answer)] over every item, gold ones included (for agreement figures)."""
     grouped: dict[int, list] = defaultdict(list)

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -34,6 +35,7 @@ from rlhfkit.feedback.db import PAIRWISE_CHOICES, TASK_TYPES, Item, ItemCategory
 from rlhfkit.feedback.lexicon import flag_categories, text_of
 
 RESPONSES_EXPECTED = "a list of responses (strings or message lists)"
+MAX_UPLOAD_BYTES = 200 * 1024 * 1024
 
 
 @dataclass
@@ -207,3 +209,28 @@ def import_file(session: Session, path: str | Path, project_name: str, options: 
             project = create_project(session, project_name, options)
         count = add_items(session, project, specs)
     return project, count
+
+
+def read_upload(filename: str | None, stream: BinaryIO) -> str:
+    """The text of an uploaded file; a DataError when it is over MAX_UPLOAD_BYTES or not UTF-8."""
+    data = stream.read(MAX_UPLOAD_BYTES + 1)
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise DataError(f"{filename}: the file is larger than {MAX_UPLOAD_BYTES // 2**20} MiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{filename}: cannot read the file as UTF-8 text ({error})") from error
+
+
+def import_upload(session: Session, name: str, options: ProjectOptions, filename: str | None, stream: BinaryIO,
+                  use_lexicon: bool = True) -> tuple[Project, int]:
+    """A new project with the items of an uploaded file (flushed, not committed).
+
+    Every record is checked before anything is stored; raises DataError or ValueError, after which
+    the caller rolls back.
+    """
+    text = read_upload(filename, stream)
+    options.check()
+    specs = item_specs(rows_of_upload(filename or "upload.jsonl", text), options, use_lexicon)
+    project = create_project(session, name, options)
+    return project, add_items(session, project, specs)

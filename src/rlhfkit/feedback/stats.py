@@ -44,6 +44,16 @@ def project_progress(session: Session, project: Project) -> dict:
             "percent_complete": round(100.0 * complete / items, 1) if items else 0.0}
 
 
+def annotator_progress(session: Session, project: Project, user: User) -> dict:
+    """The annotator's label count and the project's completed items (gold apart), in one query."""
+    mine = (select(func.count(Label.id)).where(Label.project_id == project.id, Label.user_id == user.id)
+            .scalar_subquery())
+    items, complete, my_labels = session.execute(
+        select(func.count(Item.id), func.count(Item.id).filter(Item.done_count >= project.overlap), mine)
+        .where(Item.project_id == project.id, Item.is_gold.is_(False))).one()
+    return {"my_labels": my_labels, "items": items, "complete_items": complete}
+
+
 def annotator_rows(session: Session, project: Project, too_fast_seconds: float) -> list[dict]:
     """Per annotator of the project: labels, median and mean seconds per item, too fast, gold accuracy."""
     labels = session.execute(select(User.username, Label.duration_seconds, Label.is_gold, Label.gold_correct)

@@ -21,27 +21,8 @@ import torch
 from rlhfkit.data.chat import encode_prompt, pad_batch
 from rlhfkit.judge.base import Comparison, Verdict
 from rlhfkit.judge.constitution import DEFAULT_CONSTITUTION, Principle, load_constitution, principles_for
+from rlhfkit.judge.request_text import judge_request
 from rlhfkit.models.reward import position_ids_from_mask
-
-
-def conversation_text(prompt) -> str:
-    """A prompt as plain text for the judge to read: a string as it is, messages as 'Role: content'."""
-    if isinstance(prompt, str):
-        return prompt
-    return "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in prompt)
-
-
-def judge_request(comparison: Comparison, principles: list[Principle]) -> str:
-    """The question put to a language-model judge."""
-    rules = "\n".join(f"- {p.text}" for p in principles)
-    return (
-        "You compare two answers to the same conversation.\n"
-        f"Principles:\n{rules}\n\n"
-        f"Conversation:\n{conversation_text(comparison.prompt)}\n\n"
-        f"Answer A:\n{comparison.a}\n\n"
-        f"Answer B:\n{comparison.b}\n\n"
-        "Which answer follows the principles better? Reply with the single letter A or B."
-    )
 
 
 def sigmoid(x: float) -> float:

@@ -31,6 +31,7 @@ from pathlib import Path
 from rlhfkit.config import ConfigError
 from rlhfkit.judge.base import Comparison, Verdict
 from rlhfkit.judge.constitution import Principle, principles_for
+from rlhfkit.judge.request_text import judge_request
 
 RETRIABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
@@ -128,8 +129,6 @@ class HTTPJudge:
         return models[0]["id"]
 
     def request_body(self, comparison: Comparison) -> dict:
-        from rlhfkit.judge.backends import judge_request
-
         chosen = principles_for(self.constitution, self.principles, self.rng)
         return {"model": self.model, "messages": [{"role": "user", "content": judge_request(comparison, chosen)}],
                 "max_tokens": 1, "temperature": 0.0, "logprobs": True, "top_logprobs": self.top_logprobs}

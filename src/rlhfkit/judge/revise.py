@@ -16,9 +16,9 @@ from pathlib import Path
 from rlhfkit.config import ReviseConfig
 from rlhfkit.console import console
 from rlhfkit.data import write_jsonl
-from rlhfkit.evaluate.score import read_scoring_records
-from rlhfkit.judge.backends import conversation_text
+from rlhfkit.data.answers import read_scoring_records
 from rlhfkit.judge.constitution import DEFAULT_CONSTITUTION, Principle, load_constitution, principles_for
+from rlhfkit.judge.request_text import conversation_text
 
 
 def critique_request(prompt, response: str, principle: Principle) -> str:

@@ -1,0 +1,160 @@
+"""What the routers ask FastAPI for: the database session, the signed-in user, the time, the page renderer.
+
+Each dependency has an ``Annotated`` alias (``Db``, ``Login``, ``ApiUser``, ...) for the handlers'
+parameters. The user aliases also check the CSRF token of state-changing requests (the
+``X-CSRF-Token`` header for the API, the form's ``csrf_token`` field for pages) and the admin role.
+They raise :class:`NotSignedIn` or :class:`Forbidden`; the app's exception handlers turn those into
+a redirect to the login page, a page, or a JSON answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import Depends, Form, Request
+from fastapi.responses import HTMLResponse, Response
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from rlhfkit.feedback import auth
+from rlhfkit.feedback.db import LoginSession, User
+
+SESSION_COOKIE = "rlhfkit_session"
+
+
+class NotSignedIn(Exception):
+    """No valid session: pages redirect to the login page, the API answers 401."""
+
+
+class Forbidden(Exception):
+    """Signed in, but not allowed (an annotator on an admin route, or a missing CSRF token)."""
+
+    def __init__(self, message: str = "You are not allowed to do this."):
+        super().__init__(message)
+        self.message = message
+
+
+# ---------------------------------------------------------------- database, time, pages
+
+
+async def get_db(request: Request) -> AsyncIterator[Session]:
+    """One database session (and transaction) per request; rolled back unless the handler commits.
+
+    On SQLite the requests of this process also take turns: SQLite admits one writer at a time anyway
+    (every transaction here is BEGIN IMMEDIATE), and waiting on an asyncio lock wakes the next request
+    at once, where SQLite's busy handler polls with growing sleeps (several times slower under load).
+    Waiting here holds no worker thread, so the request whose turn it is always finds one. The lock
+    is only for speed: SQLite's own locking keeps the data right, across processes too (there is one
+    lock per event loop).
+    """
+    sqlite = request.app.state.engine.dialect.name == "sqlite"
+    turn = contextlib.nullcontext()
+    if sqlite:
+        turn = request.app.state.database_turns.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+    async with turn:
+        session = request.app.state.sessions()
+        try:
+            yield session
+        finally:
+            if sqlite:
+                session.close()  # a local rollback at most, and this request holds the database anyway
+            else:
+                await run_in_threadpool(session.close)
+
+
+def now_of(request: Request) -> datetime:
+    """The app's time (``app.state.clock``, naive UTC)."""
+    return request.app.state.clock()
+
+
+async def request_time(request: Request) -> datetime:
+    """The time of this request, read once from the app's clock."""
+    return now_of(request)
+
+
+class PageRenderer:
+    """Renders the app's Jinja2 templates (``app.state.templates``) for one request."""
+
+    def __init__(self, request: Request):
+        self.request = request
+
+    def __call__(self, name: str, context: dict, status_code: int = 200) -> HTMLResponse:
+        return self.request.app.state.templates.TemplateResponse(self.request, name, context,
+                                                                 status_code=status_code)
+
+
+async def page_renderer(request: Request) -> PageRenderer:
+    return PageRenderer(request)
+
+
+Db = Annotated[Session, Depends(get_db)]
+Now = Annotated[datetime, Depends(request_time)]
+Page = Annotated[PageRenderer, Depends(page_renderer)]
+
+
+# ---------------------------------------------------------------- who is asking
+
+
+def signed_in(request: Request, db: Db) -> LoginSession:
+    login = auth.session_of_token(db, request.cookies.get(SESSION_COOKIE), now_of(request))
+    if login is None:
+        raise NotSignedIn
+    return login
+
+
+Login = Annotated[LoginSession, Depends(signed_in)]
+
+
+async def api_user(request: Request, login: Login) -> User:
+    """The signed-in user of an API call; POSTs must carry the CSRF token header."""
+    if request.method not in ("GET", "HEAD") and not auth.csrf_matches(login, request.headers.get("x-csrf-token")):
+        raise Forbidden("Missing or wrong CSRF token (send the X-CSRF-Token header).")
+    return login.user
+
+
+async def admin_api_user(user: Annotated[User, Depends(api_user)]) -> User:
+    if user.role != "admin":
+        raise Forbidden("Admins only.")
+    return user
+
+
+async def form_user(login: Login, csrf_token: Annotated[str, Form()] = "") -> User:
+    """The signed-in user of a form POST, after checking the form's CSRF field."""
+    if not auth.csrf_matches(login, csrf_token):
+        raise Forbidden("Missing or wrong CSRF token; reload the page and try again.")
+    return login.user
+
+
+async def admin_form_user(user: Annotated[User, Depends(form_user)]) -> User:
+    if user.role != "admin":
+        raise Forbidden("Admins only.")
+    return user
+
+
+async def admin_page_user(login: Login) -> User:
+    if login.user.role != "admin":
+        raise Forbidden("Admins only.")
+    return login.user
+
+
+ApiUser = Annotated[User, Depends(api_user)]
+AdminApiUser = Annotated[User, Depends(admin_api_user)]
+FormUser = Annotated[User, Depends(form_user)]
+AdminFormUser = Annotated[User, Depends(admin_form_user)]
+AdminPageUser = Annotated[User, Depends(admin_page_user)]
+
+
+# ---------------------------------------------------------------- cookies
+
+
+def set_session_cookie(response: Response, token: str, secure: bool) -> None:
+    response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="lax", secure=secure,
+                        max_age=auth.SESSION_DAYS * 86400, path="/")
+
+
+def clear_session_cookie(response: Response) -> None:
+    response.delete_cookie(SESSION_COOKIE, path="/")
