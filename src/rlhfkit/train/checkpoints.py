@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
+from rlhfkit.console import console
+
 CHECKPOINTS = "checkpoints"
 
 KEEP_CHECKPOINTS = 2
-
 
 
 def checkpoint_dir(output: str | Path, step: int) -> Path:
@@ -62,3 +63,15 @@ def load_checkpoint(accelerator: Accelerator, path: Path, scheduler) -> dict:
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     return json.loads((path / "trainer_state.json").read_text())
 
+
+
+def resume_from_latest(accelerator: Accelerator, output: str | Path, scheduler) -> dict | None:
+    """``--resume``: load the newest checkpoint and return its trainer state, or ``None`` (said) when
+    there is none yet and the run starts fresh."""
+    found = latest_checkpoint(output)
+    if found is None:
+        console.print(f"[yellow]--resume: no checkpoint in {Path(output) / CHECKPOINTS}; starting fresh[/]")
+        return None
+    state = load_checkpoint(accelerator, found, scheduler)
+    console.print(f"resumed from {found} at step {state['step']}")
+    return state

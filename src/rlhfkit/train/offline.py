@@ -26,7 +26,7 @@ from transformers import get_cosine_schedule_with_warmup
 from rlhfkit.config import TrainConfig, save_config
 from rlhfkit.console import console, progress_bar
 from rlhfkit.train.batches import BatchPlan, total_steps
-from rlhfkit.train.checkpoints import CHECKPOINTS, latest_checkpoint, load_checkpoint, save_checkpoint
+from rlhfkit.train.checkpoints import CHECKPOINTS, resume_from_latest, save_checkpoint
 from rlhfkit.train.metrics import MetricsLog
 from rlhfkit.train.optimizer import make_optimizer, optimizer_step
 
@@ -66,14 +66,8 @@ def train(config: TrainConfig, accelerator: Accelerator, model: torch.nn.Module,
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * steps), steps)
     model, optimizer = accelerator.prepare(model, optimizer)
 
-    start = 0
-    if config.resume:
-        found = latest_checkpoint(output)
-        if found is None:
-            console.print(f"[yellow]--resume: no checkpoint in {output / CHECKPOINTS}; starting fresh[/]")
-        else:
-            start = load_checkpoint(accelerator, found, scheduler)["step"]
-            console.print(f"resumed from {found} at step {start}")
+    state = resume_from_latest(accelerator, output, scheduler) if config.resume else None
+    start = state["step"] if state else 0
     log = MetricsLog(output, accelerator.is_main_process, resume=start > 0)
     if accelerator.is_main_process and start == 0:
         console.print(

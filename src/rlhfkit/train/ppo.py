@@ -52,7 +52,7 @@ from rlhfkit.rewards import RewardFunction, load_reward_function
 from rlhfkit.rollout.logprobs import Rollout, in_chunks, response_logprobs, rollout_from_samples
 from rlhfkit.rollout.sampler import HFSampler, SamplingSettings
 from rlhfkit.train.batches import BatchPlan, split_held_out
-from rlhfkit.train.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from rlhfkit.train.checkpoints import resume_from_latest, save_checkpoint
 from rlhfkit.train.metrics import MetricsLog, tensorboard_writer
 from rlhfkit.train.optimizer import make_accelerator, make_optimizer
 from rlhfkit.train.ppo_experience import Experience, RewardScorer, make_experience, mean_over_processes
@@ -231,15 +231,10 @@ class PPOTrainer:
         output.mkdir(parents=True, exist_ok=True)
         if accelerator.is_main_process:
             save_config(config, output / "config.yaml")
+        state = resume_from_latest(accelerator, output, self.scheduler) if config.resume else None
         start = 0
-        if config.resume:
-            found = latest_checkpoint(output)
-            if found is None:
-                console.print(f"[yellow]--resume: no checkpoint in {output / 'checkpoints'}; starting fresh[/]")
-            else:
-                state = load_checkpoint(accelerator, found, self.scheduler)
-                start, self.kl.beta = state["step"], state["beta"]
-                console.print(f"resumed from {found} at step {start}")
+        if state is not None:
+            start, self.kl.beta = state["step"], state["beta"]
         if accelerator.is_main_process and start == 0:
             (output / "samples.jsonl").unlink(missing_ok=True)
             console.print(f"ppo ({config.estimator}): {len(self.prompts)} prompts, {config.prompts_per_step} "
