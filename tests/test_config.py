@@ -60,7 +60,8 @@ def test_choice_fields_list_the_registries_and_refuse_other_values():
     import dataclasses
 
     from rlhfkit.config import DPOConfig, PPOConfig
-    from rlhfkit.losses import ADVANTAGE_ESTIMATORS, DPO_LOSSES, UNPAIRED_LOSSES
+    from rlhfkit.losses import DPO_LOSSES, UNPAIRED_LOSSES
+    from rlhfkit.rl_losses import ADVANTAGE_ESTIMATORS
 
     choices = {f.name: f.metadata["choices"] for f in dataclasses.fields(PPOConfig) if f.metadata.get("choices")}
     assert set(choices["estimator"]) == set(ADVANTAGE_ESTIMATORS)

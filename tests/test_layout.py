@@ -24,7 +24,7 @@ PACKAGE_DIR = SOURCE_ROOT / PACKAGE
 LAYERS: list[tuple[str, ...]] = [
     ("__init__", "console", "config"),  # 0: the version, terminal output, settings
     ("data",),  # 1: reading, checking and writing training records; chat encoding
-    ("losses", "models"),  # 2: loss functions (use data.chat's IGNORE_INDEX); models and tokenizers
+    ("losses", "rl_losses", "models"),  # 2: the math (losses uses data.chat's IGNORE_INDEX); models and tokenizers
     ("rewards",),  # 3: reward functions (a reward model from models, or a Python function)
     ("rollout",),  # 4: sampling answers and their log-probabilities
     ("judge",),  # 5: AI judges and Constitutional AI revisions

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rlhfkit.losses import (
+from rlhfkit.rl_losses import (
     clipped_policy_loss,
     clipped_value_loss,
     discounted_returns,
@@ -158,7 +158,7 @@ def test_clipped_losses_ignore_whatever_is_in_masked_positions():
 
 
 def test_kl_controller_is_proportional_with_the_error_clipped_at_a_fifth():
-    from rlhfkit.losses import KLController
+    from rlhfkit.rl_losses import KLController
 
     fixed = KLController(0.1)
     fixed.update(100.0, 64)

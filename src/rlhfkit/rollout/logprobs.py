@@ -24,10 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from rlhfkit.data.chat import IGNORE_INDEX, pad_batch
-from rlhfkit.losses import entropy_from_logprobs, token_logprobs
+from rlhfkit.losses import token_logprobs
 from rlhfkit.models.loading import accepts_logits_to_keep
 from rlhfkit.models.prefix import TreeBatch, continue_from_cache, prompt_cache, tree_forward
 from rlhfkit.models.reward import position_ids_from_mask
+from rlhfkit.rl_losses import entropy_from_logprobs
 
 # ---------------------------------------------------------------------------------------------------
 # Rollouts: prompts and their sampled answers

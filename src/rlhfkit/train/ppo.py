@@ -46,9 +46,9 @@ from rlhfkit.config import ConfigError, PPOConfig, save_config
 from rlhfkit.console import console, progress_bar
 from rlhfkit.data import load_prompts
 from rlhfkit.data.chat import encode_prompt
-from rlhfkit.losses import ADVANTAGE_ESTIMATORS, GROUP_ESTIMATORS, KLController, compute_advantages
 from rlhfkit.models import load_tokenizer, resolve_device, resolve_dtype, save_model
 from rlhfkit.rewards import RewardFunction, load_reward_function
+from rlhfkit.rl_losses import ADVANTAGE_ESTIMATORS, GROUP_ESTIMATORS, KLController, compute_advantages
 from rlhfkit.rollout.logprobs import Rollout, in_chunks, response_logprobs, rollout_from_samples
 from rlhfkit.rollout.sampler import HFSampler, SamplingSettings
 from rlhfkit.train.batches import BatchPlan, split_held_out

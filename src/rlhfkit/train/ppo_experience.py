@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from rlhfkit.config import PPOConfig
-from rlhfkit.losses import compute_advantages, explained_variance, kl_estimates, masked_mean
 from rlhfkit.rewards import RewardFunction
+from rlhfkit.rl_losses import compute_advantages, explained_variance, kl_estimates, masked_mean
 from rlhfkit.rollout.logprobs import Rollout, in_chunks
 from rlhfkit.train.optimizer import TrainingError
 from rlhfkit.train.ppo_models import PPOModels

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.config import PPOConfig
-from rlhfkit.losses import clipped_policy_loss, clipped_value_loss, kl_estimates
+from rlhfkit.rl_losses import clipped_policy_loss, clipped_value_loss, kl_estimates
 from rlhfkit.train.optimizer import optimizer_step
 from rlhfkit.train.ppo_experience import Experience
 from rlhfkit.train.ppo_models import PPOModels

@@ -1,0 +1,233 @@
+"""Reinforcement learning's math: PPO and the GRPO family, advantage estimators, KL, as small pure functions.
+
+The PPO step (``train/ppo*.py``) chooses by name from the tables here: :data:`ADVANTAGE_ESTIMATORS`
+(``--estimator``), :data:`POLICY_LOSSES` (``--policy-loss``) and :data:`LOSS_AGGREGATIONS`
+(``--loss-aggregation``); ``rlhfkit.config`` declares the same names as the choices of those options (a
+test keeps them equal), and its ``--recipe`` presets (DAPO, Dr. GRPO, GSPO, CISPO) set these knobs as
+their papers do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+# ---------------------------------------------------------------------------------------------------
+# Masks, KL, rewards and advantages
+#
+# Per-token tensors are ``[batch, response_length]`` over the *response* tokens, with a float ``mask``
+# that is 1 up to and including the first EOS and 0 on the padding after it. Every function here
+# ignores masked positions completely: changing a token after EOS changes no result.
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean over the positions where ``mask`` is 1 (all of them, or along ``dim``)."""
+    if dim is None:
+        return (values * mask).sum() / mask.sum().clamp(min=1)
+    return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """Normalise the masked entries to mean 0 (unless ``shift_mean`` is False) and variance 1; masked
+    positions come back as 0."""
+    mean = masked_mean(values, mask)
+    variance = masked_mean((values - mean) ** 2, mask)
+    whitened = (values - mean) * torch.rsqrt(variance + 1e-8)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask
+
+
+def kl_estimates(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-token estimates of KL(π ‖ π_ref) from tokens sampled from π (Schulman, "Approximating KL").
+
+    With ``log r = log π_ref(x) - log π(x)``:
+    ``k1 = -log r`` is unbiased but can be negative per token;
+    ``k3 = (r - 1) - log r`` is unbiased too and never negative (``e^y ≥ 1 + y``).
+    """
+    log_ratio = ref_logprobs - logprobs
+    return {"k1": -log_ratio, "k3": torch.expm1(log_ratio) - log_ratio}
+
+
+def kl_penalized_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
+    """Per-token rewards: ``-β·KL_t`` on every response token, plus the sequence's score on its last
+    real token (Ziegler et al. 2019; InstructGPT)."""
+    rewards = -beta * kl * mask
+    last = (mask.sum(1).long() - 1).clamp(min=0)
+    return rewards.scatter_add(1, last[:, None], scores[:, None].to(rewards.dtype))
+
+
+def gae_advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+                   lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016): ``(advantages, returns)``.
+
+    ``δ_t = r_t + γ·V_{t+1} - V_t`` (``V`` after the last real token is 0: the episode ends there) and
+    ``A_t = δ_t + γλ·A_{t+1}``; returns ``A_t + V_t`` are the value targets. The recursion runs backwards
+    over time, vectorised over the batch.
+    """
+    values = values * mask
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    next_value = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = (delta + gamma * lam * running) * mask[:, t]
+        advantages[:, t] = running
+        next_value = values[:, t]
+    return advantages, (advantages + values) * mask
+
+
+def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """Return-to-go ``G_t = Σ_{k≥t} γ^{k-t}·r_k`` of each response token (REINFORCE)."""
+    returns = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        running = (rewards[:, t] + gamma * running) * mask[:, t]
+        returns[:, t] = running
+    return returns
+
+
+def group_advantages(scores: torch.Tensor, group_size: int, method: str) -> torch.Tensor:
+    """Sequence-level advantages from ``group_size`` consecutive samples per prompt, no critic.
+
+    ``grpo`` (Shao et al. 2024): ``(s - mean_group) / (std_group + 1e-4)``, std unbiased.
+    ``rloo`` (Ahmadian et al. 2024): ``s_i`` minus the mean of the *other* samples of its prompt,
+    ``= K/(K-1)·(s_i - mean_group)``.
+    """
+    if group_size < 2:
+        raise ValueError(f"{method} needs at least 2 samples per prompt, got {group_size}")
+    if scores.numel() % group_size:
+        raise ValueError(f"{scores.numel()} scores do not split into groups of {group_size}")
+    groups = scores.float().view(-1, group_size)
+    mean = groups.mean(1, keepdim=True)
+    if method == "grpo":
+        advantages = (groups - mean) / (groups.std(1, keepdim=True) + 1e-4)
+    elif method == "rloo":
+        advantages = (groups - mean) * group_size / (group_size - 1)
+    else:
+        raise ValueError(f"unknown group estimator {method!r}; expected grpo or rloo")
+    return advantages.view(-1)
+
+
+def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                        mask: torch.Tensor, clip: float = 0.2, num_tokens: float | None = None
+                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's clipped surrogate (Schulman et al. 2017), summed over tokens and divided by ``num_tokens``
+    (default: this batch's token count):
+
+    ``L = -min(ρ·A, clip(ρ, 1-ε, 1+ε)·A)`` with ``ρ = π/π_old`` per token.
+    Also returns the clip fraction and the approximate KL(π_old ‖ π) (k3) as metrics.
+    """
+    log_ratio = (logprobs - old_logprobs) * mask
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - clip, 1 + clip)
+    per_token = torch.maximum(unclipped, clipped)
+    denominator = mask.sum().clamp(min=1) if num_tokens is None else num_tokens
+    loss = (per_token * mask).sum() / denominator
+    with torch.no_grad():
+        clip_fraction = ((clipped > unclipped).float() * mask).sum() / denominator
+        approx_kl = ((torch.expm1(-log_ratio) + log_ratio) * mask).sum() / denominator
+    return loss, {"clip_fraction": clip_fraction, "approx_kl": approx_kl}
+
+
+def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+                       mask: torch.Tensor, clip: float = 0.2, num_tokens: float | None = None) -> torch.Tensor:
+    """PPO's clipped value loss: ``½·max((V - R)², (clip(V, V_old ± ε) - R)²)``, token mean."""
+    clipped = old_values + (values - old_values).clamp(-clip, clip)
+    per_token = 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
+    denominator = mask.sum().clamp(min=1) if num_tokens is None else num_tokens
+    return (per_token * mask).sum() / denominator
+
+
+def entropy_from_logprobs(logprobs: torch.Tensor) -> torch.Tensor:
+    """Entropy at each position from the full log-softmax ``[..., V]``: ``-Σ p·log p`` (so a caller
+    that already has the log-probs does not normalise the logits a second time)."""
+    return -(logprobs.exp() * logprobs).sum(-1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the softmax distribution at each position."""
+    return entropy_from_logprobs(F.log_softmax(logits.float(), -1))
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """``1 - Var(returns - values) / Var(returns)``: 1 is a perfect critic, 0 no better than a constant."""
+    variance = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+    residual = returns - values
+    residual_variance = masked_mean((residual - masked_mean(residual, mask)) ** 2, mask)
+    return float(1.0 - residual_variance / variance.clamp(min=1e-8))
+
+
+
+# ---------------------------------------------------------------------------------------------------
+# Advantage estimators by name
+#
+# Each takes the rollout's sequence ``scores`` [N], per-token ``kl`` [N, R] to the reference, the
+# critic's ``values`` (gae only) and the answer ``mask``, with the settings as keywords, and returns
+# per-token ``(advantages, returns)``; returns (value targets) only for gae.
+
+
+def gae_estimator(scores, kl, values, mask, *, beta, gamma, lam, whiten, **_):
+    """PPO with a critic: per-token rewards ``-β·KL_t`` plus the score at the end, then GAE."""
+    advantages, returns = gae_advantages(kl_penalized_rewards(scores, kl, mask, beta), values, mask, gamma, lam)
+    return (masked_whiten(advantages, mask) if whiten else advantages), returns
+
+
+def reinforce_pp_estimator(scores, kl, values, mask, *, beta, gamma, whiten, **_):
+    """REINFORCE++ (Hu 2025): the return-to-go of the KL-penalised rewards, whitened over the batch."""
+    returns = discounted_returns(kl_penalized_rewards(scores, kl, mask, beta), mask, gamma)
+    return (masked_whiten(returns, mask) if whiten else returns), None
+
+
+def group_estimator(method: str):
+    """GRPO or RLOO: the score minus β times the answer's summed KL, compared within each prompt's group
+    of ``group_size`` consecutive answers (:func:`group_advantages`); the same advantage on every token."""
+
+    def estimate(scores, kl, values, mask, *, beta, group_size, **_):
+        sequence_reward = scores - beta * (kl * mask).sum(1)
+        return group_advantages(sequence_reward, group_size, method)[:, None] * mask, None
+
+    return estimate
+
+
+ADVANTAGE_ESTIMATORS = {
+    "gae": gae_estimator,
+    "grpo": group_estimator("grpo"),
+    "rloo": group_estimator("rloo"),
+    "reinforce++": reinforce_pp_estimator,
+}
+CRITIC_ESTIMATORS = frozenset({"gae"})  # these need a value model
+GROUP_ESTIMATORS = frozenset({"grpo", "rloo"})  # these compare K answers to the same prompt
+
+
+def compute_advantages(estimator: str, scores: torch.Tensor, kl: torch.Tensor, values: torch.Tensor | None,
+                       mask: torch.Tensor, beta: float, group_size: int, gamma: float, lam: float,
+                       whiten: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token ``(advantages, returns)`` by the estimator named ``estimator``."""
+    if estimator not in ADVANTAGE_ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; expected one of {', '.join(ADVANTAGE_ESTIMATORS)}")
+    return ADVANTAGE_ESTIMATORS[estimator](scores, kl, values, mask, beta=beta, group_size=group_size,
+                                           gamma=gamma, lam=lam, whiten=whiten)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The KL coefficient
+
+
+@dataclass
+class KLController:
+    """β for the KL penalty: fixed, or adaptive (Ziegler et al. 2019) when ``target`` is set:
+    ``β ← β·(1 + clip(KL/target - 1, ±0.2)·n/horizon)`` after each batch of ``n`` answers."""
+
+    beta: float
+    target: float | None = None
+    horizon: int = 10000
+
+    def update(self, kl_per_answer: float, num_answers: int) -> None:
+        if self.target is None:
+            return
+        error = min(max(kl_per_answer / self.target - 1.0, -0.2), 0.2)
+        self.beta *= 1.0 + error * num_answers / self.horizon
