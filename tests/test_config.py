@@ -2,7 +2,8 @@ import argparse
 
 import pytest
 
-from rlhfkit.config import ConfigError, SFTConfig, add_config_arguments, config_from_args
+from rlhfkit.config import ConfigError, SFTConfig
+from rlhfkit.config_parse import add_config_arguments, config_from_args
 
 
 def parse(argv):

@@ -22,7 +22,7 @@ PACKAGE_DIR = SOURCE_ROOT / PACKAGE
 # lower one, never of a higher one. Names are the first part after ``rlhfkit.`` (a top-level module
 # or a subpackage); ``__init__`` is the package's own ``rlhfkit/__init__.py``.
 LAYERS: list[tuple[str, ...]] = [
-    ("__init__", "console", "config"),  # 0: the version, terminal output, settings
+    ("__init__", "console", "config", "config_parse", "recipes"),  # 0: the version, terminal output, settings
     ("data",),  # 1: reading, checking and writing training records; chat encoding
     ("losses", "rl_losses", "models"),  # 2: the math (losses uses data.chat's IGNORE_INDEX); models and tokenizers
     ("rewards",),  # 3: reward functions (a reward model from models, or a Python function)

@@ -19,7 +19,8 @@ import rlhfkit.train.dpo
 import rlhfkit.train.ppo
 import rlhfkit.train.rm
 from rlhfkit.cli import build_parser, main
-from rlhfkit.config import ConfigError, LoopConfig, config_from_args, config_to_dict, read_yaml_config
+from rlhfkit.config import ConfigError, LoopConfig
+from rlhfkit.config_parse import config_from_args, config_to_dict, read_yaml_config
 from rlhfkit.iterate import (
     FeedbackDatabase,
     project_options,

@@ -78,6 +78,21 @@ def test_each_estimator_raises_a_known_reward_with_bounded_kl(tmp_path, tiny_mod
     assert (output / "model.safetensors").exists()
 
 
+@pytest.mark.parametrize("recipe", ["dapo", "dr_grpo", "gspo", "cispo"])
+def test_each_recipe_raises_a_known_reward_with_bounded_kl(tmp_path, tiny_model_dir, rl_files, recipe):
+    """DAPO, Dr. GRPO, GSPO and CISPO as --recipe sets them (β stays 0.2 here, given explicitly)."""
+    output = tmp_path / recipe
+    run_ppo(ppo_config(tiny_model_dir, rl_files, output, recipe=recipe, max_sampling_rounds=1))
+    history = metrics(output)
+    first, last = history[0], history[-5:]
+    final_score = sum(r["score"] for r in last) / len(last)
+    assert first["kl_k1"] == pytest.approx(0.0, abs=1e-5)
+    assert final_score > max(0.5, 10 * first["score"]), [round(r["score"], 3) for r in history]
+    assert last[-1]["kl_k1"] < 35, [round(r["kl_k1"], 2) for r in history]
+    if recipe == "dapo":  # dynamic sampling ran and reported what it dropped
+        assert all("dropped_groups" in r and r["sampling_rounds"] <= 2 for r in history)
+
+
 @pytest.mark.parametrize(("estimator", "kl_penalty"), [("rloo", "reward"), ("grpo", "loss")])
 def test_a_very_large_beta_keeps_the_policy_at_the_reference(tmp_path, tiny_model_dir, rl_files, estimator,
                                                                kl_penalty):

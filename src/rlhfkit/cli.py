@@ -24,9 +24,8 @@ from rlhfkit.config import (
     ServeConfig,
     SFTConfig,
     TinyModelConfig,
-    add_config_arguments,
-    config_from_args,
 )
+from rlhfkit.config_parse import add_config_arguments, config_from_args
 
 
 def _sft(config: SFTConfig) -> None:

@@ -3,22 +3,18 @@
 Every stage has a dataclass config whose fields carry their help text. The command line is generated
 from the dataclass (``learning_rate`` becomes ``--learning-rate``), so a YAML key and its flag always
 agree. Precedence: dataclass default < YAML file < command line. An unknown key or a value of the
-wrong type is a :class:`ConfigError` naming the key and where it came from.
+wrong type is a :class:`ConfigError` naming the key and where it came from; so is a value outside a
+field's declared ``choices``. Reading YAML files and flags into these classes is
+:mod:`rlhfkit.config_parse`; ``--recipe`` presets are :mod:`rlhfkit.recipes`.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import difflib
-import types
-import typing
-from collections.abc import Collection
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
+from rlhfkit.recipes import apply_recipe
 
 
 class ConfigError(ValueError):
@@ -186,7 +182,35 @@ class PPOConfig(TrainConfig):
     whiten_advantages: bool = option(True, "Normalise advantages (gae and reinforce++) per rollout batch.")
     gamma: float = option(1.0, "Discount factor γ.")
     lam: float = option(0.95, "GAE λ.")
-    clip_range: float = option(0.2, "PPO ratio clipping ε.")
+    clip_range: float = option(0.2, "PPO ratio clipping ε (the lower bound 1-ε; also the upper unless "
+                                    "--clip-range-high is set).")
+    clip_range_high: float | None = option(None, "Upper clipping ε_high, the bound 1+ε_high (DAPO's clip-higher: "
+                                                 "0.28); null: --clip-range.")
+    dual_clip: float | None = option(None, "Dual-clip c > 1 (Ye et al. 2020): the loss of a token with a negative "
+                                           "advantage is at most -c·A (e.g. 3); null: off.")
+    policy_loss: str = option("ppo", "The policy objective (rlhfkit.rl_losses.POLICY_LOSSES): ppo (per-token "
+                                     "clipped ratio), gspo (GSPO's clipped sequence-level ratio, Zheng et al. 2025) "
+                                     "or cispo (REINFORCE weighted by the clipped, undifferentiated ratio; "
+                                     "MiniMax-M1).", choices=("ppo", "gspo", "cispo"))
+    loss_aggregation: str = option("token-mean", "How per-token losses add up: token-mean (every token weighs "
+                                                 "the same: DAPO, TRL's default), sequence-mean (every answer "
+                                                 "weighs the same: the original GRPO) or token-sum-norm (divided "
+                                                 "by answers x --max-new-tokens: Dr. GRPO).",
+                                   choices=("token-mean", "sequence-mean", "token-sum-norm"))
+    advantage_scale: str = option("group", "grpo: divide advantages by the std of the group, of the batch, or "
+                                           "none (Dr. GRPO).", choices=("group", "batch", "none"))
+    dynamic_sampling: bool = option(False, "Group estimators: drop prompts whose answers all score the same (no "
+                                           "gradient signal) and sample other prompts until the batch is full "
+                                           "(DAPO).")
+    max_sampling_rounds: int = option(3, "Dynamic sampling: extra sampling rounds at most per step; a batch still "
+                                         "short then is filled with dropped groups.")
+    overlong_buffer: float = option(0.0, "DAPO's soft overlong penalty: over the last fraction of --max-new-tokens "
+                                         "(DAPO: 0.2), the score falls linearly to -overlong_penalty (0: off).")
+    overlong_penalty: float = option(1.0, "The overlong penalty at --max-new-tokens.")
+    recipe: str = option("none", "Set the knobs of a published recipe (see the README; flags and YAML keys given "
+                                 "explicitly still win): dapo (Yu et al. 2025), dr_grpo (Liu et al. 2025), gspo "
+                                 "(Zheng et al. 2025), cispo (MiniMax-M1, 2025).",
+                         choices=("none", "dapo", "dr_grpo", "gspo", "cispo"))
     value_clip: float = option(0.2, "Value clipping around the rollout's values.")
     value_coef: float = option(0.1, "Weight of the value loss (gae).")
     value_learning_rate: float | None = option(None, "Critic learning rate (null: --learning-rate).")
@@ -195,6 +219,10 @@ class PPOConfig(TrainConfig):
     track_reward: str | None = option(None, "A second reward (folder or module:function) that only watches: its "
                                             "mean on each rollout is logged as track_score (e.g. a held-out or "
                                             "gold reward, to see reward over-optimisation). Never optimised.")
+
+    def __post_init__(self) -> None:
+        apply_recipe(self)  # rlhfkit.recipes
+        super().__post_init__()
 
 
 @dataclass
@@ -397,172 +425,3 @@ class TinyModelConfig:
     vocab_size: int = option(1024, "Tokenizer vocabulary size (including special tokens).")
     max_positions: int = option(512, "Maximum sequence length (position embeddings).")
     seed: int = option(0, "Random seed for the weights.")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Reading and checking values
-
-
-def _type_name(tp: Any) -> str:
-    if isinstance(tp, type):
-        return {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false"}.get(
-            tp.__name__, tp.__name__
-        )
-    origin = typing.get_origin(tp)
-    if origin in (types.UnionType, typing.Union):
-        names = [_type_name(a) for a in typing.get_args(tp) if a is not type(None)]
-        return " or ".join(names) + " (or null)"
-    if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}s".replace("as ", "")
-    if origin is dict or tp is dict:
-        return "a mapping of keys to values"
-    return str(tp)
-
-
-def coerce(value: Any, tp: Any, key: str, where: str) -> Any:
-    """Check ``value`` against the field type ``tp``; return it (numbers widened, numeric strings read)."""
-    origin = typing.get_origin(tp)
-    if origin in (types.UnionType, typing.Union):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return coerce(value, inner[0], key, where)
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: key '{key}': expected {_type_name(tp)}, got {value!r}")
-        return [coerce(v, item_tp, key, where) for v in value]
-    if origin is dict or tp is dict:  # a mapping of settings (checked by its user, e.g. the loop's sections)
-        if value is None:
-            return {}
-        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            raise ConfigError(f"{where}: key '{key}': expected {_type_name(tp)}, got {value!r}")
-        return dict(value)
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is bool and isinstance(value, bool) or tp is str and isinstance(value, str):
-        return value
-    if tp is int and is_number and isinstance(value, int):
-        return value
-    if tp is float and is_number:
-        return float(value)
-    if tp is float and isinstance(value, str):  # YAML reads 1e-5 (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    raise ConfigError(f"{where}: key '{key}': expected {_type_name(tp)}, got {value!r}")
-
-
-def _field_types(cls: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
-def check_known_key(key: str, known: Collection[str], where: str, allowed: Collection[str] | None = None) -> None:
-    """A :class:`ConfigError` when ``key`` is not one of ``known``, naming ``where`` (the file, and the
-    section if any), the key, the nearest known key, and the keys ``allowed`` (default: ``known``)."""
-    if key in known:
-        return
-    hint = difflib.get_close_matches(key.replace("-", "_"), known, n=1)
-    suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
-    listed = sorted(known if allowed is None else allowed)
-    raise ConfigError(f"{where}: unknown key '{key}'{suggestion}; known keys: {', '.join(listed)}")
-
-
-def read_yaml_config(path: str | Path, cls: type) -> dict[str, Any]:
-    """Read a YAML config file and check its keys and types against ``cls``."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys to values, got {type(raw).__name__}")
-    types_ = _field_types(cls)
-    values = {}
-    for key, value in raw.items():
-        name = str(key)
-        check_known_key(name, types_, str(path))
-        values[name] = coerce(value, types_[name], name, str(path))
-    return values
-
-
-def build_config(cls: type, file_values: dict[str, Any], cli_values: dict[str, Any]):
-    """Merge defaults < file < command line into ``cls``; missing required fields are errors."""
-    merged = {**file_values, **cli_values}
-    config = cls(**merged)
-    missing = [
-        f.name
-        for f in dataclasses.fields(cls)
-        if f.metadata.get("required") and getattr(config, f.name) in ("", None)
-    ]
-    if missing:
-        flags = ", ".join("--" + name.replace("_", "-") for name in missing)
-        raise ConfigError(f"missing required setting(s): {flags} (on the command line or in --config)")
-    return config
-
-
-def config_to_dict(config: Any) -> dict[str, Any]:
-    return dataclasses.asdict(config)
-
-
-def save_config(config: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
-
-
-# ---------------------------------------------------------------------------------------------------
-# The command line, generated from the dataclass
-
-
-def _cli_type(tp: Any, key: str):
-    def parse(text: str):
-        if tp is str:
-            return text
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            value = text
-        return coerce(value, tp, key, "command line")
-
-    parse.__name__ = _type_name(tp)
-    return parse
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add ``--config`` and one flag per dataclass field; unset flags are left out of the namespace."""
-    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of settings (flags override it).")
-    group = parser.add_argument_group(f"{cls.__name__} settings (YAML keys use underscores)")
-    for f in dataclasses.fields(cls):
-        tp = _field_types(cls)[f.name]
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse %-formats help strings
-        if f.metadata.get("choices"):
-            help_text += f" Choices: {', '.join(f.metadata['choices'])}."
-        if f.metadata.get("required"):
-            help_text += " (required)"
-        elif f.default is not dataclasses.MISSING:
-            help_text += f" (default: {f.default})"
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
-        origin = typing.get_origin(tp)
-        if tp is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-            continue
-        if origin is list:
-            (item_tp,) = typing.get_args(tp)
-            kwargs.update(nargs="+", type=_cli_type(item_tp, f.name))
-        else:
-            kwargs.update(type=_cli_type(tp, f.name), metavar=f.name.upper())
-        group.add_argument(flag, **kwargs)
-
-
-def config_from_args(cls: type, args: argparse.Namespace):
-    """Build the stage config from parsed arguments (``--config`` file, then flags)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    cli_values = {k: v for k, v in vars(args).items() if k in names}
-    file_values = read_yaml_config(args.config, cls) if getattr(args, "config", None) else {}
-    return build_config(cls, file_values, cli_values)

@@ -15,9 +15,8 @@ from rlhfkit.config import (
     LoopConfig,
     PPOConfig,
     RMConfig,
-    check_known_key,
-    coerce,
 )
+from rlhfkit.config_parse import check_known_key, coerce
 
 SECTIONS: dict[str, type] = {"generate": GenerateConfig, "judge_options": JudgeConfig, "rm": RMConfig,
                              "ppo": PPOConfig, "dpo": DPOConfig, "eval": EvalConfig}

@@ -9,7 +9,8 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
-from rlhfkit.config import ConfigError, LoopConfig, config_to_dict
+from rlhfkit.config import ConfigError, LoopConfig
+from rlhfkit.config_parse import config_to_dict
 
 STEPS = ("generate", "labels", "rm", "policy", "eval")
 """The steps of a round, in order."""

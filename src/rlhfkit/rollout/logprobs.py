@@ -78,6 +78,25 @@ def rollout_from_samples(samples: list, prompts: list, prompt_ids: list[list[int
                    [prompts[s.prompt_index] for s in flat], [s.text for s in flat], share_prompts)
 
 
+def join_rollouts(parts: list[Rollout], pad_token_id: int) -> Rollout:
+    """The answers of ``parts``, in order, as one rollout: prompts re-padded on the left to the widest,
+    answers on the right (positions come from the masks, so padding changes no log-prob)."""
+    query_width = max(p.query.shape[1] for p in parts)
+    answer_width = max(p.response.shape[1] for p in parts)
+
+    def left(t: torch.Tensor, value) -> torch.Tensor:
+        return F.pad(t, (query_width - t.shape[1], 0), value=value)
+
+    def right(t: torch.Tensor, value) -> torch.Tensor:
+        return F.pad(t, (0, answer_width - t.shape[1]), value=value)
+
+    return Rollout(torch.cat([left(p.query, pad_token_id) for p in parts]),
+                   torch.cat([left(p.query_mask, 0) for p in parts]),
+                   torch.cat([right(p.response, pad_token_id) for p in parts]),
+                   torch.cat([right(p.mask, 0.0) for p in parts]), torch.cat([p.finished for p in parts]),
+                   [x for p in parts for x in p.prompts], [x for p in parts for x in p.texts], parts[0].share_prompts)
+
+
 def answer_rollout(prompt_ids: list[list[int]], answer_ids: list[list[int]], tokenizer,
                    device: torch.device) -> Rollout:
     """Encoded prompts and their answers' tokens (through the EOS when there is one) as a Rollout."""

@@ -42,15 +42,15 @@ from pathlib import Path
 import torch
 from transformers import get_constant_schedule_with_warmup
 
-from rlhfkit.config import ConfigError, PPOConfig, save_config
+from rlhfkit.config import ConfigError, PPOConfig
+from rlhfkit.config_parse import save_config
 from rlhfkit.console import console, progress_bar
 from rlhfkit.data import load_prompts
 from rlhfkit.data.chat import encode_prompt
 from rlhfkit.models import load_tokenizer, resolve_device, resolve_dtype, save_model
 from rlhfkit.rewards import RewardFunction, load_reward_function
 from rlhfkit.rl_losses import ADVANTAGE_ESTIMATORS, GROUP_ESTIMATORS, KLController, compute_advantages
-from rlhfkit.rollout.logprobs import Rollout, in_chunks, response_logprobs, rollout_from_samples
-from rlhfkit.rollout.sampler import HFSampler, SamplingSettings
+from rlhfkit.rollout.logprobs import Rollout, in_chunks, response_logprobs
 from rlhfkit.train.batches import BatchPlan, split_held_out
 from rlhfkit.train.checkpoints import resume_from_latest, save_checkpoint
 from rlhfkit.train.metrics import MetricsLog, tensorboard_writer
@@ -64,6 +64,7 @@ from rlhfkit.train.ppo_models import (
     prompt_sharing,
     response_values,
 )
+from rlhfkit.train.ppo_sampling import extra_prompts, generate_rollout, sample_scored_batch
 from rlhfkit.train.ppo_update import ppo_update
 
 # names tests and callers import from here
@@ -87,6 +88,10 @@ def check_config(config: PPOConfig, num_processes: int) -> int:
     if config.estimator in GROUP_ESTIMATORS and samples < 2:
         raise ConfigError(f"--estimator {config.estimator} compares answers to the same prompt: "
                           f"--samples-per-prompt must be at least 2, got {samples}")
+    if config.dynamic_sampling and config.estimator not in GROUP_ESTIMATORS:
+        raise ConfigError(f"--dynamic-sampling compares the answers to one prompt: it needs a group estimator "
+                          f"({', '.join(sorted(GROUP_ESTIMATORS))}), not --estimator {config.estimator}")
+    check_ranges(config)
     if config.prompts_per_step % num_processes:
         raise ConfigError(f"--prompts-per-step {config.prompts_per_step} must divide among {num_processes} processes")
     rollout_size = config.prompts_per_step // num_processes * samples
@@ -96,20 +101,23 @@ def check_config(config: PPOConfig, num_processes: int) -> int:
     return samples
 
 
+def check_ranges(config: PPOConfig) -> None:
+    """The clipping, dual-clip and overlong settings are in their valid ranges."""
+    if config.clip_range <= 0 or (config.clip_range_high is not None and config.clip_range_high <= 0):
+        raise ConfigError("--clip-range and --clip-range-high must be > 0")
+    if config.dual_clip is not None and config.dual_clip <= 1:
+        raise ConfigError(f"--dual-clip {config.dual_clip}: expected c > 1 (the loss of a negative-advantage token "
+                          "is bounded at -c·A), or null")
+    if not 0 <= config.overlong_buffer < 1:
+        raise ConfigError(f"--overlong-buffer {config.overlong_buffer}: expected a fraction of --max-new-tokens "
+                          "in [0, 1)")
+    if config.max_sampling_rounds < 0:
+        raise ConfigError(f"--max-sampling-rounds {config.max_sampling_rounds}: expected 0 or more")
+
+
 def truncate_prompt(ids: list[int], limit: int) -> list[int]:
     """Keep the last ``limit`` tokens of a prompt: the end (the question) matters most."""
     return ids[-limit:] if len(ids) > limit else ids
-
-
-def generate_rollout(policy, tokenizer, prompts: list, prompt_ids: list[list[int]], num_samples: int,
-                     config: PPOConfig, share_prompts: tuple[str, ...] = ()) -> Rollout:
-    """Sample ``num_samples`` answers per prompt; answer ``i*K + k`` is the k-th answer to prompt ``i``."""
-    sampler = HFSampler(policy, tokenizer)
-    settings = SamplingSettings(config.max_new_tokens, config.temperature, config.top_p,
-                                config.generation_batch_size)
-    samples = sampler.sample(prompts, prompt_ids, num_samples, settings)
-    return rollout_from_samples(samples, prompts, prompt_ids, tokenizer.pad_token_id,
-                                next(policy.parameters()).device, share_prompts)
 
 
 def load_reward(spec: str, config: PPOConfig) -> RewardFunction:
@@ -178,20 +186,29 @@ class PPOTrainer:
 
     def step(self, step: int) -> tuple[Rollout, Experience, dict[str, float]]:
         """Rollout -> score -> advantages -> update -> β; returns the rollout, its experience and the metrics."""
-        config, accelerator = self.config, self.accelerator
-        indices = self.plan.micro_batches(step, accelerator.process_index)[0]
-        rollout = generate_rollout(self.models.unwrapped_policy(), self.tokenizer, [self.prompts[i] for i in indices],
-                                   [self.prompt_ids[i] for i in indices], self.samples_per_prompt, config,
-                                   self.share_prompts)
-        experience, metrics = make_experience(self.models, self.score, rollout, config, self.kl.beta,
-                                              self.samples_per_prompt)
+        config, accelerator, group = self.config, self.accelerator, self.samples_per_prompt
+        batch = sample_scored_batch(
+            self.sample, self.plan.micro_batches(step, accelerator.process_index)[0], self.score, config, group,
+            lambda round_: extra_prompts(config, step, round_, accelerator.process_index, len(self.prompts),
+                                         config.prompts_per_step // accelerator.num_processes),
+            self.tokenizer.pad_token_id)
+        rollout = batch.rollout
+        experience, metrics = make_experience(self.models, rollout, batch.scores, batch.raw_scores, config,
+                                              self.kl.beta, group)
+        metrics.update(batch.metrics)
         if self.track_fn is not None:
             metrics["track_score"] = sum(self.track_fn(rollout.prompts, rollout.texts)) / len(rollout)
         metrics = mean_over_processes(accelerator, metrics)
         metrics.update(ppo_update(self.models, self.optimizer, self.scheduler, experience, config, self.kl.beta,
-                                  self.samples_per_prompt))
+                                  group))
         self.kl.update(metrics["kl_k1"], len(rollout) * accelerator.num_processes)
         return rollout, experience, metrics
+
+    def sample(self, indices: list[int]) -> Rollout:
+        """``samples_per_prompt`` answers to each of the training prompts ``indices`` from the current policy."""
+        return generate_rollout(self.models.unwrapped_policy(), self.tokenizer, [self.prompts[i] for i in indices],
+                                [self.prompt_ids[i] for i in indices], self.samples_per_prompt, self.config,
+                                self.share_prompts)
 
     def run(self, on_step=None) -> Path:
         config = self.config

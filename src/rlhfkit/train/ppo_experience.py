@@ -18,7 +18,13 @@ import torch
 
 from rlhfkit.config import PPOConfig
 from rlhfkit.rewards import RewardFunction
-from rlhfkit.rl_losses import compute_advantages, explained_variance, kl_estimates, masked_mean
+from rlhfkit.rl_losses import (
+    compute_advantages,
+    explained_variance,
+    kl_estimates,
+    masked_mean,
+    overlong_penalty,
+)
 from rlhfkit.rollout.logprobs import Rollout, in_chunks
 from rlhfkit.train.optimizer import TrainingError
 from rlhfkit.train.ppo_models import PPOModels
@@ -55,27 +61,42 @@ def forwards_before_rewards(config: PPOConfig, rollout_size: int) -> bool:
 
 
 class RewardScorer:
-    """``(scores used for training, raw scores)`` of a rollout's answers under the reward."""
+    """``(scores used for training, raw scores)`` of a rollout's answers under the reward.
+
+    Shaping, in order: ``--missing-eos-score`` replaces the score of answers without EOS, DAPO's overlong
+    penalty is added (``--overlong-buffer``), scores are clipped to ``±--reward-clip`` and, with
+    ``--whiten-rewards``, normalised over the batch."""
 
     def __init__(self, reward_fn: RewardFunction, config: PPOConfig):
         self.reward_fn = reward_fn
         self.config = config
 
     def __call__(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
-        config = self.config
+        raw = self.raw(rollout)
+        return self.shape(rollout, raw), raw
+
+    def raw(self, rollout: Rollout) -> torch.Tensor:
+        """The reward's scores, checked finite."""
         raw = torch.tensor(self.reward_fn(rollout.prompts, rollout.texts), dtype=torch.float32,
                            device=rollout.mask.device)
         if not torch.isfinite(raw).all():
             raise TrainingError(f"the reward gave a non-finite score ({raw[~torch.isfinite(raw)][0].item()}); "
-                                f"the last good checkpoint is kept in {Path(config.output) / 'checkpoints'}")
+                                f"the last good checkpoint is kept in {Path(self.config.output) / 'checkpoints'}")
+        return raw
+
+    def shape(self, rollout: Rollout, raw: torch.Tensor, whiten: bool = True) -> torch.Tensor:
+        config = self.config
         scores = raw.clone()
         if config.missing_eos_score is not None:
             scores = torch.where(rollout.finished, scores, torch.full_like(scores, config.missing_eos_score))
+        if config.overlong_buffer > 0:
+            scores = scores + overlong_penalty(rollout.mask.sum(1), config.max_new_tokens, config.overlong_buffer,
+                                               config.overlong_penalty)
         if config.reward_clip > 0:
             scores = scores.clamp(-config.reward_clip, config.reward_clip)
-        if config.whiten_rewards and len(scores) > 1:
+        if whiten and config.whiten_rewards and len(scores) > 1:
             scores = (scores - scores.mean()) / (scores.std() + 1e-8)
-        return scores, raw
+        return scores
 
 
 def old_policy_pass(models: PPOModels, rollout: Rollout, config: PPOConfig):
@@ -94,10 +115,9 @@ def old_policy_pass(models: PPOModels, rollout: Rollout, config: PPOConfig):
 
 
 @torch.no_grad()
-def make_experience(models: PPOModels, score: RewardScorer, rollout: Rollout, config: PPOConfig, beta: float,
-                    group: int) -> tuple[Experience, dict[str, float]]:
-    """Score the rollout and compute its advantages; returns the experience and this rollout's metrics."""
-    scores, raw_scores = score(rollout)
+def make_experience(models: PPOModels, rollout: Rollout, scores: torch.Tensor, raw_scores: torch.Tensor,
+                    config: PPOConfig, beta: float, group: int) -> tuple[Experience, dict[str, float]]:
+    """The rollout's advantages from its (shaped) ``scores``; returns the experience and this rollout's metrics."""
     mask = rollout.mask
     old_logprobs, entropy, update_forward = old_policy_pass(models, rollout, config)
     ref_logprobs = models.in_chunks(models.reference_logprobs, rollout, config.batch_size)
@@ -107,7 +127,8 @@ def make_experience(models: PPOModels, score: RewardScorer, rollout: Rollout, co
     kl = kls[config.kl_estimator] * mask if kls is not None else torch.zeros_like(mask)
     reward_beta = beta if config.kl_penalty == "reward" else 0.0
     advantages, returns = compute_advantages(config.estimator, scores, kl, values, mask, reward_beta, group,
-                                             config.gamma, config.lam, config.whiten_advantages)
+                                             config.gamma, config.lam, config.whiten_advantages,
+                                             config.advantage_scale)
     metrics = {"score": raw_scores.mean().item(), "beta": beta, "response_length": mask.sum(1).mean().item(),
                "eos_rate": rollout.finished.float().mean().item()}
     if kls is not None:  # otherwise the update reports them (see ppo_update.minibatch_loss)

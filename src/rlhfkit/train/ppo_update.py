@@ -2,9 +2,10 @@
 
 Each minibatch is one optimizer step (:func:`rlhfkit.train.optimizer.optimizer_step`, the same
 accumulate-and-step helper as the offline trainers') over micro-batches of ``--batch-size`` answers.
-The loss is the clipped surrogate, plus the clipped value loss (GAE), ``β·k3`` to the reference
-(``--kl-penalty loss``) and an optional entropy bonus: token means over the whole minibatch, padding
-and post-EOS tokens masked everywhere (ARCHITECTURE.md rule 5).
+The loss is the policy objective (``--policy-loss``: PPO's clipped surrogate, GSPO or CISPO), plus the
+clipped value loss (GAE), ``β·k3`` to the reference (``--kl-penalty loss``) and an optional entropy
+bonus. The per-token terms add up as ``--loss-aggregation`` says, over the whole minibatch (the value
+loss is a token mean); padding and post-EOS tokens are masked everywhere (ARCHITECTURE.md rule 5).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.config import PPOConfig
-from rlhfkit.rl_losses import clipped_policy_loss, clipped_value_loss, kl_estimates
+from rlhfkit.rl_losses import aggregation_weights, clipped_value_loss, kl_estimates, policy_loss
 from rlhfkit.train.optimizer import optimizer_step
 from rlhfkit.train.ppo_experience import Experience
 from rlhfkit.train.ppo_models import PPOModels
@@ -77,15 +78,17 @@ def minibatch_loss(models: PPOModels, experience: Experience, indices: list[int]
     # a single on-policy update: the policy has not moved since sampling, so its log-probs now are the
     # old ones (exactly: same weights, same forward)
     old_logprobs = logprobs.detach() if reused else experience.old_logprobs[indices]
-    loss, stats = clipped_policy_loss(logprobs, old_logprobs, experience.advantages[indices], mask,
-                                      config.clip_range, num_tokens)
+    weights = aggregation_weights(mask, config.loss_aggregation, num_tokens, num_answers, config.max_new_tokens)
+    clip_high = config.clip_range if config.clip_range_high is None else config.clip_range_high
+    loss, stats = policy_loss(config.policy_loss, logprobs, old_logprobs, experience.advantages[indices], mask,
+                              weights, config.clip_range, clip_high, config.dual_clip)
     metrics = {"policy_loss": loss.detach(), **stats}
     if reused:  # what the skipped pass would have reported
         kls = kl_estimates(old_logprobs, experience.ref_logprobs[indices])
         metrics.update(kl_k1=(kls["k1"] * mask).sum() / num_answers, kl_k3=(kls["k3"] * mask).sum() / num_answers,
                        entropy=(entropy.detach() * mask).sum() / num_tokens)
-    if config.kl_penalty == "loss":  # β·k3(π, π_ref) per token, differentiated (GRPO)
-        kl_loss = (kl_estimates(logprobs, experience.ref_logprobs[indices])["k3"] * mask).sum() / num_tokens
+    if config.kl_penalty == "loss":  # β·k3(π, π_ref) per token, differentiated (GRPO), aggregated as the loss
+        kl_loss = (kl_estimates(logprobs, experience.ref_logprobs[indices])["k3"] * weights).sum()
         loss = loss + beta * kl_loss
         metrics["kl_loss"] = kl_loss.detach()
     if models.critic is not None:
@@ -94,5 +97,5 @@ def minibatch_loss(models: PPOModels, experience: Experience, indices: list[int]
         loss = loss + config.value_coef * value_loss
         metrics["value_loss"] = value_loss.detach()
     if config.entropy_coef > 0:
-        loss = loss - config.entropy_coef * (entropy * mask).sum() / num_tokens
+        loss = loss - config.entropy_coef * (entropy * weights).sum()
     return loss, metrics

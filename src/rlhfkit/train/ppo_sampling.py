@@ -1,0 +1,86 @@
+"""Steps 1-2 of a PPO step: sample K answers per prompt and score them, with DAPO's dynamic sampling.
+
+Without ``--dynamic-sampling`` the step's prompts are sampled once. With it (group estimators only), a
+prompt whose K answers all get the same score has a group advantage of 0 and teaches nothing, so its
+group is dropped and other prompts, drawn at random from the training prompts (seeded by the step and
+the round, so a resumed run draws the same), are sampled in further rounds until the batch holds the
+step's number of prompts again (Yu et al. 2025, DAPO). After ``--max-sampling-rounds`` extra rounds a
+batch still short is filled with dropped groups, so every step (and every process) trains on a full
+batch of the same size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from rlhfkit.config import PPOConfig
+from rlhfkit.rl_losses import uniform_groups
+from rlhfkit.rollout.logprobs import Rollout, join_rollouts, rollout_from_samples
+from rlhfkit.rollout.sampler import HFSampler, SamplingSettings
+from rlhfkit.train.ppo_experience import RewardScorer
+
+
+def generate_rollout(policy, tokenizer, prompts: list, prompt_ids: list[list[int]], num_samples: int,
+                     config: PPOConfig, share_prompts: tuple[str, ...] = ()) -> Rollout:
+    """Sample ``num_samples`` answers per prompt; answer ``i*K + k`` is the k-th answer to prompt ``i``."""
+    sampler = HFSampler(policy, tokenizer)
+    settings = SamplingSettings(config.max_new_tokens, config.temperature, config.top_p,
+                                config.generation_batch_size)
+    samples = sampler.sample(prompts, prompt_ids, num_samples, settings)
+    return rollout_from_samples(samples, prompts, prompt_ids, tokenizer.pad_token_id,
+                                next(policy.parameters()).device, share_prompts)
+
+
+@dataclass
+class ScoredBatch:
+    """A step's rollout with its shaped and raw scores, and how dynamic sampling got it."""
+
+    rollout: Rollout
+    scores: torch.Tensor
+    raw_scores: torch.Tensor
+    metrics: dict[str, float]
+
+
+def extra_prompts(config: PPOConfig, step: int, round_: int, process: int, available: int, count: int) -> list[int]:
+    """``count`` prompt indices for dynamic sampling's round ``round_`` of ``step``: seeded, so a resumed
+    run draws the same ones."""
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step * 1_009 + round_ * 31 + process)
+    return torch.randperm(available, generator=generator)[:count].tolist()
+
+
+def sample_scored_batch(draw: Callable[[list[int]], Rollout], first: list[int], score: RewardScorer,
+                        config: PPOConfig, group: int, more: Callable[[int], list[int]], pad_token_id: int
+                        ) -> ScoredBatch:
+    """Sample and score the prompts ``first``; with dynamic sampling, replace groups whose scores are all
+    equal by groups of the prompts ``more(round)``, for at most ``max_sampling_rounds`` rounds.
+
+    ``draw(indices)`` samples the answers of those prompts (a rollout of ``group`` answers each)."""
+    rollout = draw(first)
+    raw = score.raw(rollout)
+    if not config.dynamic_sampling:
+        return ScoredBatch(rollout, score.shape(rollout, raw), raw, {})
+    needed = len(first)
+    kept: list[Rollout] = []
+    dropped: list[Rollout] = []
+    kept_raw: list[torch.Tensor] = []
+    dropped_raw: list[torch.Tensor] = []
+    for round_ in range(config.max_sampling_rounds + 1):
+        if round_:
+            rollout = draw(more(round_))
+            raw = score.raw(rollout)
+        uniform = uniform_groups(score.shape(rollout, raw, whiten=False), group).tolist()
+        for g, is_uniform in enumerate(uniform):
+            rows = list(range(g * group, (g + 1) * group))
+            (dropped if is_uniform else kept).append(rollout.select(rows))
+            (dropped_raw if is_uniform else kept_raw).append(raw[rows])
+        if len(kept) >= needed:
+            break
+    metrics = {"dropped_groups": float(len(dropped)), "sampling_rounds": float(round_ + 1),
+               "filled_groups": float(max(0, needed - len(kept)))}
+    parts = (kept + dropped)[:needed]
+    joined = join_rollouts(parts, pad_token_id)
+    joined_raw = torch.cat((kept_raw + dropped_raw)[:needed])
+    return ScoredBatch(joined, score.shape(joined, joined_raw), joined_raw, metrics)
