@@ -172,8 +172,10 @@ def run_rlhfkit(estimator: str, model_dir: Path, prompts_file: Path, output: Pat
     return throughput(times, args.warmup, steps, answers), statistics.mean(lengths)
 
 
-def run_trl(estimator: str, model_dir: Path, prompts: list[str], output: Path, args) -> tuple[float, float]:
-    """(answers per second, mean answer length) of TRL's ``GRPOTrainer`` or ``RLOOTrainer``."""
+def run_trl(estimator: str, model_dir: Path, prompts: list[str], output: Path, args,
+            grpo_settings: dict | None = None) -> tuple[float, float]:
+    """(answers per second, mean answer length) of TRL's ``GRPOTrainer`` or ``RLOOTrainer``;
+    ``grpo_settings`` replace the GRPO loss settings (bench_recipes.py)."""
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
@@ -217,7 +219,7 @@ def run_trl(estimator: str, model_dir: Path, prompts: list[str], output: Path, a
         generation_kwargs={"suppress_tokens": [tokenizer.eos_token_id]},
     )
     if estimator == "grpo":
-        config = GRPOConfig(**common, loss_type="dapo", scale_rewards="group")
+        config = GRPOConfig(**{**common, **(grpo_settings or dict(loss_type="dapo", scale_rewards="group"))})
         trainer_class = GRPOTrainer
     else:
         config = RLOOConfig(**common, normalize_advantages=False)

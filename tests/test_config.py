@@ -62,10 +62,15 @@ def test_choice_fields_list_the_registries_and_refuse_other_values():
 
     from rlhfkit.config import DPOConfig, PPOConfig
     from rlhfkit.losses import DPO_LOSSES, UNPAIRED_LOSSES
-    from rlhfkit.rl_losses import ADVANTAGE_ESTIMATORS
+    from rlhfkit.recipes import RECIPES
+    from rlhfkit.rl_losses import ADVANTAGE_ESTIMATORS, GROUP_SCALES, LOSS_AGGREGATIONS, POLICY_LOSSES
 
     choices = {f.name: f.metadata["choices"] for f in dataclasses.fields(PPOConfig) if f.metadata.get("choices")}
     assert set(choices["estimator"]) == set(ADVANTAGE_ESTIMATORS)
+    assert choices["policy_loss"] == POLICY_LOSSES and choices["loss_aggregation"] == LOSS_AGGREGATIONS
+    assert choices["advantage_scale"] == GROUP_SCALES and set(choices["recipe"]) == set(RECIPES)
+    with pytest.raises(ConfigError, match="--recipe 'ppo3': expected one of none, dapo, dr_grpo, gspo, cispo"):
+        PPOConfig(recipe="ppo3")
     loss = next(f for f in dataclasses.fields(DPOConfig) if f.name == "loss").metadata["choices"]
     assert set(loss) == set(DPO_LOSSES) | set(UNPAIRED_LOSSES)
     with pytest.raises(ConfigError, match=r"--estimator 'ppo2': expected one of gae, grpo, rloo, reinforce\+\+"):
