@@ -77,8 +77,7 @@ def rlhfkit_config(recipe: str, model_dir: Path, prompts_file: Path, output: Pat
     config = PPOConfig(**settings)
     if recipe in ("dr_grpo", "cispo"):  # the recipes that keep the KL: the same β on both sides
         config.beta = args.beta
-    if recipe in ("dapo", "gspo"):  # TRL's rollout is one update on one batch: so is the throughput run here
-        config.ppo_epochs, config.num_minibatches = 1, 1
+    config.ppo_epochs, config.num_minibatches = 1, 1  # as TRL here: one update per rollout, on one batch
     config.dynamic_sampling, config.overlong_buffer = False, 0.0  # not in TRL's loss (see the docstring)
     return config
 

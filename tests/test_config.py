@@ -77,3 +77,56 @@ def test_choice_fields_list_the_registries_and_refuse_other_values():
         PPOConfig(estimator="ppo2")
     with pytest.raises(ConfigError, match="--kl-penalty 'both'"):
         PPOConfig(kl_penalty="both")
+
+
+def config_classes():
+    import dataclasses
+
+    import rlhfkit.config as config_module
+
+    return [c for c in vars(config_module).values()
+            if isinstance(c, type) and c.__module__ == config_module.__name__ and dataclasses.is_dataclass(c)]
+
+
+UNBOUNDED_NUMBERS = {"missing_eos_score"}  # any score is a valid replacement score
+
+
+def test_every_numeric_option_declares_its_range_and_values_outside_it_are_refused():
+    """A config error naming the option for a value just outside each declared bound (and NaN), in every
+    stage's config; every int or float option declares a range."""
+    import dataclasses
+    import math
+    import typing
+
+    checked = 0
+    for cls in config_classes():
+        hints = typing.get_type_hints(cls)
+        required = {f.name: "x" for f in dataclasses.fields(cls) if f.metadata.get("required")}
+        for f in dataclasses.fields(cls):
+            kinds = set(typing.get_args(hints[f.name])) | {hints[f.name]}
+            numeric = ({int, float} & kinds) and bool not in kinds
+            if not numeric or f.name in UNBOUNDED_NUMBERS:
+                continue
+            bounds = f.metadata.get("bounds")
+            assert bounds, f"{cls.__name__}.{f.name}: a numeric option without a declared range"
+            step = 1 if int in kinds and float not in kinds else 1e-9
+            flag = "--" + f.name.replace("_", "-")
+            for name, bound in bounds.items():
+                value = {"minimum": bound - step, "greater_than": bound, "maximum": bound + step,
+                         "less_than": bound}[name]
+                with pytest.raises(ConfigError, match=flag):
+                    cls(**{**required, f.name: value})
+                checked += 1
+            if float in kinds:
+                with pytest.raises(ConfigError, match=f"{flag} nan: expected a finite number"):
+                    cls(**{**required, f.name: math.nan})
+    assert checked > 100  # bounds of 14 config classes, inherited fields counted in each
+
+
+def test_bad_numbers_on_the_command_line_are_one_line_errors(capsys):
+    from rlhfkit.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sft", "--model", "m", "--data", "d", "--output", "o", "--batch-size", "0"])
+    assert exit_info.value.code == 2
+    assert "--batch-size 0: expected an integer >= 1" in capsys.readouterr().err

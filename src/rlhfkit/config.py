@@ -11,6 +11,7 @@ field's declared ``choices``. Reading YAML files and flags into these classes is
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,10 +23,14 @@ class ConfigError(ValueError):
 
 
 def option(default: Any, help: str, *, required: bool = False, short: str | None = None,
-           choices: tuple[str, ...] | None = None) -> Any:
-    """A dataclass field with its help text (shown by ``--help``). ``choices``: the values allowed, declared
-    once: ``--help`` lists them and any other value is a :class:`ConfigError` when the config is made."""
-    metadata = {"help": help, "required": required, "short": short, "choices": choices}
+           choices: tuple[str, ...] | None = None, minimum: float | None = None, greater_than: float | None = None,
+           maximum: float | None = None, less_than: float | None = None) -> Any:
+    """A dataclass field with its help text (shown by ``--help``). ``choices``: the values allowed;
+    ``minimum`` / ``greater_than`` / ``maximum`` / ``less_than``: the range of a number. Each is declared
+    once: ``--help`` shows it and any other value is a :class:`ConfigError` when the config is made."""
+    bounds = {name: value for name, value in (("minimum", minimum), ("greater_than", greater_than),
+                                               ("maximum", maximum), ("less_than", less_than)) if value is not None}
+    metadata = {"help": help, "required": required, "short": short, "choices": choices, "bounds": bounds}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     if isinstance(default, dict):
@@ -33,13 +38,33 @@ def option(default: Any, help: str, *, required: bool = False, short: str | None
     return field(default=default, metadata=metadata)
 
 
+def describe_bounds(bounds: dict[str, float]) -> str:
+    """``{"minimum": 0, "less_than": 1}`` -> ``">= 0 and < 1"``."""
+    signs = {"minimum": ">=", "greater_than": ">", "maximum": "<=", "less_than": "<"}
+    return " and ".join(f"{signs[name]} {value:g}" for name, value in bounds.items())
+
+
+def out_of_bounds(value: Any, bounds: dict[str, float]) -> bool:
+    if isinstance(value, float) and not math.isfinite(value):
+        return True
+    fails = {"minimum": lambda b: value < b, "greater_than": lambda b: value <= b,
+             "maximum": lambda b: value > b, "less_than": lambda b: value >= b}
+    return any(fails[name](bound) for name, bound in bounds.items())
+
+
 def check_choices(config: Any) -> None:
-    """A :class:`ConfigError` for the first field whose value is not one of its declared ``choices``."""
+    """A :class:`ConfigError` for the first field whose value is not one of its declared ``choices`` or is
+    outside its declared range (``None`` is allowed where the field allows it)."""
     for f in dataclasses.fields(config):
+        flag = f"--{f.name.replace('_', '-')}"
         allowed = f.metadata.get("choices")
         value = getattr(config, f.name)
         if allowed and value not in allowed:
-            raise ConfigError(f"--{f.name.replace('_', '-')} {value!r}: expected one of {', '.join(allowed)}")
+            raise ConfigError(f"{flag} {value!r}: expected one of {', '.join(allowed)}")
+        bounds = f.metadata.get("bounds")
+        if bounds and value is not None and not isinstance(value, bool) and out_of_bounds(value, bounds):
+            kind = "an integer" if isinstance(value, int) else "a finite number"
+            raise ConfigError(f"{flag} {value!r}: expected {kind} {describe_bounds(bounds)}")
 
 
 @dataclass
@@ -58,26 +83,26 @@ class TrainConfig(ModelConfig):
     """The vocabulary every trainer shares (SFT, RM, PPO, DPO). Defaults suit real models."""
 
     output: str = option("", "Output folder: checkpoints, metrics.jsonl and the final HF model.", required=True)
-    learning_rate: float = option(2e-5, "Peak learning rate (AdamW), reached after warmup, then cosine decay.")
-    epochs: float = option(1.0, "Passes over the training data (fractions allowed); ignored when --max-steps > 0.")
-    max_steps: int = option(0, "Optimizer steps to run; 0 means derive from --epochs.")
-    batch_size: int = option(8, "Examples per device per micro-batch. Global batch = batch_size x grad_accum x processes.")
-    grad_accum: int = option(1, "Micro-batches accumulated per optimizer step.")
-    max_length: int = option(1024, "Maximum tokens per sequence; longer sequences are truncated (and counted).")
-    seed: int = option(42, "Random seed: data order, held-out split, initialisation of new weights.")
-    save_every: int = option(500, "Save a resumable checkpoint every N optimizer steps (0: only at the end).")
+    learning_rate: float = option(2e-5, "Peak learning rate (AdamW), reached after warmup, then cosine decay.", greater_than=0)
+    epochs: float = option(1.0, "Passes over the training data (fractions allowed); ignored when --max-steps > 0.", greater_than=0)
+    max_steps: int = option(0, "Optimizer steps to run; 0 means derive from --epochs.", minimum=0)
+    batch_size: int = option(8, "Examples per device per micro-batch. Global batch = batch_size x grad_accum x processes.", minimum=1)
+    grad_accum: int = option(1, "Micro-batches accumulated per optimizer step.", minimum=1)
+    max_length: int = option(1024, "Maximum tokens per sequence; longer sequences are truncated (and counted).", minimum=2)
+    seed: int = option(42, "Random seed: data order, held-out split, initialisation of new weights.", minimum=0)
+    save_every: int = option(500, "Save a resumable checkpoint every N optimizer steps (0: only at the end).", minimum=0)
     resume: bool = option(False, "Resume from the newest checkpoint in the output folder.")
-    lora_r: int = option(0, "LoRA rank; 0 trains all weights.")
-    lora_alpha: int = option(16, "LoRA scaling alpha.")
-    lora_dropout: float = option(0.0, "LoRA dropout.")
+    lora_r: int = option(0, "LoRA rank; 0 trains all weights.", minimum=0)
+    lora_alpha: int = option(16, "LoRA scaling alpha.", minimum=1)
+    lora_dropout: float = option(0.0, "LoRA dropout.", minimum=0, less_than=1)
     lora_target_modules: list[str] = option(["all-linear"], "Modules LoRA adapts (names, or all-linear).")
-    warmup_ratio: float = option(0.03, "Fraction of steps spent warming the learning rate up from 0.")
-    weight_decay: float = option(0.0, "AdamW weight decay.")
-    max_grad_norm: float = option(1.0, "Clip the global gradient norm to this (0: no clipping).")
+    warmup_ratio: float = option(0.03, "Fraction of steps spent warming the learning rate up from 0.", minimum=0, less_than=1)
+    weight_decay: float = option(0.0, "AdamW weight decay.", minimum=0)
+    max_grad_norm: float = option(1.0, "Clip the global gradient norm to this (0: no clipping).", minimum=0)
     gradient_checkpointing: bool = option(False, "Recompute activations in backward to save memory.")
-    log_every: int = option(10, "Log metrics every N optimizer steps.")
-    eval_every: int = option(0, "Evaluate on the held-out split every N steps (0: only at the end).")
-    eval_split: float = option(0.05, "Fraction of the data held out for evaluation (0: none).")
+    log_every: int = option(10, "Log metrics every N optimizer steps.", minimum=1)
+    eval_every: int = option(0, "Evaluate on the held-out split every N steps (0: only at the end).", minimum=0)
+    eval_split: float = option(0.05, "Fraction of the data held out for evaluation (0: none).", minimum=0, less_than=1)
     eval_data: str | None = option(None, "A separate evaluation file (replaces --eval-split).")
     skip_invalid: bool = option(False, "Skip malformed records (reported with their locations) instead of failing.")
     group_by_length: bool = option(True, "sft, rm, dpo: put examples of similar length in the same batch (less "
@@ -102,7 +127,7 @@ class RMConfig(TrainConfig):
     data: str = option("", "Comparisons: {prompt, chosen, rejected} pairs, {prompt, responses, ranks} rankings "
                            "or HH transcripts.", required=True)
     use_margin: bool = option(True, "Apply the records' optional 'margin' field in the loss.")
-    label_smoothing: float = option(0.0, "Treat each label as wrong with this probability (noisy annotators).")
+    label_smoothing: float = option(0.0, "Treat each label as wrong with this probability (noisy annotators).", minimum=0, less_than=0.5)
     normalize_with: str | None = option(None, "Reference answers ({prompt, response(s)}, e.g. SFT samples from "
                                                "'rlhfkit generate'): store an offset so their mean reward is 0.")
 
@@ -116,34 +141,34 @@ class DPOConfig(TrainConfig):
     data: str = option("", "Preferences: {prompt, chosen, rejected} pairs, {prompt, responses, ranks} rankings "
                            "(expanded to pairs) or HH transcripts; for --loss kto also unpaired "
                            "{prompt, completion, label: true|false} records. Not used with --online.")
-    learning_rate: float = option(5e-7, "Peak learning rate (AdamW); DPO on real models uses ~5e-7.")
+    learning_rate: float = option(5e-7, "Peak learning rate (AdamW); DPO on real models uses ~5e-7.", greater_than=0)
     loss: str = option("dpo", "The loss (rlhfkit.losses.DPO_LOSSES, and kto for unpaired feedback).",
                        choices=("dpo", "ipo", "cdpo", "robust", "simpo", "orpo", "kto"))
     beta: float = option(0.1, "β: the KL strength of dpo/cdpo/robust/kto, τ of ipo, the reward scale of simpo "
-                              "(its paper uses 2-2.5).")
-    label_smoothing: float = option(0.0, "ε, the assumed rate of flipped labels (cdpo, robust; robust needs < 0.5).")
-    simpo_gamma: float = option(0.5, "SimPO's target reward margin γ.")
-    orpo_lambda: float = option(0.1, "ORPO's weight λ of the odds-ratio term added to the SFT loss.")
-    kto_desirable_weight: float = option(1.0, "KTO's λ_D, the weight of desirable answers.")
+                              "(its paper uses 2-2.5).", greater_than=0)
+    label_smoothing: float = option(0.0, "ε, the assumed rate of flipped labels (cdpo, robust; robust needs < 0.5).", minimum=0, less_than=0.5)
+    simpo_gamma: float = option(0.5, "SimPO's target reward margin γ.", minimum=0)
+    orpo_lambda: float = option(0.1, "ORPO's weight λ of the odds-ratio term added to the SFT loss.", minimum=0)
+    kto_desirable_weight: float = option(1.0, "KTO's λ_D, the weight of desirable answers.", greater_than=0)
     kto_undesirable_weight: float = option(1.0, "KTO's λ_U, the weight of undesirable answers (raise it when "
-                                                "they are rarer than desirable ones).")
+                                                "they are rarer than desirable ones).", greater_than=0)
     reference: str | None = option(None, "Reference model (HF id or folder); null: the --model being trained, "
                                          "as it is before training.")
     precompute_ref: bool = option(True, "Compute the reference log-probs once before training and cache them "
                                         "(the reference is then not kept in memory during training).")
     eval_kl_prompts: int = option(32, "At evaluation, sample answers for this many held-out prompts and "
-                                      "report KL(policy ‖ reference) on them (0: off).")
+                                      "report KL(policy ‖ reference) on them (0: off).", minimum=0)
     online: bool = option(False, "Online (iterative) DPO: each round samples answers to --prompts from the current "
                                  "policy, labels best vs worst with --reward, and trains on those pairs.")
     reward: str | None = option(None, "Online: a reward-model folder or 'module:function' / 'file.py:function' "
                                       "taking (prompts, responses) -> scores.")
     prompts: str | None = option(None, "Online: prompts file ({prompt} records).")
-    rounds: int = option(3, "Online: rounds of sample, label, train.")
-    samples_per_prompt: int = option(4, "Online: answers sampled per prompt (K); the best and the worst make a pair.")
-    max_new_tokens: int = option(256, "Length limit of sampled answers (online rounds and the KL evaluation).")
-    temperature: float = option(1.0, "Sampling temperature (online rounds and the KL evaluation).")
-    top_p: float = option(1.0, "Nucleus sampling threshold for sampled answers (1: off).")
-    generation_batch_size: int = option(32, "Sequences generated together.")
+    rounds: int = option(3, "Online: rounds of sample, label, train.", minimum=1)
+    samples_per_prompt: int = option(4, "Online: answers sampled per prompt (K); the best and the worst make a pair.", minimum=2)
+    max_new_tokens: int = option(256, "Length limit of sampled answers (online rounds and the KL evaluation).", minimum=1)
+    temperature: float = option(1.0, "Sampling temperature (online rounds and the KL evaluation).", greater_than=0)
+    top_p: float = option(1.0, "Nucleus sampling threshold for sampled answers (1: off).", greater_than=0, maximum=1)
+    generation_batch_size: int = option(32, "Sequences generated together.", minimum=1)
 
 
 @dataclass
@@ -159,35 +184,35 @@ class PPOConfig(TrainConfig):
     prompts: str = option("", "Prompts file: {prompt} records (string or messages).", required=True)
     estimator: str = option("gae", "Advantage estimator (rlhfkit.losses.ADVANTAGE_ESTIMATORS): gae is PPO with a "
                                    "critic; the others are critic-free.", choices=("gae", "grpo", "rloo", "reinforce++"))
-    prompts_per_step: int = option(16, "Prompts per rollout batch (over all processes).")
-    samples_per_prompt: int = option(0, "Answers sampled per prompt; 0: 1 for gae/reinforce++, 4 for grpo/rloo.")
-    ppo_epochs: int = option(4, "Passes of policy (and critic) updates over each rollout batch.")
-    num_minibatches: int = option(1, "Optimizer steps per pass: the rollout batch is split into this many.")
-    max_new_tokens: int = option(128, "Answer length limit; answers stop earlier at EOS.")
-    temperature: float = option(1.0, "Sampling temperature (log-probs are computed at the same temperature).")
-    top_p: float = option(1.0, "Nucleus sampling threshold (1: off).")
-    generation_batch_size: int = option(64, "Sequences generated together.")
+    prompts_per_step: int = option(16, "Prompts per rollout batch (over all processes).", minimum=1)
+    samples_per_prompt: int = option(0, "Answers sampled per prompt; 0: 1 for gae/reinforce++, 4 for grpo/rloo.", minimum=0)
+    ppo_epochs: int = option(4, "Passes of policy (and critic) updates over each rollout batch.", minimum=1)
+    num_minibatches: int = option(1, "Optimizer steps per pass: the rollout batch is split into this many.", minimum=1)
+    max_new_tokens: int = option(128, "Answer length limit; answers stop earlier at EOS.", minimum=1)
+    temperature: float = option(1.0, "Sampling temperature (log-probs are computed at the same temperature).", greater_than=0)
+    top_p: float = option(1.0, "Nucleus sampling threshold (1: off).", greater_than=0, maximum=1)
+    generation_batch_size: int = option(64, "Sequences generated together.", minimum=1)
     missing_eos_score: float | None = option(None, "Score given instead of the reward to answers that reach "
                                                    "--max-new-tokens without EOS (null: score them normally).")
-    beta: float = option(0.05, "KL penalty coefficient β (the initial value with --target-kl).")
+    beta: float = option(0.05, "KL penalty coefficient β (the initial value with --target-kl).", minimum=0)
     kl_estimator: str = option("k1", "Per-token KL estimator in the reward: k1 (log π - log π_ref) or k3 (never "
                                      "negative). Both are logged.", choices=("k1", "k3"))
     kl_penalty: str = option("reward", "Where β·KL goes: reward (-β·KL per token in the reward, InstructGPT) or loss "
                                        "(β·k3 added to the policy loss, as in GRPO; its gradient is 0 at the reference).",
                                 choices=("reward", "loss"))
-    target_kl: float | None = option(None, "Adapt β so that the KL per answer approaches this (nats); null: fixed β.")
-    kl_horizon: int = option(10000, "Adaptive KL controller horizon (answers).")
-    reward_clip: float = option(10.0, "Clip scores to ±this before use (0: no clipping).")
+    target_kl: float | None = option(None, "Adapt β so that the KL per answer approaches this (nats); null: fixed β.", greater_than=0)
+    kl_horizon: int = option(10000, "Adaptive KL controller horizon (answers).", minimum=1)
+    reward_clip: float = option(10.0, "Clip scores to ±this before use (0: no clipping).", minimum=0)
     whiten_rewards: bool = option(False, "Normalise the scores of each rollout batch to mean 0, std 1.")
     whiten_advantages: bool = option(True, "Normalise advantages (gae and reinforce++) per rollout batch.")
-    gamma: float = option(1.0, "Discount factor γ.")
-    lam: float = option(0.95, "GAE λ.")
+    gamma: float = option(1.0, "Discount factor γ.", minimum=0, maximum=1)
+    lam: float = option(0.95, "GAE λ.", minimum=0, maximum=1)
     clip_range: float = option(0.2, "PPO ratio clipping ε (the lower bound 1-ε; also the upper unless "
-                                    "--clip-range-high is set).")
+                                    "--clip-range-high is set).", greater_than=0)
     clip_range_high: float | None = option(None, "Upper clipping ε_high, the bound 1+ε_high (DAPO's clip-higher: "
-                                                 "0.28); null: --clip-range.")
+                                                 "0.28); null: --clip-range.", greater_than=0)
     dual_clip: float | None = option(None, "Dual-clip c > 1 (Ye et al. 2020): the loss of a token with a negative "
-                                           "advantage is at most -c·A (e.g. 3); null: off.")
+                                           "advantage is at most -c·A (e.g. 3); null: off.", greater_than=1)
     policy_loss: str = option("ppo", "The policy objective (rlhfkit.rl_losses.POLICY_LOSSES): ppo (per-token "
                                      "clipped ratio), gspo (GSPO's clipped sequence-level ratio, Zheng et al. 2025) "
                                      "or cispo (REINFORCE weighted by the clipped, undifferentiated ratio; "
@@ -203,19 +228,19 @@ class PPOConfig(TrainConfig):
                                            "gradient signal) and sample other prompts until the batch is full "
                                            "(DAPO).")
     max_sampling_rounds: int = option(3, "Dynamic sampling: extra sampling rounds at most per step; a batch still "
-                                         "short then is filled with dropped groups.")
+                                         "short then is filled with dropped groups.", minimum=0)
     overlong_buffer: float = option(0.0, "DAPO's soft overlong penalty: over the last fraction of --max-new-tokens "
-                                         "(DAPO: 0.2), the score falls linearly to -overlong_penalty (0: off).")
-    overlong_penalty: float = option(1.0, "The overlong penalty at --max-new-tokens.")
+                                         "(DAPO: 0.2), the score falls linearly to -overlong_penalty (0: off).", minimum=0, less_than=1)
+    overlong_penalty: float = option(1.0, "The overlong penalty at --max-new-tokens.", minimum=0)
     recipe: str = option("none", "Set the knobs of a published recipe (see the README; flags and YAML keys given "
                                  "explicitly still win): dapo (Yu et al. 2025), dr_grpo (Liu et al. 2025), gspo "
                                  "(Zheng et al. 2025), cispo (MiniMax-M1, 2025).",
                          choices=("none", "dapo", "dr_grpo", "gspo", "cispo"))
-    value_clip: float = option(0.2, "Value clipping around the rollout's values.")
-    value_coef: float = option(0.1, "Weight of the value loss (gae).")
-    value_learning_rate: float | None = option(None, "Critic learning rate (null: --learning-rate).")
-    entropy_coef: float = option(0.0, "Entropy bonus weight.")
-    sample_every: int = option(10, "Print and store (samples.jsonl) a few answers every N steps.")
+    value_clip: float = option(0.2, "Value clipping around the rollout's values.", greater_than=0)
+    value_coef: float = option(0.1, "Weight of the value loss (gae).", minimum=0)
+    value_learning_rate: float | None = option(None, "Critic learning rate (null: --learning-rate).", greater_than=0)
+    entropy_coef: float = option(0.0, "Entropy bonus weight.", minimum=0)
+    sample_every: int = option(10, "Print and store (samples.jsonl) a few answers every N steps.", minimum=0)
     track_reward: str | None = option(None, "A second reward (folder or module:function) that only watches: its "
                                             "mean on each rollout is logged as track_score (e.g. a held-out or "
                                             "gold reward, to see reward over-optimisation). Never optimised.")
@@ -241,13 +266,13 @@ class JudgeConfig(ModelConfig):
                                             "built-in one (helpful, honest, harmless, not over-refusing).")
     principles: str = option("all", "Language-model judges: ask about all principles, or 'sample' one per "
                                     "comparison by weight (Constitutional AI).", choices=("all", "sample"))
-    batch_size: int = option(8, "Comparisons (or answers, for reward models) per forward pass.")
-    max_length: int = option(1024, "Maximum tokens per scored sequence (reward-model judges).")
-    seed: int = option(0, "Seed for sampling principles.")
+    batch_size: int = option(8, "Comparisons (or answers, for reward models) per forward pass.", minimum=1)
+    max_length: int = option(1024, "Maximum tokens per scored sequence (reward-model judges).", minimum=2)
+    seed: int = option(0, "Seed for sampling principles.", minimum=0)
     judge_model: str | None = option(None, "HTTP judges: the model name to ask for (default: the server's first).")
-    concurrency: int = option(8, "HTTP judges: requests in flight at once.")
-    timeout: float = option(60.0, "HTTP judges: seconds before a request is abandoned (and retried).")
-    retries: int = option(4, "HTTP judges: retries of a failed request, with exponential backoff.")
+    concurrency: int = option(8, "HTTP judges: requests in flight at once.", minimum=1)
+    timeout: float = option(60.0, "HTTP judges: seconds before a request is abandoned (and retried).", greater_than=0)
+    retries: int = option(4, "HTTP judges: retries of a failed request, with exponential backoff.", minimum=0)
     cache: str | None = option(None, "HTTP judges: cache file (SQLite) of answers, so a rerun sends no request; "
                                      "default: OUTPUT.cache.sqlite.")
 
@@ -262,10 +287,10 @@ class ReviseConfig(ModelConfig):
     output: str = option("", "Output JSONL of demonstrations {prompt, completion, critique, principle, original}.",
                          required=True)
     constitution: str | None = option(None, "Constitution YAML; null: the built-in one.")
-    max_new_tokens: int = option(256, "Longest critique or revision.")
-    temperature: float = option(0.0, "Sampling temperature (0: greedy).")
-    batch_size: int = option(16, "Conversations generated together.")
-    seed: int = option(0, "Seed for drawing principles and for sampling.")
+    max_new_tokens: int = option(256, "Longest critique or revision.", minimum=1)
+    temperature: float = option(0.0, "Sampling temperature (0: greedy).", minimum=0)
+    batch_size: int = option(16, "Conversations generated together.", minimum=1)
+    seed: int = option(0, "Seed for drawing principles and for sampling.", minimum=0)
 
 
 @dataclass
@@ -274,8 +299,8 @@ class ServeConfig(ModelConfig):
 
     model: str = option("", "HF model id or local folder to serve.", required=True)
     host: str = option("127.0.0.1", "Address to listen on (0.0.0.0: every interface).")
-    port: int = option(8001, "Port to listen on.")
-    max_batch: int = option(32, "Most answers generated together.")
+    port: int = option(8001, "Port to listen on.", minimum=1, maximum=65535)
+    max_batch: int = option(32, "Most answers generated together.", minimum=1)
     name: str | None = option(None, "Model name reported by /v1/models (default: --model).")
 
 
@@ -286,8 +311,8 @@ class ScoreConfig(ModelConfig):
     reward: str = option("", "Reward model folder (from 'rlhfkit rm').", required=True)
     data: str = option("", "Records {prompt, response} or {prompt, responses: [...]}.", required=True)
     output: str = option("", "Output JSONL: the records with 'score' or 'scores' added.", required=True)
-    batch_size: int = option(16, "Sequences scored together.")
-    max_length: int = option(1024, "Maximum tokens per prompt + response (longer ones are truncated).")
+    batch_size: int = option(16, "Sequences scored together.", minimum=1)
+    max_length: int = option(1024, "Maximum tokens per prompt + response (longer ones are truncated).", minimum=2)
 
 
 @dataclass
@@ -297,12 +322,12 @@ class GenerateConfig(ModelConfig):
     model: str = option("", "HF model id or local folder to sample from.", required=True)
     prompts: str = option("", "Prompts file: {prompt} records (string or messages).", required=True)
     output: str = option("", "Output JSONL: one {prompt, responses} record per prompt.", required=True)
-    num_samples: int = option(4, "Answers per prompt (K).")
-    max_new_tokens: int = option(256, "Maximum tokens per answer; answers stop earlier at EOS.")
-    temperature: float = option(1.0, "Sampling temperature; 0 means greedy decoding.")
-    top_p: float = option(1.0, "Nucleus sampling: keep the smallest token set with this much probability.")
-    batch_size: int = option(16, "Sequences generated together (prompts x samples).")
-    seed: int = option(42, "Random seed for sampling.")
+    num_samples: int = option(4, "Answers per prompt (K).", minimum=1)
+    max_new_tokens: int = option(256, "Maximum tokens per answer; answers stop earlier at EOS.", minimum=1)
+    temperature: float = option(1.0, "Sampling temperature; 0 means greedy decoding.", minimum=0)
+    top_p: float = option(1.0, "Nucleus sampling: keep the smallest token set with this much probability.", greater_than=0, maximum=1)
+    batch_size: int = option(16, "Sequences generated together (prompts x samples).", minimum=1)
+    seed: int = option(42, "Random seed for sampling.", minimum=0)
     skip_invalid: bool = option(False, "Skip malformed prompt records (reported) instead of failing.")
 
 
@@ -323,17 +348,17 @@ class EvalConfig(ModelConfig):
     output: str = option("", "Output folder: eval.json, samples.jsonl (and people.json for --judge people).",
                          required=True)
     reference: str | None = option(None, "The model KL is measured against (default: --baseline).")
-    samples_per_prompt: int = option(1, "Answers sampled per prompt from each policy (each one compared).")
-    max_new_tokens: int = option(64, "Maximum tokens per answer; answers stop earlier at EOS.")
-    temperature: float = option(1.0, "Sampling temperature (0: greedy); KL log-probs use the same temperature.")
-    top_p: float = option(1.0, "Nucleus sampling threshold (1: off).")
+    samples_per_prompt: int = option(1, "Answers sampled per prompt from each policy (each one compared).", minimum=1)
+    max_new_tokens: int = option(64, "Maximum tokens per answer; answers stop earlier at EOS.", minimum=1)
+    temperature: float = option(1.0, "Sampling temperature (0: greedy); KL log-probs use the same temperature.", minimum=0)
+    top_p: float = option(1.0, "Nucleus sampling threshold (1: off).", greater_than=0, maximum=1)
     seed: int = option(0, "Seed for sampling (both policies are sampled from the same seed) and for the "
-                          "A/B order shown to people.")
-    batch_size: int = option(16, "Sequences generated, scored or judged together.")
-    max_length: int = option(1024, "Maximum tokens per prompt + answer scored by a reward-model judge.")
+                          "A/B order shown to people.", minimum=0)
+    batch_size: int = option(16, "Sequences generated, scored or judged together.", minimum=1)
+    max_length: int = option(1024, "Maximum tokens per prompt + answer scored by a reward-model judge.", minimum=2)
     db: str | None = option(None, "--judge people: the feedback app's database URL (sqlite:///FILE or postgresql://...).")
     project: str | None = option(None, "--judge people: the name of the pairwise project to create.")
-    overlap: int = option(1, "--judge people: annotators per pair.")
+    overlap: int = option(1, "--judge people: annotators per pair.", minimum=1)
     skip_invalid: bool = option(False, "Skip malformed prompt records (reported) instead of failing.")
 
 
@@ -353,11 +378,11 @@ class LoopConfig(ModelConfig):
                                    "optional boolean 'harmful' enables refusal and over-refusal rates).",
                                required=True)
     output: str = option("", "Output folder: loop.json, round-001/, round-002/, ..., report/.", required=True)
-    rounds: int = option(3, "Rounds to run (raise it and rerun to add rounds to a finished loop).")
+    rounds: int = option(3, "Rounds to run (raise it and rerun to add rounds to a finished loop).", minimum=1)
     samples_per_prompt: int = option(4, "Answers sampled per prompt each round (K): 2 give pairs, more give "
-                                        "rankings.")
+                                        "rankings.", minimum=2)
     prompts_per_round: int = option(0, "Prompts per round, taken in a seeded shuffled order so that rounds see "
-                                       "different prompts (0: all prompts every round).")
+                                       "different prompts (0: all prompts every round).", minimum=0)
     labels: str = option("judge", "Who labels the answers: judge (an AI judge, --judge), people (the feedback "
                                   "app; the loop waits until the quota is labelled) or semi-ai (the judge labels "
                                   "everything, people review a share).",
@@ -371,15 +396,15 @@ class LoopConfig(ModelConfig):
                                        "project '{project}-round-{r}'.")
     task: str = option("rank", "labels people: the round projects' task: rank (all K answers at once) or "
                                "pairwise (disjoint pairs of answers).", choices=("rank", "pairwise"))
-    overlap: int = option(1, "labels people or semi-ai: annotators per item.")
+    overlap: int = option(1, "labels people or semi-ai: annotators per item.", minimum=1)
     quota: int = option(0, "labels people or semi-ai: items that must be labelled before the round goes on "
-                           "(0: every item of the round).")
+                           "(0: every item of the round).", minimum=0)
     guidelines: str | None = option(None, "labels people or semi-ai: a Markdown file shown beside every task.")
-    human_share: float = option(0.2, "labels semi-ai: the share of the items sent to people.")
+    human_share: float = option(0.2, "labels semi-ai: the share of the items sent to people.", minimum=0, maximum=1)
     random_fraction: float = option(0.25, "labels semi-ai: the part of that share drawn at random (the rest: the "
-                                          "judge's least confident items).")
+                                          "judge's least confident items).", minimum=0, maximum=1)
     poll_seconds: float = option(30.0, "labels people or semi-ai: seconds between looks at the database while "
-                                       "waiting for labels.")
+                                       "waiting for labels.", greater_than=0)
     optimizer: str = option("ppo", "How each round optimises the policy: ppo (against the round's reward model) "
                                    "or dpo (on the labels).", choices=("ppo", "dpo"))
     dpo_data: str = option("round", "optimizer dpo: train on this round's labels (round) or on all labels so far "
@@ -391,7 +416,7 @@ class LoopConfig(ModelConfig):
     eval_judge: str | None = option(None, "Who compares each round's policy with the initial one: a reward-model "
                                           "folder or module:function (the higher score wins), or a judge spec "
                                           "(causal-LM folder, URL) asked in both orders; null: --judge.")
-    seed: int = option(0, "Seed of the prompt order, of sampling, training and evaluation.")
+    seed: int = option(0, "Seed of the prompt order, of sampling, training and evaluation.", minimum=0)
     generate: dict[str, Any] = option({}, "Settings of 'rlhfkit generate' for the round's answers, e.g. "
                                           "{max_new_tokens: 64, temperature: 1.0}; model, prompts, output and "
                                           "num_samples are the loop's.")
@@ -419,9 +444,9 @@ class TinyModelConfig:
     corpus: str = option("", "Plain-text corpus to train the tokenizer on (one document per line).", required=True)
     output: str = option("", "Output folder (a normal HF model folder).", required=True)
     arch: str = option("gpt2", "Architecture.", choices=("gpt2", "llama"))
-    layers: int = option(2, "Transformer layers.")
-    width: int = option(64, "Hidden size.")
-    heads: int = option(4, "Attention heads.")
-    vocab_size: int = option(1024, "Tokenizer vocabulary size (including special tokens).")
-    max_positions: int = option(512, "Maximum sequence length (position embeddings).")
-    seed: int = option(0, "Random seed for the weights.")
+    layers: int = option(2, "Transformer layers.", minimum=1)
+    width: int = option(64, "Hidden size.", minimum=1)
+    heads: int = option(4, "Attention heads.", minimum=1)
+    vocab_size: int = option(1024, "Tokenizer vocabulary size (including special tokens).", minimum=16)
+    max_positions: int = option(512, "Maximum sequence length (position embeddings).", minimum=1)
+    seed: int = option(0, "Random seed for the weights.", minimum=0)

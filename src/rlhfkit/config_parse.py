@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from rlhfkit.config import ConfigError
+from rlhfkit.config import ConfigError, describe_bounds
 
 # ---------------------------------------------------------------------------------------------------
 # Reading and checking values
@@ -166,6 +166,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse %-formats help strings
         if f.metadata.get("choices"):
             help_text += f" Choices: {', '.join(f.metadata['choices'])}."
+        if f.metadata.get("bounds"):
+            help_text += f" Allowed: {describe_bounds(f.metadata['bounds'])}.".replace("%", "%%")
         if f.metadata.get("required"):
             help_text += " (required)"
         elif f.default is not dataclasses.MISSING:

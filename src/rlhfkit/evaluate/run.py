@@ -91,10 +91,7 @@ def read_results(output: Path) -> dict:
 
 
 def check_config(config: EvalConfig) -> None:
-    if config.samples_per_prompt < 1:
-        raise ConfigError(f"--samples-per-prompt must be at least 1, got {config.samples_per_prompt}")
-    if config.batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {config.batch_size}")
+    """Cross-field rules (each number's range is checked when the config is made)."""
     if config.judge == PEOPLE and not (config.db and config.project):
         raise ConfigError("--judge people needs --db (the feedback app's database) and --project (a new "
                           "pairwise project's name)")

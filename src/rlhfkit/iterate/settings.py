@@ -74,13 +74,8 @@ def eval_judge_spec(config: LoopConfig) -> str:
 
 def check_config(config: LoopConfig) -> None:
     """Every setting checked before any work starts. The choice fields (labels, task, optimizer, ...) are
-    checked when the config is made (``check_choices``); these are the limits and the cross-field rules."""
-    minimums = {"rounds": 1, "samples_per_prompt": 2, "prompts_per_round": 0, "overlap": 1, "quota": 0}
-    for key, least in minimums.items():
-        if getattr(config, key) < least:
-            raise ConfigError(f"loop: --{key.replace('_', '-')} must be at least {least}, got {getattr(config, key)}")
-    if config.poll_seconds <= 0:
-        raise ConfigError(f"loop: --poll-seconds must be positive, got {config.poll_seconds}")
+    checked when the config is made, and so are the numbers' ranges (``check_choices``); these are the
+    cross-field rules."""
     if config.labels in ("judge", "semi-ai") and not config.judge:
         raise ConfigError(f"loop: --labels {config.labels} needs --judge (a judge spec)")
     if config.labels in ("people", "semi-ai") and not (config.db and config.project):

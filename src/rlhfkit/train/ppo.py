@@ -79,8 +79,6 @@ def check_config(config: PPOConfig, num_processes: int) -> int:
     choices such as ``--estimator`` are checked when the config is built.)"""
     if config.grad_accum != 1:
         raise ConfigError("--grad-accum does not apply to ppo: use --num-minibatches and --batch-size")
-    if config.temperature <= 0:
-        raise ConfigError("--temperature must be > 0 for RL (sampling is how the policy explores)")
     if config.max_length - config.max_new_tokens <= 0:
         raise ConfigError(f"--max-length {config.max_length} leaves no room for prompts after "
                           f"--max-new-tokens {config.max_new_tokens}")
@@ -91,7 +89,6 @@ def check_config(config: PPOConfig, num_processes: int) -> int:
     if config.dynamic_sampling and config.estimator not in GROUP_ESTIMATORS:
         raise ConfigError(f"--dynamic-sampling compares the answers to one prompt: it needs a group estimator "
                           f"({', '.join(sorted(GROUP_ESTIMATORS))}), not --estimator {config.estimator}")
-    check_ranges(config)
     if config.prompts_per_step % num_processes:
         raise ConfigError(f"--prompts-per-step {config.prompts_per_step} must divide among {num_processes} processes")
     rollout_size = config.prompts_per_step // num_processes * samples
@@ -99,20 +96,6 @@ def check_config(config: PPOConfig, num_processes: int) -> int:
         raise ConfigError(f"the rollout batch ({rollout_size} answers per process) does not split into "
                           f"--num-minibatches {config.num_minibatches}")
     return samples
-
-
-def check_ranges(config: PPOConfig) -> None:
-    """The clipping, dual-clip and overlong settings are in their valid ranges."""
-    if config.clip_range <= 0 or (config.clip_range_high is not None and config.clip_range_high <= 0):
-        raise ConfigError("--clip-range and --clip-range-high must be > 0")
-    if config.dual_clip is not None and config.dual_clip <= 1:
-        raise ConfigError(f"--dual-clip {config.dual_clip}: expected c > 1 (the loss of a negative-advantage token "
-                          "is bounded at -c·A), or null")
-    if not 0 <= config.overlong_buffer < 1:
-        raise ConfigError(f"--overlong-buffer {config.overlong_buffer}: expected a fraction of --max-new-tokens "
-                          "in [0, 1)")
-    if config.max_sampling_rounds < 0:
-        raise ConfigError(f"--max-sampling-rounds {config.max_sampling_rounds}: expected 0 or more")
 
 
 def truncate_prompt(ids: list[int], limit: int) -> list[int]:
