@@ -204,3 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, DataError, FileNotFoundError, JudgeRequestError, RewardSpecError, TrainingError) as err:
         console.print(f"[red]error:[/] {err}", soft_wrap=True)
         sys.exit(2)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C: what the trainer noted (how far, how to resume), no traceback
+        notes = getattr(interrupt, "__notes__", None) or ["interrupted"]
+        console.print(f"[yellow]{notes[-1]}[/]", soft_wrap=True)
+        sys.exit(130)

@@ -1,22 +1,26 @@
 """Resumable checkpoints, written atomically: ``OUTPUT/checkpoints/step-NNNNNNN/``.
 
 A checkpoint stores the accelerator's state (models, optimizer, RNG states), the scheduler and a
-``trainer_state.json`` with the step and whatever the trainer adds (β, the epoch). It is written into
+``trainer_state.json`` with the step and whatever the trainer adds (β, the epoch, and the run's settings
+and input fingerprints, which ``--resume`` checks: ``run_record.py``). It is written into
 ``step-N.tmp`` and renamed when complete, so a kill while writing leaves the previous one usable; the
 newest ``KEEP_CHECKPOINTS`` are kept.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 
 from rlhfkit.console import console
+from rlhfkit.train.run_record import check_same_run
 
 CHECKPOINTS = "checkpoints"
 
@@ -65,13 +69,31 @@ def load_checkpoint(accelerator: Accelerator, path: Path, scheduler) -> dict:
 
 
 
-def resume_from_latest(accelerator: Accelerator, output: str | Path, scheduler) -> dict | None:
+def resume_from_latest(accelerator: Accelerator, output: str | Path, scheduler, record: dict | None = None
+                       ) -> dict | None:
     """``--resume``: load the newest checkpoint and return its trainer state, or ``None`` (said) when
-    there is none yet and the run starts fresh."""
+    there is none yet and the run starts fresh. With the run's ``record`` (:func:`run_record.run_record`),
+    a checkpoint of a run with other settings or inputs is refused before anything is loaded."""
     found = latest_checkpoint(output)
     if found is None:
         console.print(f"[yellow]--resume: no checkpoint in {Path(output) / CHECKPOINTS}; starting fresh[/]")
         return None
+    if record is not None:
+        check_same_run(json.loads((found / "trainer_state.json").read_text()), record, found)
     state = load_checkpoint(accelerator, found, scheduler)
     console.print(f"resumed from {found} at step {state['step']}")
     return state
+
+
+@contextlib.contextmanager
+def interruption_note(output: str | Path, steps_done: Callable[[], int], total: int) -> Iterator[None]:
+    """On Ctrl-C, note on the ``KeyboardInterrupt`` how far the run got and how to go on (the CLI prints
+    the note and exits 130)."""
+    try:
+        yield
+    except KeyboardInterrupt as error:
+        found = latest_checkpoint(output)
+        resume = (f"rerun with --resume to continue from {found}" if found is not None else
+                  "no checkpoint was written yet (see --save-every): rerun to start again")
+        error.add_note(f"interrupted at step {steps_done()} of {total}; {resume}")
+        raise

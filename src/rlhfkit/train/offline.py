@@ -23,12 +23,14 @@ import torch
 from accelerate import Accelerator
 from transformers import get_cosine_schedule_with_warmup
 
-from rlhfkit.config import TrainConfig, save_config
+from rlhfkit.config import TrainConfig
+from rlhfkit.config_parse import save_config
 from rlhfkit.console import console, progress_bar
 from rlhfkit.train.batches import BatchPlan, total_steps
-from rlhfkit.train.checkpoints import CHECKPOINTS, resume_from_latest, save_checkpoint
+from rlhfkit.train.checkpoints import CHECKPOINTS, interruption_note, resume_from_latest, save_checkpoint
 from rlhfkit.train.metrics import MetricsLog
 from rlhfkit.train.optimizer import make_optimizer, optimizer_step
+from rlhfkit.train.run_record import run_record
 
 
 @dataclass
@@ -66,7 +68,8 @@ def train(config: TrainConfig, accelerator: Accelerator, model: torch.nn.Module,
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * steps), steps)
     model, optimizer = accelerator.prepare(model, optimizer)
 
-    state = resume_from_latest(accelerator, output, scheduler) if config.resume else None
+    record = run_record(config)
+    state = resume_from_latest(accelerator, output, scheduler, record) if config.resume else None
     start = state["step"] if state else 0
     log = MetricsLog(output, accelerator.is_main_process, resume=start > 0)
     if accelerator.is_main_process and start == 0:
@@ -78,7 +81,9 @@ def train(config: TrainConfig, accelerator: Accelerator, model: torch.nn.Module,
 
     model.train()
     started = time.perf_counter()
-    with progress_bar(stage.name, total=steps, completed=start, enabled=accelerator.is_main_process) as advance:
+    done = start
+    with progress_bar(stage.name, total=steps, completed=start, enabled=accelerator.is_main_process) as advance, \
+            interruption_note(output, lambda: done, steps):
         for step in range(start, steps):
             metrics = _optimizer_step(config, accelerator, model, optimizer, scheduler, stage, plan, step)
             done = step + 1
@@ -90,12 +95,12 @@ def train(config: TrainConfig, accelerator: Accelerator, model: torch.nn.Module,
             if stage.evaluate is not None and config.eval_every and done % config.eval_every == 0 and done != steps:
                 log.write({"step": done, **_evaluate(stage, model)})
             if config.save_every and done % config.save_every == 0 and done != steps:
-                save_checkpoint(accelerator, output, done, scheduler, {"epoch": done / plan.steps_per_epoch})
+                save_checkpoint(accelerator, output, done, scheduler, {"epoch": done / plan.steps_per_epoch, **record})
             if on_step is not None:
                 on_step(done)
     if stage.evaluate is not None:
         log.write({"step": steps, **_evaluate(stage, model)})
-    save_checkpoint(accelerator, output, steps, scheduler, {"epoch": steps / plan.steps_per_epoch})
+    save_checkpoint(accelerator, output, steps, scheduler, {"epoch": steps / plan.steps_per_epoch, **record})
     return accelerator.unwrap_model(model)
 
 

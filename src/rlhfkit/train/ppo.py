@@ -52,7 +52,7 @@ from rlhfkit.rewards import RewardFunction, load_reward_function
 from rlhfkit.rl_losses import ADVANTAGE_ESTIMATORS, GROUP_ESTIMATORS, KLController, compute_advantages
 from rlhfkit.rollout.logprobs import Rollout, in_chunks, response_logprobs
 from rlhfkit.train.batches import BatchPlan, split_held_out
-from rlhfkit.train.checkpoints import resume_from_latest, save_checkpoint
+from rlhfkit.train.checkpoints import interruption_note, resume_from_latest, save_checkpoint
 from rlhfkit.train.metrics import MetricsLog, tensorboard_writer
 from rlhfkit.train.optimizer import make_accelerator, make_optimizer
 from rlhfkit.train.ppo_experience import Experience, RewardScorer, make_experience, mean_over_processes
@@ -66,6 +66,7 @@ from rlhfkit.train.ppo_models import (
 )
 from rlhfkit.train.ppo_sampling import extra_prompts, generate_rollout, sample_scored_batch
 from rlhfkit.train.ppo_update import ppo_update
+from rlhfkit.train.run_record import run_record
 
 # names tests and callers import from here
 __all__ = ["PPOTrainer", "Rollout", "ValueModel", "compute_advantages", "load_critic", "response_logprobs",
@@ -200,8 +201,9 @@ class PPOTrainer:
         log = MetricsLog(output, self.accelerator.is_main_process, resume=start > 0)
         writer = tensorboard_writer(output) if self.accelerator.is_main_process else None
         started = time.perf_counter()
-        with progress_bar("ppo", total=self.steps, completed=start,
-                          enabled=self.accelerator.is_main_process) as advance:
+        done = start
+        with progress_bar("ppo", total=self.steps, completed=start, enabled=self.accelerator.is_main_process) as \
+                advance, interruption_note(output, lambda: done, self.steps):
             for step in range(start, self.steps):
                 rollout, experience, metrics = self.step(step)
                 done = step + 1
@@ -215,7 +217,7 @@ class PPOTrainer:
                 if self.eval_prompts and config.eval_every and done % config.eval_every == 0:
                     log.write({"step": done, **self.evaluate()})
                 if config.save_every and done % config.save_every == 0 and done != self.steps:
-                    save_checkpoint(self.accelerator, output, done, self.scheduler, {"beta": self.kl.beta})
+                    save_checkpoint(self.accelerator, output, done, self.scheduler, {"beta": self.kl.beta, **self.record})
                 if on_step is not None:
                     on_step(done)
         if self.eval_prompts:
@@ -231,7 +233,8 @@ class PPOTrainer:
         output.mkdir(parents=True, exist_ok=True)
         if accelerator.is_main_process:
             save_config(config, output / "config.yaml")
-        state = resume_from_latest(accelerator, output, self.scheduler) if config.resume else None
+        self.record = run_record(config)
+        state = resume_from_latest(accelerator, output, self.scheduler, self.record) if config.resume else None
         start = 0
         if state is not None:
             start, self.kl.beta = state["step"], state["beta"]
@@ -275,7 +278,7 @@ class PPOTrainer:
     def finish(self, output: Path, writer) -> None:
         """The final checkpoint, the policy (and critic) as HF folders."""
         accelerator = self.accelerator
-        save_checkpoint(accelerator, output, self.steps, self.scheduler, {"beta": self.kl.beta})
+        save_checkpoint(accelerator, output, self.steps, self.scheduler, {"beta": self.kl.beta, **self.record})
         if accelerator.is_main_process:
             save_model(self.models.unwrapped_policy(), self.tokenizer, output)
             if self.critic is not None:
