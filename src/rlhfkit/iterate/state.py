@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from datetime import UTC, datetime
@@ -11,6 +10,7 @@ from pathlib import Path
 
 from rlhfkit.config import ConfigError, LoopConfig
 from rlhfkit.config_parse import config_to_dict
+from rlhfkit.train.run_record import fingerprint
 
 STEPS = ("generate", "labels", "rm", "policy", "eval")
 """The steps of a round, in order."""
@@ -70,18 +70,6 @@ def write_json(path: Path, value) -> None:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def fingerprint(path: str) -> str | None:
-    """The SHA-256 of a file's bytes (None for folders, e.g. HF datasets, and missing paths)."""
-    file = Path(path)
-    if not file.is_file():
-        return None
-    digest = hashlib.sha256()
-    with file.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def loop_state(config: LoopConfig) -> dict:
