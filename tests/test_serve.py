@@ -66,6 +66,32 @@ def test_models_and_chat_completions(server):
     assert error.value.code == 422
 
 
+def post_raw(url, text):
+    request = urllib.request.Request(url, data=text.encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_bad_requests_are_refused_with_what_is_wrong_never_a_500(server):
+    engine, url = server
+    chat = url + "/chat/completions"
+    hi = '[{"role": "user", "content": "Hi"}]'
+    status, body = post_raw(chat, '{"messages": ' + hi + ', "temperature": NaN}')
+    assert status == 422 and "temperature" in json.dumps(body)
+    status, body = post_raw(chat, json.dumps({"messages": [{"role": "robot", "content": "Hi"}]}))
+    assert status == 400 and "messages[0]" in body["detail"] and "robot" in body["detail"]
+    status, body = post_raw(chat, json.dumps({"messages": [{"role": "system", "content": "Be kind."}]}))
+    assert status == 400 and "role 'user'" in body["detail"]
+    limit = engine.model.config.max_position_embeddings
+    status, body = post_raw(chat, json.dumps({"messages": [{"role": "user", "content": "word " * (2 * limit)}]}))
+    assert status == 400 and f"at most {limit}" in body["detail"]
+    status, body = post_raw(chat, json.dumps({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 10**9}))
+    assert status == 400 and "max_tokens 1000000000" in body["detail"] and "answer tokens fit" in body["detail"]
+
+
 def test_batched_logprobs_equal_each_answer_scored_alone(server):
     import torch
 

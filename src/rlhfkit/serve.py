@@ -38,8 +38,8 @@ class ChatRequest(BaseModel):
     messages: list[dict[str, str]] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    temperature: float = Field(default=1.0, ge=0.0, le=100.0, allow_inf_nan=False)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, allow_inf_nan=False)
     n: int = Field(default=1, ge=1, le=64)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0)
@@ -174,13 +174,55 @@ class ChatEngine:
         return contents
 
 
+ROLES = ("system", "user", "assistant")
+
+
+def context_length(model) -> int | None:
+    """The most positions the model reads (None when its config does not say)."""
+    config = model.config
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+
+def checked_request(engine: ChatEngine, request: ChatRequest) -> tuple[list[dict], int]:
+    """The request's messages and answer length, or a ``ValueError`` saying what is wrong with them: roles
+    other than system, user and assistant, no user message, or a prompt and answer longer than the model reads."""
+    for index, message in enumerate(request.messages):
+        if message.get("role") not in ROLES or not isinstance(message.get("content"), str):
+            raise ValueError(f"messages[{index}]: expected a 'role' of {', '.join(ROLES)} and a string 'content', "
+                             f"got role {message.get('role')!r}")
+    if not any(m["role"] == "user" for m in request.messages):
+        raise ValueError("messages: expected at least one message with role 'user'")
+    messages = [{"role": m["role"], "content": m["content"]} for m in request.messages]
+    max_tokens = request.max_completion_tokens or request.max_tokens or 256
+    limit = context_length(engine.model)
+    if limit is not None:
+        prompt = len(encode_prompt(engine.tokenizer, messages))
+        if prompt >= limit:
+            raise ValueError(f"messages: the prompt is {prompt} tokens; {engine.name} reads at most {limit}")
+        if prompt + max_tokens > limit:
+            if request.max_tokens is None and request.max_completion_tokens is None:
+                max_tokens = limit - prompt  # the default length, cut to what fits
+            else:
+                raise ValueError(f"max_tokens {max_tokens}: the prompt is {prompt} tokens and {engine.name} reads "
+                                 f"at most {limit}, so at most {limit - prompt} answer tokens fit")
+    return messages, max_tokens
+
+
 def create_app(engine: ChatEngine):
     """The FastAPI app serving ``engine``."""
     from fastapi import FastAPI, HTTPException
     from fastapi.concurrency import run_in_threadpool
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
 
     app = FastAPI(title="rlhfkit serve")
     app.state.engine = engine
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request, error: RequestValidationError) -> JSONResponse:
+        # the fields and what they expect, without echoing the values (a NaN cannot be written as JSON)
+        problems = ["/".join(map(str, e["loc"][1:])) + ": " + e["msg"] for e in error.errors()]
+        return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
 
     @app.get("/v1/models")
     def models() -> dict:
@@ -188,12 +230,12 @@ def create_app(engine: ChatEngine):
 
     @app.post("/v1/chat/completions")
     async def chat(request: ChatRequest) -> dict:
-        for message in request.messages:
-            if not isinstance(message.get("role"), str) or not isinstance(message.get("content"), str):
-                raise HTTPException(400, "every message needs a string 'role' and 'content'")
-        job = Job([{"role": m["role"], "content": m["content"]} for m in request.messages],
-                  request.max_completion_tokens or request.max_tokens or 256, request.temperature, request.top_p,
-                  request.n, (request.top_logprobs or 0) if request.logprobs else None)
+        try:
+            messages, max_tokens = checked_request(engine, request)
+        except ValueError as error:
+            raise HTTPException(400, str(error)) from None
+        job = Job(messages, max_tokens, request.temperature, request.top_p, request.n,
+                  (request.top_logprobs or 0) if request.logprobs else None)
         engine.requests += 1
         choices = await run_in_threadpool(engine.submit, job)
         completion_tokens = sum(c.pop("_tokens") for c in choices)
