@@ -54,7 +54,7 @@ from rlhfkit.rollout.logprobs import Rollout, in_chunks, response_logprobs
 from rlhfkit.train.batches import BatchPlan, split_held_out
 from rlhfkit.train.checkpoints import interruption_note, resume_from_latest, save_checkpoint
 from rlhfkit.train.metrics import MetricsLog, tensorboard_writer
-from rlhfkit.train.optimizer import make_accelerator, make_optimizer
+from rlhfkit.train.optimizer import TrainingError, make_accelerator, make_optimizer
 from rlhfkit.train.ppo_experience import Experience, RewardScorer, make_experience, mean_over_processes
 from rlhfkit.train.ppo_models import (
     PPOModels,
@@ -205,7 +205,10 @@ class PPOTrainer:
         with progress_bar("ppo", total=self.steps, completed=start, enabled=self.accelerator.is_main_process) as \
                 advance, interruption_note(output, lambda: done, self.steps):
             for step in range(start, self.steps):
-                rollout, experience, metrics = self.step(step)
+                try:
+                    rollout, experience, metrics = self.step(step)
+                except TrainingError as error:  # a non-finite reward or loss: say at which step
+                    raise TrainingError(f"at step {step + 1}: {error}") from None
                 done = step + 1
                 advance()
                 if done % config.log_every == 0 or done == self.steps or done == 1:
