@@ -55,12 +55,12 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     return path
 
 
-def upload_project(client, name: str, records: list[dict] | str, **fields):
-    """POST a project upload as an admin; returns the response."""
+def upload_project(client, name: str, records: list[dict] | str, filename: str | None = None, **fields):
+    """POST a project upload as an admin (the file named after the project unless told); returns the response."""
     text = records if isinstance(records, str) else "".join(json.dumps(r) + "\n" for r in records)
     data = {"name": name, **{key: str(value) for key, value in fields.items()}}
     return client.post("/api/admin/projects", data=data,
-                       files={"file": (f"{name}.jsonl", text.encode("utf-8"), "application/x-ndjson")})
+                       files={"file": (filename or f"{name}.jsonl", text.encode("utf-8"), "application/x-ndjson")})
 
 
 def free_port() -> int:

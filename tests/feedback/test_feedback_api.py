@@ -51,18 +51,19 @@ def label_all(client, project_id: int, answer: dict, limit: int = 100) -> int:
 # ---------------------------------------------------------------- schema
 
 
-def test_alembic_migration_matches_the_models_and_is_idempotent(db_url):
+def test_alembic_migration_matches_the_models_and_is_idempotent(any_db_url):
+    """On SQLite and on a real PostgreSQL server."""
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
     from rlhfkit.feedback.db import Base
 
-    engine = make_engine(db_url)
+    engine = make_engine(any_db_url)
     migrate(engine)
     migrate(engine)  # a second upgrade is a no-op
     with engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
-        assert connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0001"
+        assert connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
         assert connection.exec_driver_sql("SELECT break_after_minutes, daily_cap_minutes FROM site_settings"
                                           ).one() == (50.0, 360.0)
     engine.dispose()
@@ -425,7 +426,7 @@ def test_postgresql_assignment_locks_its_candidate_with_skip_locked():
     user = User(id=7, opted_out_categories=["hate"])
     query = candidate_query(project, user, gold=False, sensitive_allowed=True, dialect="postgresql")
     sql = str(query.compile(dialect=postgresql.dialect())).replace("\n", " ")
-    assert sql.endswith("FOR UPDATE OF items SKIP LOCKED")
+    assert sql.endswith("FOR NO KEY UPDATE OF items SKIP LOCKED")
     assert "items.claimed_count <" in sql and "NOT (EXISTS" in sql
     sqlite_sql = str(candidate_query(project, user, gold=False, sensitive_allowed=True, dialect="sqlite"))
     assert "FOR UPDATE" not in sqlite_sql

@@ -215,14 +215,16 @@ def test_admin_uploads_exports_and_a_reward_model_trains_on_the_export(app, admi
 
     add_user(app, "ann2")
     project_id = 1
-    for name in ("ann", "ann2"):
+    for name in ("ann", "ann2"):  # the form shuffles the answers by default: each picks the helpful one as shown
         client = api_client(app, name)
         while (task := client.post(f"/api/projects/{project_id}/next").json()["task"]) is not None:
-            client.post(f"/api/assignments/{task['assignment_id']}/label", json={"choice": "A"})
+            choice = "A" if task["responses"][0].startswith("A helpful") else "B"
+            client.post(f"/api/assignments/{task['assignment_id']}/label", json={"choice": choice})
 
     page.goto(f"{live_server.url}/admin/projects/{project_id}")
     assert "8 of 8 items complete" in page.text_content("#project-progress")
     assert "1.000" in page.text_content("#agreement")  # both annotators always agree
+    assert "random order" in page.text_content("main")
     with page.expect_download() as download_info:
         page.click("#export-preferences")
     exported = tmp_path / "preferences.jsonl"

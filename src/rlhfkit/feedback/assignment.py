@@ -4,16 +4,31 @@ An item is offered to at most ``overlap`` annotators at once or in total (skips 
 place back), never twice to the same annotator, never with a category the annotator opted out of,
 and never sensitive once the annotator's sensitive cap is reached. Items already started by others
 come first, so items are finished rather than all half-done. Gold items (known answers) are mixed in
-so that about ``gold_rate`` of an annotator's labels are gold.
+so that about ``gold_rate`` of an annotator's labels are gold. In projects that shuffle, each
+assignment draws the order its responses are shown in (against position bias; see :mod:`.labels`).
 
-Concurrency: the caller's transaction is serialised on SQLite (BEGIN IMMEDIATE, see
-:mod:`rlhfkit.feedback.db`); on PostgreSQL the candidate row is locked with
-``FOR UPDATE SKIP LOCKED`` and ``Item.claimed_count`` (on that row) is re-checked against the
-overlap, so two annotators cannot take the same last place.
+Concurrency (ARCHITECTURE.md rule 16). On SQLite the caller's transaction is serialised (BEGIN
+IMMEDIATE, see :mod:`rlhfkit.feedback.db`). On PostgreSQL (READ COMMITTED) three locks do it:
+
+* an item's row is the lock of the item, its counters and its assignments: whatever changes an
+  assignment's status first locks the item (:func:`lock_item`, ``FOR NO KEY UPDATE``) and reads the
+  assignment afresh, so a label, a skip and an expiry of one assignment never both happen, and the
+  counters change only as SQL increments (``claimed_count = claimed_count + 1``) under that lock;
+* the assignment query locks its candidate with ``FOR NO KEY UPDATE SKIP LOCKED``; PostgreSQL
+  re-checks ``claimed_count < overlap`` on the newest version of the row it locks, so two annotators
+  cannot take the same last place. When every candidate is locked by someone else just then (a label
+  being saved holds its item), the query asks again shortly instead of answering "no more items";
+* the annotator's own row is locked first, so two requests of one annotator (two tabs) cannot both
+  start an assignment.
+
+Locks are taken in one order (the user, then items in ascending id, then assignments) and the
+candidate query never waits, so these transactions cannot deadlock each other.
 """
 
 from __future__ import annotations
 
+import random
+import time
 from datetime import datetime, timedelta
 
 from sqlalchemy import Select, exists, func, select
@@ -24,6 +39,9 @@ from rlhfkit.feedback.welfare import WelfareLimits, WelfareStatus, assignment_in
 
 ASSIGNMENT_TIMEOUT_MINUTES = 60.0
 """An item given out and neither labelled nor skipped within this time goes back to the pool."""
+_shuffler = random.SystemRandom()
+LOCKED_CANDIDATE_WAITS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8)
+"""Seconds to wait, in turn, while the only items left are locked by other requests (PostgreSQL)."""
 
 
 class FeedbackError(Exception):
@@ -60,16 +78,46 @@ def welfare_refusal(status: WelfareStatus, wellbeing_url: str) -> FeedbackError:
                          wellbeing_url=wellbeing_url)
 
 
+def lock_item(session: Session, item_id: int) -> Item:
+    """The item, read afresh with its row locked until commit (a no-op lock on SQLite, already serialised)."""
+    return session.scalars(select(Item).where(Item.id == item_id).with_for_update(key_share=True)
+                           .execution_options(populate_existing=True)).one()
+
+
+def locking(session: Session) -> bool:
+    """Whether rows must be locked: on PostgreSQL; a SQLite transaction holds the whole database already."""
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def relock(session: Session, assignment: Assignment) -> Assignment:
+    """The assignment read afresh after locking its item (see the module's docstring)."""
+    if locking(session):
+        lock_item(session, assignment.item_id)
+        session.refresh(assignment)
+    return assignment
+
+
+def give_back(assignment: Assignment, status: str, now: datetime) -> None:
+    """End an active, locked assignment as skipped or expired: its place in the overlap is free again."""
+    assignment.status = status
+    assignment.finished_at = now
+    assignment.item.claimed_count = Item.claimed_count - 1
+
+
 def expire_stale_assignments(session: Session, project_id: int, now: datetime) -> int:
     """Give back the places of items held longer than the timeout; returns how many."""
-    stale = session.scalars(select(Assignment).where(
+    stale = session.scalars(select(Assignment.id).where(
         Assignment.project_id == project_id, Assignment.status == "active",
-        Assignment.assigned_at < now - timedelta(minutes=ASSIGNMENT_TIMEOUT_MINUTES))).all()
-    for assignment in stale:
-        assignment.status = "expired"
-        assignment.finished_at = now
-        assignment.item.claimed_count -= 1
-    return len(stale)
+        Assignment.assigned_at < now - timedelta(minutes=ASSIGNMENT_TIMEOUT_MINUTES))
+        .order_by(Assignment.item_id, Assignment.id)).all()
+    expired = 0
+    for assignment_id in stale:
+        assignment = relock(session, session.get(Assignment, assignment_id))
+        if assignment.status == "active":  # not labelled or skipped meanwhile
+            give_back(assignment, "expired", now)
+            expired += 1
+    session.flush()
+    return expired
 
 
 def gold_is_due(session: Session, project: Project, user_id: int) -> bool:
@@ -82,29 +130,62 @@ def gold_is_due(session: Session, project: Project, user_id: int) -> bool:
     return gold < project.gold_rate * (total + 1)
 
 
-def candidate_query(project: Project, user: User, *, gold: bool, sensitive_allowed: bool, dialect: str) -> Select:
-    """The query for the next item this annotator may take (locked with SKIP LOCKED on PostgreSQL)."""
+def eligible_items(project: Project, user: User, *, gold: bool, sensitive_allowed: bool) -> Select:
+    """The project's items this annotator may be given, whatever their counters say."""
     query = select(Item).where(Item.project_id == project.id, Item.is_gold == gold)
-    if not gold:
-        query = query.where(Item.claimed_count < project.overlap)
     query = query.where(~exists().where(Assignment.item_id == Item.id, Assignment.user_id == user.id))
     if user.opted_out_categories:
         query = query.where(~exists().where(ItemCategory.item_id == Item.id,
                                             ItemCategory.category.in_(user.opted_out_categories)))
     if not sensitive_allowed:
         query = query.where(~exists().where(ItemCategory.item_id == Item.id))
+    return query
+
+
+def candidate_query(project: Project, user: User, *, gold: bool, sensitive_allowed: bool, dialect: str,
+                    lock: bool = True) -> Select:
+    """The query for the next item this annotator may take (locked with SKIP LOCKED on PostgreSQL)."""
+    query = eligible_items(project, user, gold=gold, sensitive_allowed=sensitive_allowed)
+    if not gold:
+        query = query.where(Item.claimed_count < project.overlap)
     order = [Item.position] if gold else [Item.claimed_count.desc(), Item.position]
     query = query.order_by(*order).limit(1)
-    if dialect == "postgresql":
-        query = query.with_for_update(skip_locked=True, of=Item)
-    return query
+    if lock and dialect == "postgresql":
+        query = query.with_for_update(skip_locked=True, of=Item, key_share=True)
+    return query.execution_options(populate_existing=True)
+
+
+def items_held_by_others(session: Session, project: Project, user: User) -> int:
+    """Unfinished items the annotator could get but others hold now: each comes back on a skip or expiry."""
+    held = eligible_items(project, user, gold=False, sensitive_allowed=True).where(
+        Item.claimed_count >= project.overlap, Item.done_count < project.overlap)
+    return session.scalar(select(func.count()).select_from(held.subquery()))
 
 
 def candidate_item(session: Session, project: Project, user: User, *, gold: bool,
                    sensitive_allowed: bool) -> Item | None:
+    """The next item, locked; None only when no item is left (not when those left are locked just now)."""
     dialect = session.get_bind().dialect.name
-    return session.scalar(candidate_query(project, user, gold=gold, sensitive_allowed=sensitive_allowed,
-                                          dialect=dialect))
+    query = candidate_query(project, user, gold=gold, sensitive_allowed=sensitive_allowed, dialect=dialect)
+    item = session.scalar(query)
+    if item is not None or dialect != "postgresql":
+        return item
+    unlocked = candidate_query(project, user, gold=gold, sensitive_allowed=sensitive_allowed, dialect=dialect,
+                               lock=False)
+    for wait in LOCKED_CANDIDATE_WAITS:
+        if not session.scalar(select(unlocked.exists())):
+            return None
+        time.sleep(wait)
+        if (item := session.scalar(query)) is not None:
+            return item
+    raise FeedbackError(503, "busy", "Items are being handed out right now; try again in a moment.",
+                        retry_after=1)
+
+
+def lock_user(session: Session, user: User) -> None:
+    """Lock the annotator's row until commit: one assignment decision per annotator at a time."""
+    if locking(session):
+        session.execute(select(User.id).where(User.id == user.id).with_for_update(key_share=True))
 
 
 def active_assignment(session: Session, project_id: int, user_id: int) -> Assignment | None:
@@ -119,6 +200,7 @@ def next_assignment(session: Session, project: Project, user: User, now: datetim
     Raises a 429 FeedbackError when welfare limits forbid new work (a break, the daily cap, or only
     sensitive items left past the sensitive cap).
     """
+    lock_user(session, user)
     expire_stale_assignments(session, project.id, now)
     current = active_assignment(session, project.id, user.id)
     if current is not None:
@@ -139,9 +221,11 @@ def next_assignment(session: Session, project: Project, user: User, now: datetim
         return None
 
     sensitive = bool(item.categories)
+    shown_order = _shuffler.sample(range(len(item.responses)), len(item.responses)) if project.shuffle_responses else None
     assignment = Assignment(item_id=item.id, user_id=user.id, project_id=project.id, status="active",
-                            sensitive=sensitive, assigned_at=now, revealed_at=None if sensitive else now)
-    item.claimed_count += 1
+                            sensitive=sensitive, assigned_at=now, revealed_at=None if sensitive else now,
+                            shown_order=shown_order)
+    item.claimed_count = Item.claimed_count + 1
     session.add(assignment)
     session.flush()
     assignment.item = item

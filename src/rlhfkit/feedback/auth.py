@@ -5,6 +5,12 @@ SHA-256, so a copy of the database opens no session. Each session has a CSRF tok
 state-changing request must echo (a form field or the ``X-CSRF-Token`` header): a cross-site page can
 make the browser send the cookie, but cannot read the token. Invitation links work the same way:
 the link holds the token, the database its hash.
+
+Logging in takes three steps so that argon2, slow on purpose, never runs inside a transaction (on
+SQLite that would hold up every other request): read the account's hash (:func:`password_record`),
+verify it with no database held (:func:`check_password`; an unknown name verifies a dummy hash, so
+it takes as long as a wrong password), then open the session (:func:`open_session`). Sign-up hashes
+first (:func:`prepare_account`), then stores. Usernames are compared by key (see :mod:`.names`).
 """
 
 from __future__ import annotations
@@ -12,20 +18,24 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import unicodedata
 from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, joinedload
 
+from rlhfkit.feedback import names
+from rlhfkit.feedback.checks import text_problem
 from rlhfkit.feedback.db import ROLES, Invitation, LoginSession, User
 
 SESSION_DAYS = 7
 INVITATION_DAYS = 14
-MIN_PASSWORD_LENGTH = 8
+MIN_PASSWORD_LENGTH = names.MIN_PASSWORD_LENGTH
 
 password_hasher = PasswordHasher()
+_dummy_hashes: dict = {}
 
 
 class AuthError(ValueError):
@@ -33,45 +43,97 @@ class AuthError(ValueError):
 
 
 def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    return hashlib.sha256(token.encode("utf-8", errors="replace")).hexdigest()
 
 
-def check_new_account(session: Session, username: str, password: str, role: str) -> str:
-    """The cleaned username after checking the account can be created."""
-    username = username.strip()
-    if not 1 <= len(username) <= 80 or not all(c.isalnum() or c in "._-@" for c in username):
-        raise AuthError("username: use 1 to 80 letters, digits or . _ - @")
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise AuthError(f"password: use at least {MIN_PASSWORD_LENGTH} characters")
+# ---------------------------------------------------------------- accounts
+
+
+def prepare_account(username: str, password: str) -> tuple[str, str]:
+    """(username to store, password hash) after checking both; no database needed, so the slow hashing
+    can run outside any transaction. AuthError says what is wrong."""
+    try:
+        username = names.clean_username(username)
+    except ValueError as error:
+        raise AuthError(str(error)) from error
+    if (problem := names.password_problem(password, username)) is not None:
+        raise AuthError(problem)
+    return username, password_hasher.hash(password)
+
+
+def add_account(session: Session, username: str, password_hash: str, role: str, now: datetime) -> User:
+    """A new account from :func:`prepare_account`'s output (flushed); AuthError when the name is taken,
+    also by another spelling of it (``Alice`` for ``alice``, a Cyrillic look-alike)."""
     if role not in ROLES:
         raise AuthError(f"role: expected one of {', '.join(ROLES)}")
-    if session.scalar(select(User).where(User.username == username)) is not None:
-        raise AuthError(f"username: {username!r} is taken")
-    return username
-
-
-def create_user(session: Session, username: str, password: str, role: str, now: datetime) -> User:
-    """A new account (flushed, not committed)."""
-    username = check_new_account(session, username, password, role)
-    user = User(username=username, password_hash=password_hasher.hash(password), role=role,
+    key = names.username_key(username)
+    taken = session.scalar(select(User.username).where(User.username_key == key))
+    if taken is not None:
+        raise AuthError(f"username: {username!r} is taken" + (f" (as {taken!r})" if taken != username else ""))
+    user = User(username=username, username_key=key, password_hash=password_hash, role=role,
                 opted_out_categories=[], created_at=now)
     session.add(user)
     session.flush()
     return user
 
 
-def authenticate(session: Session, username: str, password: str) -> User:
-    """The user with these credentials, or AuthError (the same message whichever part was wrong)."""
-    user = session.scalar(select(User).where(User.username == username.strip()))
+def create_user(session: Session, username: str, password: str, role: str, now: datetime) -> User:
+    """A new account (flushed, not committed)."""
+    if role not in ROLES:
+        raise AuthError(f"role: expected one of {', '.join(ROLES)}")
+    username, password_hash = prepare_account(username, password)
+    return add_account(session, username, password_hash, role, now)
+
+
+# ---------------------------------------------------------------- logging in, in three steps
+
+
+def password_record(session: Session, typed_username: str) -> tuple[int, str] | None:
+    """Step 1, in a short transaction: (user id, password hash) of the account a username names, or None.
+
+    The exact stored name wins over another spelling (an old database may hold both ``Alice`` and
+    ``alice``; the migration gave the later one a key of its own).
+    """
+    key = names.username_key(typed_username)
+    if key == names.NO_KEY:
+        return None
+    typed = unicodedata.normalize("NFKC", typed_username).strip()
+    rows = session.execute(select(User.id, User.username, User.password_hash)
+                           .where(or_(User.username_key == key, User.username == typed))).all()
+    rows.sort(key=lambda row: row.username != typed)
+    return (rows[0].id, rows[0].password_hash) if rows else None
+
+
+def dummy_hash() -> str:
+    """A hash of a random password with the current hasher's cost, verified for unknown usernames."""
+    if _dummy_hashes.get("hasher") is not password_hasher:
+        _dummy_hashes.update(hasher=password_hasher, hash=password_hasher.hash(secrets.token_urlsafe(16)))
+    return _dummy_hashes["hash"]
+
+
+def check_password(record: tuple[int, str] | None, password: str) -> tuple[bool, str | None]:
+    """Step 2, outside any transaction (argon2 is slow on purpose): whether the password is right, and
+    a new hash where the stored one has old parameters. An unknown user costs the same as a wrong
+    password (a dummy hash is verified), so the time taken does not tell which usernames exist."""
+    stored = record[1] if record is not None else dummy_hash()
+    usable = isinstance(password, str) and len(password) <= names.MAX_PASSWORD_CHARS and not text_problem(password)
     try:
-        if user is None:
-            raise VerificationError
-        password_hasher.verify(user.password_hash, password)
-    except (VerificationError, InvalidHashError) as error:
-        raise AuthError("Wrong username or password.") from error
-    if password_hasher.check_needs_rehash(user.password_hash):
-        user.password_hash = password_hasher.hash(password)
-    return user
+        password_hasher.verify(stored, password if usable else "-")
+    except (VerificationError, InvalidHashError):
+        return False, None
+    if record is None or not usable:
+        return False, None
+    return True, password_hasher.hash(password) if password_hasher.check_needs_rehash(stored) else None
+
+
+def open_session(session: Session, user_id: int, new_hash: str | None, now: datetime
+                 ) -> tuple[User, str, LoginSession]:
+    """Step 3, in a short transaction: (user, cookie token, session row) for a verified user."""
+    user = session.get(User, user_id)
+    if new_hash is not None:
+        user.password_hash = new_hash
+    token, login = start_session(session, user, now)
+    return user, token, login
 
 
 def start_session(session: Session, user: User, now: datetime) -> tuple[str, LoginSession]:
@@ -118,23 +180,16 @@ def open_invitation(session: Session, token: str, now: datetime) -> Invitation:
     return invitation
 
 
-def accept_invitation(session: Session, token: str, username: str, password: str, now: datetime) -> User:
-    """The account created through an invitation, which is then used up."""
+def accept_invitation(session: Session, token: str, username: str, password_hash: str, now: datetime) -> User:
+    """The account created through an invitation (from :func:`prepare_account`), which is then used up."""
     invitation = open_invitation(session, token, now)
-    user = create_user(session, username, password, invitation.role, now)
+    user = add_account(session, username, password_hash, invitation.role, now)
     invitation.used_by_id, invitation.used_at = user.id, now
     return user
 
 
-def log_in(session: Session, username: str, password: str, now: datetime) -> tuple[User, str, LoginSession]:
-    """(user, cookie token, session row) for the right credentials; AuthError otherwise."""
-    user = authenticate(session, username, password)
-    token, login = start_session(session, user, now)
-    return user, token, login
-
-
-def sign_up(session: Session, invitation_token: str, username: str, password: str, now: datetime) -> str:
+def sign_up(session: Session, invitation_token: str, username: str, password_hash: str, now: datetime) -> str:
     """Create the account of an invitation and log it in; returns the new session's cookie token."""
-    user = accept_invitation(session, invitation_token, username, password, now)
+    user = accept_invitation(session, invitation_token, username, password_hash, now)
     token, _ = start_session(session, user, now)
     return token

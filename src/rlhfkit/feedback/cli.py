@@ -68,6 +68,8 @@ def add_import_action(actions) -> None:
     imp.add_argument("--edit", action="store_true", help="Let annotators edit the best answer (SFT data).")
     imp.add_argument("--rating-scale", type=int, default=5, help="Points of the rating scale (rating tasks).")
     imp.add_argument("--no-lexicon", action="store_true", help="Do not flag sensitive items with the lexicon.")
+    imp.add_argument("--shuffle", action="store_true",
+                     help="Show each annotator the answers in a random order (position-bias control).")
 
 
 def add_invite_action(actions) -> None:
@@ -194,7 +196,7 @@ def run_import(args, console) -> None:
 
     guidelines = Path(args.guidelines).read_text(encoding="utf-8") if args.guidelines else ""
     options = ProjectOptions(args.task, guidelines, args.overlap, args.gold_rate, args.rationale, args.edit,
-                             args.rating_scale)
+                             args.rating_scale, args.shuffle)
     with open_database(args.db) as session:
         project, count = import_file(session, args.file, args.project, options, use_lexicon=not args.no_lexicon)
         console.print(f"label import: {count} items added to {project.name!r} ({project.task_type})")

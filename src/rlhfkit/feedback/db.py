@@ -6,9 +6,9 @@ writes back the same strings or message lists that were imported.
 
 Serialisation: on SQLite every transaction starts with ``BEGIN IMMEDIATE`` (see :func:`make_engine`),
 so two transactions never interleave their writes and a read-then-write (pick an item, then assign
-it) cannot race; WAL mode lets the writer and readers of other connections overlap. On PostgreSQL the
-assignment query locks its candidate item with ``FOR UPDATE SKIP LOCKED`` instead
-(see :mod:`rlhfkit.feedback.assignment`).
+it) cannot race; WAL mode lets the writer and readers of other connections overlap. On PostgreSQL row
+locks do it instead: the assignment query locks its candidate with ``SKIP LOCKED``, and every change
+of an assignment's status locks its item's row first (see :mod:`rlhfkit.feedback.assignment`).
 """
 
 from __future__ import annotations
@@ -53,11 +53,17 @@ class Base(DeclarativeBase):
 
 
 class User(Base):
-    """An account: an admin (manages projects, sees everything) or an annotator (labels)."""
+    """An account: an admin (manages projects, sees everything) or an annotator (labels).
+
+    ``username`` is shown as typed; ``username_key`` (unique) is what names are compared by, so that
+    ``Alice`` and ``alice`` cannot both exist (see :mod:`rlhfkit.feedback.names`).
+    """
 
     __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("username_key", name="uq_users_username_key"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     username: Mapped[str] = mapped_column(String(80), unique=True)
+    username_key: Mapped[str] = mapped_column(String(255))
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(16))
     opted_out_categories: Mapped[list] = mapped_column(JSON, default=list)
@@ -117,6 +123,7 @@ class Project(Base):
     ask_rationale: Mapped[bool] = mapped_column(Boolean, default=False)
     allow_edit: Mapped[bool] = mapped_column(Boolean, default=False)
     rating_scale: Mapped[int] = mapped_column(Integer, default=5)
+    shuffle_responses: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime)
 
 
@@ -126,7 +133,8 @@ class Item(Base):
     ``claimed_count`` counts the assignments that hold a place in the overlap (active or done); the
     assignment query compares it with the project's overlap on the item's own row, so that a row lock
     (PostgreSQL) or the serialised transaction (SQLite) is all that keeps two annotators from taking
-    the last place. ``done_count`` counts submitted labels.
+    the last place. ``done_count`` counts submitted labels. ``external_id`` and ``record_metadata``
+    are the imported record's own ``id`` and ``metadata``, carried into every export.
     """
 
     __tablename__ = "items"
@@ -136,6 +144,8 @@ class Item(Base):
     prompt: Mapped[object] = mapped_column(JSON)
     responses: Mapped[list] = mapped_column(JSON)
     source_location: Mapped[str] = mapped_column(String(500), default="")
+    external_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    record_metadata: Mapped[dict | None] = mapped_column("metadata", JSON, nullable=True)
     is_gold: Mapped[bool] = mapped_column(Boolean, default=False)
     gold_answer: Mapped[object | None] = mapped_column(JSON, nullable=True)
     claimed_count: Mapped[int] = mapped_column(Integer, default=0)
@@ -165,6 +175,8 @@ class Assignment(Base):
 
     ``sensitive`` records whether the item carried a content warning when it was assigned; its
     content is sent only after ``revealed_at`` is set. ``finished_at`` is set by a label or a skip.
+    ``shown_order`` is the order the responses were shown in (item indices; None: the item's own
+    order), drawn per assignment in projects that shuffle; labels are stored in the item's order.
     """
 
     __tablename__ = "assignments"
@@ -182,6 +194,7 @@ class Assignment(Base):
     assigned_at: Mapped[datetime] = mapped_column(DateTime)
     revealed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    shown_order: Mapped[list | None] = mapped_column(JSON, nullable=True)
     item: Mapped[Item] = relationship()
 
 

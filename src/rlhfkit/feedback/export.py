@@ -24,20 +24,23 @@ label instead, with the annotator as ``source``):
   undesirable, exactly on it gives no record (kto.jsonl).
 * **edits**: every edited answer is its own demonstration in sft.jsonl (never aggregated).
 
-Gold items measure annotators; they are left out of every file but labels.jsonl.
+Gold items measure annotators; they are left out of every file but labels.jsonl. Every record
+carries the imported record's own ``id`` and ``metadata`` where it had them (labels.jsonl always,
+null where absent), so a label can be traced back to its source.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
 from pathlib import Path
+from urllib.parse import quote
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from rlhfkit.data.records import ranked_index_pairs
 from rlhfkit.data.writers import to_jsonl
-from rlhfkit.feedback.db import Item, Label, Project, User
+from rlhfkit.feedback.db import Assignment, Item, Label, Project, User
 
 EXPORT_KINDS = ("preferences", "rankings", "sft", "kto", "labels")
 """The files an export writes, as ``KIND.jsonl``."""
@@ -73,13 +76,24 @@ def ranks_from_means(means: list[float]) -> list[int]:
     return [1 + sum(other < mean for other in means) for mean in means]
 
 
+def identity(item: Item) -> dict:
+    """The imported record's own ``id`` and ``metadata``, where it had them (for every export record)."""
+    fields = {}
+    if item.external_id is not None:
+        fields["id"] = item.external_id
+    if item.record_metadata is not None:
+        fields["metadata"] = item.record_metadata
+    return fields
+
+
 def pair_record(item: Item, chosen: int, rejected: int, source: str) -> dict:
     return {"prompt": item.prompt, "chosen": item.responses[chosen], "rejected": item.responses[rejected],
-            "source": source}
+            "source": source, **identity(item)}
 
 
 def kto_record(item: Item, index: int, desirable: bool, source: str) -> dict:
-    return {"prompt": item.prompt, "completion": item.responses[index], "label": desirable, "source": source}
+    return {"prompt": item.prompt, "completion": item.responses[index], "label": desirable, "source": source,
+            **identity(item)}
 
 
 def export_records(session: Session, project: Project, aggregate: bool = True,
@@ -88,14 +102,17 @@ def export_records(session: Session, project: Project, aggregate: bool = True,
     labels are left out of the training files (e.g. those quality control caught); labels.jsonl keeps them."""
     rows = project_labels(session, project)
     records: dict[str, list[dict]] = {kind: [] for kind in EXPORT_KINDS}
-    records["labels"] = [raw_label_record(label, item, annotator, project) for label, item, annotator in rows]
+    orders = dict(session.execute(select(Assignment.id, Assignment.shown_order)
+                                  .where(Assignment.project_id == project.id)).all())
+    records["labels"] = [raw_label_record(label, item, annotator, project, orders.get(label.assignment_id))
+                         for label, item, annotator in rows]
     source = f"rlhfkit-label:{project.name}"
     kept = [(label, item, annotator) for label, item, annotator in rows if annotator not in exclude]
     for item, labels in labels_by_item(kept).values():
         for label, annotator in labels:
             if label.edited_response is not None:
                 records["sft"].append({"prompt": item.prompt, "completion": label.edited_response,
-                                       "source": f"{source}:{annotator}"})
+                                       "source": f"{source}:{annotator}", **identity(item)})
         groups = [(source, labels)] if aggregate else [(f"{source}:{a}", [(lab, a)]) for lab, a in labels]
         for group_source, group in groups:
             answers = [label.answer for label, _ in group]
@@ -122,7 +139,7 @@ def add_ranking(records: dict, item: Item, rankings: list[list[int]], source: st
     means = [sum(ranks[i] for ranks in rankings) / len(rankings) for i in range(len(item.responses))]
     ranks = ranks_from_means(means)
     records["rankings"].append({"prompt": item.prompt, "responses": item.responses, "ranks": ranks,
-                                "source": source})
+                                "source": source, **identity(item)})
     records["preferences"].extend(pair_record(item, better, worse, source)
                                   for better, worse in ranked_index_pairs(ranks))
 
@@ -135,15 +152,18 @@ def add_ratings(records: dict, item: Item, ratings: list[list[int]], scale: int,
             records["kto"].append(kto_record(item, index, mean > midpoint, source))
 
 
-def raw_label_record(label: Label, item: Item, annotator: str, project: Project) -> dict:
-    """One label as it was given, with its item, for labels.jsonl."""
+def raw_label_record(label: Label, item: Item, annotator: str, project: Project,
+                     shown_order: list[int] | None = None) -> dict:
+    """One label as it was given (its answer in the item's order), with its item and the order the
+    responses were shown in (null: the item's order), for labels.jsonl."""
     return {
         "project": project.name, "task_type": project.task_type, "item_id": item.id, "item_position": item.position,
         "annotator": annotator, "answer": label.answer, "rationale": label.rationale,
         "edited_response": label.edited_response, "edited_index": label.edited_index,
         "duration_seconds": round(label.duration_seconds, 3), "submitted_at": label.submitted_at.isoformat() + "Z",
         "is_gold": label.is_gold, "gold_correct": label.gold_correct, "categories": item.category_names,
-        "prompt": item.prompt, "responses": item.responses,
+        "prompt": item.prompt, "responses": item.responses, "shown_order": shown_order,
+        "id": item.external_id, "metadata": item.record_metadata,
     }
 
 
@@ -168,6 +188,14 @@ def export_file(session: Session, project: Project, kind: str, aggregate: bool =
     records = export_records(session, project, aggregate)[kind]
     filename = f"{project.name}-{kind}.jsonl".replace('"', "").replace("/", "_")
     return filename, to_jsonl(records)
+
+
+def content_disposition(filename: str) -> str:
+    """The download header for any file name (RFC 6266): an ASCII stand-in, then the name itself in
+    UTF-8 (RFC 5987's ``filename*``), which browsers prefer. Pure ASCII either way: no CR/LF gets in."""
+    fallback = "".join(c if " " <= c <= "~" and c not in '"\\;%' else "_" for c in filename)
+    encoded = quote(filename.encode("utf-8", errors="replace"), safe="")
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"
 
 
 def grouped_for_agreement(session: Session, project: Project) -> dict[int, list[tuple[str, dict]]]:

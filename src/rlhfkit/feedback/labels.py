@@ -2,8 +2,11 @@
 
 Answers are stored in the item's response order: ``{"choice": "A"|"B"|"tie"|"both_bad"}`` (pairwise;
 A is response 0), ``{"ranks": [...]}`` (a permutation of 1..K, 1 = best) or ``{"ratings": [...]}``
-(1..scale per response). Skips free the item's place for someone else and are never held against
-the annotator (no count, no accuracy, no speed figure uses them).
+(1..scale per response). An annotator answers in the order the responses were shown
+(``Assignment.shown_order``, shuffled per assignment in projects that ask for it); the answer and an
+edit's index are mapped back to the item's order before they are stored. Skips free the item's
+place for someone else and are never held against the annotator (no count, no accuracy, no speed
+figure uses them). Text (a rationale, an edit) must be storable (see :mod:`.checks`).
 """
 
 from __future__ import annotations
@@ -12,8 +15,25 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from rlhfkit.feedback.assignment import FeedbackError, limits_of, user_welfare, welfare_refusal
-from rlhfkit.feedback.db import PAIRWISE_CHOICES, Assignment, ItemCategory, Label, Project, SiteSettings, User
+from rlhfkit.feedback.assignment import (
+    FeedbackError,
+    give_back,
+    limits_of,
+    relock,
+    user_welfare,
+    welfare_refusal,
+)
+from rlhfkit.feedback.checks import MAX_ID, check_text
+from rlhfkit.feedback.db import (
+    PAIRWISE_CHOICES,
+    Assignment,
+    Item,
+    ItemCategory,
+    Label,
+    Project,
+    SiteSettings,
+    User,
+)
 from rlhfkit.feedback.lexicon import CATEGORIES
 
 MAX_RATIONALE_CHARS = 5000
@@ -22,11 +42,12 @@ ANNOTATOR_FLAG_CATEGORIES = (*CATEGORIES, "other")
 
 
 def own_assignment(session: Session, assignment_id: int, user: User) -> Assignment:
-    """The user's own assignment; anyone else's is 'not found' (its existence is not revealed)."""
-    assignment = session.get(Assignment, assignment_id)
+    """The user's own assignment, read afresh with its item locked (see :mod:`.assignment`); anyone
+    else's is 'not found' (its existence is not revealed)."""
+    assignment = session.get(Assignment, assignment_id) if 1 <= assignment_id <= MAX_ID else None
     if assignment is None or assignment.user_id != user.id:
         raise FeedbackError(404, "not_found", "No such assignment.")
-    return assignment
+    return relock(session, assignment)
 
 
 def require_active(assignment: Assignment) -> None:
@@ -50,9 +71,7 @@ def reveal(session: Session, assignment: Assignment, now: datetime, settings: Si
 def skip(assignment: Assignment, now: datetime) -> None:
     """Hand the item back (for someone else); the annotator will not get it again."""
     require_active(assignment)
-    assignment.status = "skipped"
-    assignment.finished_at = now
-    assignment.item.claimed_count -= 1
+    give_back(assignment, "skipped", now)
 
 
 def flag(session: Session, assignment: Assignment, user: User, category: str) -> list[str]:
@@ -70,8 +89,44 @@ def flag(session: Session, assignment: Assignment, user: User, category: str) ->
 # ---------------------------------------------------------------- answers
 
 
+def shown_responses(assignment: Assignment) -> list:
+    """The item's responses in the order this assignment shows them."""
+    responses = assignment.item.responses
+    return [responses[i] for i in assignment.shown_order] if assignment.shown_order else responses
+
+
+def in_item_order(answer: dict, shown_order: list[int] | None) -> dict:
+    """An answer given over the shown order, in the item's order (A and B swap when B was shown first)."""
+    if not shown_order:
+        return answer
+    if "choice" in answer:
+        choice = answer["choice"]
+        return {"choice": "AB"[shown_order["AB".index(choice)]]} if choice in ("A", "B") else answer
+    (field, values), = answer.items()
+    in_order = list(values)
+    for position, index in enumerate(shown_order):
+        in_order[index] = values[position]
+    return {field: in_order}
+
+
+def chose_first_shown(answer: dict, shown_order: list[int] | None) -> bool | None:
+    """For a pairwise A or B answer (item order): whether the chosen response was the one shown first."""
+    if answer.get("choice") not in ("A", "B"):
+        return None
+    chosen = "AB".index(answer["choice"])
+    return (shown_order[0] if shown_order else 0) == chosen
+
+
 def invalid(field: str, message: str) -> FeedbackError:
     return FeedbackError(422, "invalid", f"field '{field}': {message}")
+
+
+def checked_text(value: object, field: str, max_chars: int) -> str:
+    """Storable text of at most ``max_chars`` characters, or a 422 naming the field (see :mod:`.checks`)."""
+    try:
+        return check_text(value, field, max_chars=max_chars)
+    except ValueError as error:
+        raise FeedbackError(422, "invalid", str(error)) from error
 
 
 def check_answer(payload: dict, project: Project, response_count: int) -> dict:
@@ -118,8 +173,7 @@ def check_edit(payload: dict, project: Project, answer: dict, responses: list) -
         return None, None
     if not project.allow_edit:
         raise invalid("edited_response", "this project does not take edits")
-    if not isinstance(text, str) or len(text) > MAX_EDIT_CHARS:
-        raise invalid("edited_response", f"expected text of at most {MAX_EDIT_CHARS} characters")
+    text = checked_text(text, "edited_response", MAX_EDIT_CHARS)
     index = payload.get("edited_index", best_index(answer))
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(responses):
         raise invalid("edited_index", f"expected a response index 0..{len(responses) - 1}, got {index!r}")
@@ -135,11 +189,12 @@ def submit_label(session: Session, assignment: Assignment, project: Project, pay
     if not isinstance(payload, dict):
         raise FeedbackError(422, "invalid", "expected a JSON object")
     item = assignment.item
-    answer = check_answer(payload, project, len(item.responses))
-    rationale = payload.get("rationale") or ""
-    if not isinstance(rationale, str) or len(rationale) > MAX_RATIONALE_CHARS:
-        raise invalid("rationale", f"expected text of at most {MAX_RATIONALE_CHARS} characters")
-    edited, edited_index = check_edit(payload, project, answer, item.responses)
+    shown = check_answer(payload, project, len(item.responses))
+    rationale = checked_text(payload.get("rationale") or "", "rationale", MAX_RATIONALE_CHARS)
+    edited, edited_index = check_edit(payload, project, shown, item.responses)
+    answer = in_item_order(shown, assignment.shown_order)
+    if edited_index is not None and assignment.shown_order:
+        edited_index = assignment.shown_order[edited_index]
     label = Label(
         assignment_id=assignment.id, item_id=item.id, user_id=assignment.user_id, project_id=project.id,
         answer=answer, rationale=rationale.strip(), edited_response=edited, edited_index=edited_index,
@@ -149,6 +204,6 @@ def submit_label(session: Session, assignment: Assignment, project: Project, pay
     session.add(label)
     assignment.status = "done"
     assignment.finished_at = now
-    item.done_count += 1
+    item.done_count = Item.done_count + 1
     session.flush()
     return label

@@ -15,22 +15,33 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from rlhfkit.feedback import auth
-from rlhfkit.feedback.assignment import FeedbackError, limits_of, next_assignment, user_welfare
+from rlhfkit.feedback.assignment import (
+    FeedbackError,
+    items_held_by_others,
+    limits_of,
+    next_assignment,
+    user_welfare,
+)
+from rlhfkit.feedback.checks import MAX_ID, check_number, check_text
 from rlhfkit.feedback.db import TASK_TYPES, Assignment, Label, Project, User, settings_row
 from rlhfkit.feedback.export import EXPORT_KINDS, export_file
 from rlhfkit.feedback.importing import ProjectOptions
-from rlhfkit.feedback.labels import flag, own_assignment, reveal, skip, submit_label
+from rlhfkit.feedback.labels import flag, own_assignment, reveal, shown_responses, skip, submit_label
 from rlhfkit.feedback.lexicon import CATEGORIES
 from rlhfkit.feedback.stats import annotator_progress, exposure_rows, project_progress, project_report
 
 NO_MORE_TASKS = "No more items for you in this project. Thank you!"
-NUMERIC_SETTINGS = ("break_after_minutes", "break_minutes", "daily_cap_minutes", "daily_sensitive_cap_minutes",
-                    "too_fast_seconds")
-"""The numeric site settings; each takes a number in (0, 1440]."""
+WAITING_RETRY_SECONDS = 10
+"""How soon an annotator asks again while the last items are held by others (the page does it itself)."""
+NUMERIC_SETTINGS = {"break_after_minutes": (5, 720), "break_minutes": (1, 240), "daily_cap_minutes": (15, 1440),
+                    "daily_sensitive_cap_minutes": (5, 1440), "too_fast_seconds": (0.5, 600)}
+"""The numeric site settings and the range each takes: none can stop all work or switch a limit off."""
+MAX_URL_CHARS = 500
 
 
 def get_project(session: Session, project_id: int) -> Project:
-    project = session.get(Project, project_id)
+    """The project, or a 404 (ids past what a table holds name nothing)."""
+    project = session.get(Project, project_id) if 1 <= project_id <= MAX_ID else None
     if project is None:
         raise FeedbackError(404, "not_found", "No such project.")
     return project
@@ -84,7 +95,7 @@ def task_json(session: Session, assignment: Assignment, project: Project, user: 
         "ask_rationale": project.ask_rationale, "allow_edit": project.allow_edit,
     }
     if revealed:
-        task["prompt"], task["responses"] = item.prompt, item.responses
+        task["prompt"], task["responses"] = item.prompt, shown_responses(assignment)
     return {"task": task, "progress": annotator_progress(session, project, user)}
 
 
@@ -93,7 +104,12 @@ def next_task(session: Session, project_id: int, user: User, now: datetime) -> d
     project = get_project(session, project_id)
     assignment = next_assignment(session, project, user, now, settings_row(session))
     if assignment is None:
-        return {"task": None, "message": NO_MORE_TASKS, "progress": annotator_progress(session, project, user)}
+        answer = {"task": None, "message": NO_MORE_TASKS, "progress": annotator_progress(session, project, user)}
+        if held := items_held_by_others(session, project, user):
+            answer.update(message=f"Others are working on the last {held} item(s) open to you; if one comes back "
+                                  "(skipped or left too long), it is yours. Checking again shortly.",
+                          waiting_items=held, retry_after_seconds=WAITING_RETRY_SECONDS)
+        return answer
     return task_json(session, assignment, project, user)
 
 
@@ -139,10 +155,10 @@ def set_opt_outs(user: User, chosen: Iterable[str]) -> list[str]:
 
 
 def project_options(task_type: str, guidelines: str, overlap: int, gold_rate: float, ask_rationale: str | None,
-                    allow_edit: str | None, rating_scale: int) -> ProjectOptions:
+                    allow_edit: str | None, rating_scale: int, shuffle_responses: str | None = None) -> ProjectOptions:
     """The options of an upload form (checkboxes arrive as text, or not at all)."""
     return ProjectOptions(task_type, guidelines, overlap, gold_rate, parse_bool(ask_rationale),
-                          parse_bool(allow_edit), rating_scale)
+                          parse_bool(allow_edit), rating_scale, parse_bool(shuffle_responses))
 
 
 def invite(session: Session, creator: User, role: str, now: datetime) -> str:
@@ -156,20 +172,18 @@ def invite(session: Session, creator: User, role: str, now: datetime) -> str:
 def update_settings(session: Session, values: dict) -> None:
     """Apply the site settings given in ``values`` (empty ones are left as they are); a 422 names a bad one."""
     settings = settings_row(session)
-    for name in NUMERIC_SETTINGS:
-        if values.get(name) not in (None, ""):
-            try:
-                number = float(values[name])
-            except (TypeError, ValueError) as error:
-                raise FeedbackError(422, "invalid", f"field '{name}': expected a number") from error
-            if not 0 < number <= 24 * 60:
-                raise FeedbackError(422, "invalid", f"field '{name}': expected a positive number of minutes")
-            setattr(settings, name, number)
-    if "wellbeing_url" in values:
-        url = str(values["wellbeing_url"] or "").strip()
-        if url and not url.startswith(("https://", "http://")):
-            raise FeedbackError(422, "invalid", "field 'wellbeing_url': expected an http(s) link")
-        settings.wellbeing_url = url
+    try:
+        for name, (low, high) in NUMERIC_SETTINGS.items():
+            if values.get(name) not in (None, ""):
+                setattr(settings, name, check_number(values[name], name, low, high))
+        if "wellbeing_url" in values:
+            url = check_text(str(values["wellbeing_url"] or ""), "wellbeing_url", max_chars=MAX_URL_CHARS,
+                             one_line=True).strip()
+            if url and not url.startswith(("https://", "http://")):
+                raise ValueError("field 'wellbeing_url': expected an http(s) link")
+            settings.wellbeing_url = url
+    except ValueError as error:
+        raise FeedbackError(422, "invalid", str(error)) from error
 
 
 def annotator_exposure(session: Session, now: datetime) -> list[dict]:

@@ -25,6 +25,7 @@ from rlhfkit.feedback.agreement import (
 from rlhfkit.feedback.assignment import limits_of, user_welfare
 from rlhfkit.feedback.db import Assignment, Item, Label, Project, SiteSettings, User
 from rlhfkit.feedback.export import grouped_for_agreement
+from rlhfkit.feedback.labels import chose_first_shown
 
 MIN_SHARED_ITEMS_FOR_COHEN = 2
 """Annotator pairs with fewer shared items are left out of the mean Cohen's kappa."""
@@ -55,9 +56,13 @@ def annotator_progress(session: Session, project: Project, user: User) -> dict:
 
 
 def annotator_rows(session: Session, project: Project, too_fast_seconds: float) -> list[dict]:
-    """Per annotator of the project: labels, median and mean seconds per item, too fast, gold accuracy."""
-    labels = session.execute(select(User.username, Label.duration_seconds, Label.is_gold, Label.gold_correct)
-                             .join(User, Label.user_id == User.id).where(Label.project_id == project.id)).all()
+    """Per annotator of the project: labels, median and mean seconds per item, too fast, gold accuracy,
+    and (pairwise) the share of A-or-B choices that went to the answer shown first: 0.5 is no
+    position bias (meaningful where the order is shuffled, or random in the data)."""
+    labels = session.execute(select(User.username, Label.duration_seconds, Label.is_gold, Label.gold_correct,
+                                    Label.answer, Assignment.shown_order)
+                             .join(User, Label.user_id == User.id).join(Assignment, Label.assignment_id == Assignment.id)
+                             .where(Label.project_id == project.id)).all()
     skips = dict(session.execute(select(User.username, func.count(Assignment.id))
                                  .join(User, Assignment.user_id == User.id)
                                  .where(Assignment.project_id == project.id, Assignment.status == "skipped")
@@ -70,12 +75,14 @@ def annotator_rows(session: Session, project: Project, too_fast_seconds: float) 
         mine = by_user.get(username, [])
         durations = [row.duration_seconds for row in mine]
         gold = [row.gold_correct for row in mine if row.is_gold]
+        first = [f for row in mine if (f := chose_first_shown(row.answer, row.shown_order)) is not None]
         rows.append({
             "annotator": username, "labels": len(mine), "skips": skips.get(username, 0),
             "median_seconds": round(statistics.median(durations), 1) if durations else None,
             "mean_seconds": round(statistics.fmean(durations), 1) if durations else None,
             "too_fast": sum(d < too_fast_seconds for d in durations),
             "gold_answered": len(gold), "gold_accuracy": round(sum(gold) / len(gold), 3) if gold else None,
+            "first_shown_share": round(sum(first) / len(first), 3) if first else None,
         })
     return rows
 
@@ -105,6 +112,8 @@ def project_agreement(session: Session, project: Project) -> dict:
     result: dict = {"items_with_2_or_more_labels": len(grouped)}
     if project.task_type == "pairwise":
         categorical = [[(a, answer["choice"]) for a, answer in answers] for answers in grouped]
+        result["krippendorff_alpha_nominal"] = krippendorff_alpha([[label for _, label in answers]
+                                                                   for answers in categorical], "nominal")
     elif project.task_type == "rank":
         categorical = [[(a, answer["ranks"].index(1)) for a, answer in answers] for answers in grouped]
         units = [[answer["ranks"][i] for _, answer in answers]

@@ -7,8 +7,11 @@
   ``GET /api/session``; ``GET /api/me/welfare``, ``POST /api/me/opt-outs``
 * :mod:`~rlhfkit.feedback.routes.annotate`: pages ``/`` (the annotator's projects) and
   ``/projects/ID`` (labelling); ``POST /api/projects/ID/next`` -> the annotator's current or next
-  task, ``{"task": null}`` when none is left, or **429** with ``{error, detail, resume_at}`` when a
-  break or a daily cap applies; ``POST /api/assignments/ID/reveal | skip | flag | label``
+  task, ``{"task": null}`` when none is left (with ``waiting_items`` and ``retry_after_seconds``
+  while the last items are held by others, who may skip them), or **429** with
+  ``{error, detail, resume_at}`` when a break or a daily cap applies (**503** with Retry-After in the
+  rare moment every item left is locked by other requests); ``POST /api/assignments/ID/reveal | skip
+  | flag | label``
 * :mod:`~rlhfkit.feedback.routes.admin` (admins only): pages ``/admin`` and ``/admin/projects/ID``;
   ``POST /api/admin/projects`` (upload), ``GET /api/admin/projects/ID/stats``,
   ``GET /api/admin/projects/ID/export/KIND`` (JSONL), ``GET /api/admin/exposure``,
@@ -39,6 +42,7 @@ from rlhfkit.feedback.assignment import FeedbackError
 from rlhfkit.feedback.db import make_engine, make_session_factory, migrate, utcnow
 from rlhfkit.feedback.routes import accounts, admin, annotate
 from rlhfkit.feedback.routes.deps import Forbidden, NotSignedIn, PageRenderer, now_of
+from rlhfkit.feedback.throttle import LoginThrottle
 
 PACKAGE_DIR = Path(__file__).parent
 
@@ -101,6 +105,8 @@ async def feedback_error(request: Request, error: FeedbackError):
     if error.status == 429 and "resume_at" in error.extra:
         resume = datetime.fromisoformat(error.extra["resume_at"].rstrip("Z"))
         headers["Retry-After"] = str(max(0, int((resume - now_of(request)).total_seconds())))
+    elif "retry_after" in error.extra:
+        headers["Retry-After"] = str(error.extra["retry_after"])
     if is_api(request):
         return JSONResponse(error.as_dict(), status_code=error.status, headers=headers)
     return PageRenderer(request)("message.html", {"title": "Sorry", "message": error.message, "user": None},
@@ -122,6 +128,7 @@ def create_app(database_url: str, *, clock: Callable[[], datetime] = utcnow, sec
     app.state.database_turns = weakref.WeakKeyDictionary()
     app.state.clock = clock
     app.state.secure_cookies = secure_cookies
+    app.state.login_throttle = LoginThrottle()
     templates = Jinja2Templates(directory=str(PACKAGE_DIR / "templates"))
     templates.env.autoescape = True
     app.state.templates = templates

@@ -1,7 +1,7 @@
 """Accounts: logging in and out, invitations, the session, and the annotator's own page (opt-outs, welfare).
 
-Pages: ``/login``, ``/invite/TOKEN``, ``/me``. API: ``POST /api/login``, ``GET /api/session``,
-``GET /api/me/welfare``, ``POST /api/me/opt-outs``.
+Pages: ``/login``, ``/invite/TOKEN``, ``/me``. API: ``POST /api/login`` (429 with Retry-After while
+throttled, see :mod:`..throttle`), ``GET /api/session``, ``GET /api/me/welfare``, ``POST /api/me/opt-outs``.
 """
 
 from __future__ import annotations
@@ -10,8 +10,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
 
-from rlhfkit.feedback import auth, services
+from rlhfkit.feedback import auth, names, services
+from rlhfkit.feedback.assignment import FeedbackError
+from rlhfkit.feedback.db import LoginSession, User
 from rlhfkit.feedback.lexicon import CATEGORIES
 from rlhfkit.feedback.routes.deps import (
     ApiUser,
@@ -21,6 +25,8 @@ from rlhfkit.feedback.routes.deps import (
     Now,
     Page,
     clear_session_cookie,
+    in_transaction,
+    now_of,
     set_session_cookie,
 )
 
@@ -42,27 +48,47 @@ def login_page(page: Page, next: str = "/"):
     return page("login.html", {"next": safe_next(next), "error": None, "user": None})
 
 
+async def sign_in(request: Request, username: object, password: object) -> tuple[User, str, LoginSession]:
+    """Log in: the throttle first, then argon2 with no transaction open (see :mod:`..auth`).
+
+    Raises a 429 FeedbackError while throttled, AuthError for wrong credentials (the same for an
+    unknown name); every failure counts against the name and the client address.
+    """
+    now, throttle = now_of(request), request.app.state.login_throttle
+    username = username if isinstance(username, str) else ""
+    key, client = names.username_key(username), request.client.host if request.client else "unknown"
+    throttle.check(key, client, now)
+    record = await in_transaction(request, auth.password_record, username)
+    right, new_hash = await run_in_threadpool(auth.check_password, record, password)
+    if not right:
+        throttle.failed(key, client, now)
+        raise auth.AuthError("Wrong username or password.")
+    throttle.succeeded(key)
+    return await in_transaction(request, auth.open_session, record[0], new_hash, now)
+
+
 @router.post("/login")
-def login_form(request: Request, db: Db, now: Now, page: Page, username: Annotated[str, Form()],
-               password: Annotated[str, Form()], next: Annotated[str, Form()] = "/"):
+async def login_form(request: Request, page: Page, username: Annotated[str, Form()],
+                     password: Annotated[str, Form()], next: Annotated[str, Form()] = "/"):
     try:
-        _, token, _ = auth.log_in(db, username, password, now)
-    except auth.AuthError as error:
-        return page("login.html", {"next": safe_next(next), "error": str(error), "user": None}, status_code=401)
-    db.commit()
+        _, token, _ = await sign_in(request, username, password)
+    except (auth.AuthError, FeedbackError) as error:
+        status = error.status if isinstance(error, FeedbackError) else 401
+        response = page("login.html", {"next": safe_next(next), "error": str(error), "user": None}, status_code=status)
+        if isinstance(error, FeedbackError) and "retry_after" in error.extra:
+            response.headers["Retry-After"] = str(error.extra["retry_after"])
+        return response
     response = RedirectResponse(safe_next(next), status_code=303)
     set_session_cookie(response, token, request.app.state.secure_cookies)
     return response
 
 
 @router.post("/api/login")
-def login_api(request: Request, db: Db, now: Now, credentials: dict):
+async def login_api(request: Request, credentials: dict):
     try:
-        user, token, login = auth.log_in(db, str(credentials.get("username", "")),
-                                         str(credentials.get("password", "")), now)
+        user, token, login = await sign_in(request, credentials.get("username"), credentials.get("password"))
     except auth.AuthError as error:
         return JSONResponse({"error": "wrong_credentials", "detail": str(error)}, status_code=401)
-    db.commit()
     response = JSONResponse({"username": user.username, "role": user.role, "csrf_token": login.csrf_token})
     set_session_cookie(response, token, request.app.state.secure_cookies)
     return response
@@ -92,15 +118,14 @@ def invitation_page(db: Db, now: Now, page: Page, token: str):
 
 
 @router.post("/invite/{token}")
-def accept_invitation(request: Request, db: Db, now: Now, page: Page, token: str,
-                      username: Annotated[str, Form()], password: Annotated[str, Form()]):
+async def accept_invitation(request: Request, page: Page, token: str, username: Annotated[str, Form()],
+                            password: Annotated[str, Form()]):
     try:
-        session_token = auth.sign_up(db, token, username, password, now)
-    except auth.AuthError as error:
-        db.rollback()
-        return page("invite.html", {"token": token, "role": "", "error": str(error), "user": None},
-                    status_code=422)
-    db.commit()
+        name, password_hash = await run_in_threadpool(auth.prepare_account, username, password)  # argon2
+        session_token = await in_transaction(request, auth.sign_up, token, name, password_hash, now_of(request))
+    except (auth.AuthError, IntegrityError) as error:  # IntegrityError: the same name signed up just now
+        message = str(error) if isinstance(error, auth.AuthError) else "username: this name was just taken"
+        return page("invite.html", {"token": token, "role": "", "error": message, "user": None}, status_code=422)
     response = RedirectResponse("/", status_code=303)
     set_session_cookie(response, session_token, request.app.state.secure_cookies)
     return response

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from rlhfkit.data.errors import DataError
 from rlhfkit.feedback import services
 from rlhfkit.feedback.db import LoginSession, User
-from rlhfkit.feedback.export import EXPORT_KINDS
+from rlhfkit.feedback.export import EXPORT_KINDS, content_disposition
 from rlhfkit.feedback.importing import import_upload
 from rlhfkit.feedback.routes.deps import (
     AdminApiUser,
@@ -57,9 +57,10 @@ def create_project_api(db: Db, user: AdminApiUser, file: Annotated[UploadFile, F
                        gold_rate: Annotated[float, Form()] = 0.0,
                        ask_rationale: Annotated[str | None, Form()] = None,
                        allow_edit: Annotated[str | None, Form()] = None,
-                       rating_scale: Annotated[int, Form()] = 5, use_lexicon: Annotated[str, Form()] = "1"):
+                       rating_scale: Annotated[int, Form()] = 5, use_lexicon: Annotated[str, Form()] = "1",
+                       shuffle_responses: Annotated[str | None, Form()] = None):
     options = services.project_options(task_type, guidelines, overlap, gold_rate, ask_rationale, allow_edit,
-                                       rating_scale)
+                                       rating_scale, shuffle_responses)
     try:
         project, count = import_upload(db, name, options, file.filename, file.file, services.parse_bool(use_lexicon))
     except (DataError, ValueError) as error:
@@ -78,7 +79,7 @@ def project_stats_api(db: Db, user: AdminApiUser, project_id: int):
 def export_api(db: Db, user: AdminApiUser, project_id: int, kind: str, aggregate: bool = True):
     filename, text = services.project_export(db, project_id, kind, aggregate)
     return PlainTextResponse(text, media_type="application/x-ndjson",
-                             headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+                             headers={"Content-Disposition": content_disposition(filename)})
 
 
 @router.get("/api/admin/exposure")
@@ -116,9 +117,10 @@ def create_project_form(db: Db, login: Login, user: AdminFormUser, now: Now, pag
                         ask_rationale: Annotated[str | None, Form()] = None,
                         allow_edit: Annotated[str | None, Form()] = None,
                         rating_scale: Annotated[int, Form()] = 5,
-                        use_lexicon: Annotated[str | None, Form()] = None):
+                        use_lexicon: Annotated[str | None, Form()] = None,
+                        shuffle_responses: Annotated[str | None, Form()] = None):
     options = services.project_options(task_type, guidelines, overlap, gold_rate, ask_rationale, allow_edit,
-                                       rating_scale)
+                                       rating_scale, shuffle_responses)
     try:
         project, count = import_upload(db, name, options, file.filename, file.file, services.parse_bool(use_lexicon))
     except (DataError, ValueError) as error:

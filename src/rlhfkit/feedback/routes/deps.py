@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Form, Request
 from fastapi.responses import HTMLResponse, Response
@@ -24,6 +24,7 @@ from rlhfkit.feedback import auth
 from rlhfkit.feedback.db import LoginSession, User
 
 SESSION_COOKIE = "rlhfkit_session"
+T = TypeVar("T")
 
 
 class NotSignedIn(Exception):
@@ -41,21 +42,25 @@ class Forbidden(Exception):
 # ---------------------------------------------------------------- database, time, pages
 
 
-async def get_db(request: Request) -> AsyncIterator[Session]:
-    """One database session (and transaction) per request; rolled back unless the handler commits.
+def database_turn(request: Request):
+    """This request's turn at the database: an asyncio lock per event loop on SQLite, nothing elsewhere.
 
-    On SQLite the requests of this process also take turns: SQLite admits one writer at a time anyway
-    (every transaction here is BEGIN IMMEDIATE), and waiting on an asyncio lock wakes the next request
-    at once, where SQLite's busy handler polls with growing sleeps (several times slower under load).
-    Waiting here holds no worker thread, so the request whose turn it is always finds one. The lock
-    is only for speed: SQLite's own locking keeps the data right, across processes too (there is one
-    lock per event loop).
+    SQLite admits one writer at a time anyway (every transaction here is BEGIN IMMEDIATE), and waiting
+    on an asyncio lock wakes the next request at once, where SQLite's busy handler polls with growing
+    sleeps (several times slower under load). Waiting here holds no worker thread, so the request
+    whose turn it is always finds one. The lock is only for speed: SQLite's own locking keeps the
+    data right, across processes too (there is one lock per event loop).
     """
+    if request.app.state.engine.dialect.name != "sqlite":
+        return contextlib.nullcontext()
+    return request.app.state.database_turns.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+
+
+async def get_db(request: Request) -> AsyncIterator[Session]:
+    """One database session (and transaction) per request, in its turn (:func:`database_turn`); rolled
+    back unless the handler commits."""
     sqlite = request.app.state.engine.dialect.name == "sqlite"
-    turn = contextlib.nullcontext()
-    if sqlite:
-        turn = request.app.state.database_turns.setdefault(asyncio.get_running_loop(), asyncio.Lock())
-    async with turn:
+    async with database_turn(request):
         session = request.app.state.sessions()
         try:
             yield session
@@ -64,6 +69,22 @@ async def get_db(request: Request) -> AsyncIterator[Session]:
                 session.close()  # a local rollback at most, and this request holds the database anyway
             else:
                 await run_in_threadpool(session.close)
+
+
+async def in_transaction(request: Request, work: Callable[..., T], *args) -> T:
+    """``work(session, *args)`` in a short transaction of its own, in its turn, committed after it.
+
+    For handlers with slow steps (argon2) that must not hold the database: they call this for each
+    step that needs it and run the slow one in between, outside any transaction.
+    """
+    async with database_turn(request):
+        session = request.app.state.sessions()
+        try:
+            result = await run_in_threadpool(work, session, *args)
+            await run_in_threadpool(session.commit)
+            return result
+        finally:
+            await run_in_threadpool(session.close)
 
 
 def now_of(request: Request) -> datetime:

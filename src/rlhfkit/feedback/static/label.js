@@ -83,12 +83,19 @@
       window.location.href = "/login?next=" + encodeURIComponent(window.location.pathname);
       return;
     }
+    if (status === 503) {  // busy for a moment: ask again
+      setError((data && data.detail) || "Busy; trying again.");
+      setTimeout(loadNext, 1000);
+      return;
+    }
     if (status !== 200) return setError((data && data.detail) || "Error " + status);
     renderProgress(data.progress);
     if (!data.task) {
       task = null;
       $("done-message").textContent = data.message || "No more items.";
       show("screen-done");
+      // The last items are held by others; one may come back (skipped, or left too long).
+      if (data.retry_after_seconds) setTimeout(loadNext, data.retry_after_seconds * 1000);
       return;
     }
     task = data.task;
