@@ -25,6 +25,7 @@ import json
 import math
 import random
 import time
+import unicodedata
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -235,6 +236,13 @@ def fine_tune_on_demonstrations(output: Path, size: DemoSize, common: dict) -> N
                       warmup_ratio=0.05, eval_split=0.0, **common))
 
 
+def without_control_characters(text: str) -> str:
+    """``text`` with control characters other than newline and tab shown as U+FFFD: a barely trained model
+    draws their byte-level tokens now and then, the world's text has none, and the feedback app refuses
+    text that carries them (PostgreSQL cannot store NUL)."""
+    return "".join("\ufffd" if unicodedata.category(c) == "Cc" and c not in "\n\t" else c for c in text)
+
+
 def sample_for_labelling(sft, tokenizer, train_prompts: list[dict], data: Path, size: DemoSize,
                          seed: int) -> list[dict]:
     """The SFT policy's answers to the training prompts ({prompt, responses} records), also written
@@ -243,7 +251,8 @@ def sample_for_labelling(sft, tokenizer, train_prompts: list[dict], data: Path, 
     prompts = [p["prompt"] for p in train_prompts] * size.sample_rounds
     answers = sample_responses(sft, tokenizer, prompts, num_samples=size.samples_per_prompt,
                                max_new_tokens=size.max_new_tokens, batch_size=64)
-    samples = [{"prompt": p, "responses": [s.text for s in a]} for p, a in zip(prompts, answers, strict=True)]
+    samples = [{"prompt": p, "responses": [without_control_characters(s.text) for s in a]}
+               for p, a in zip(prompts, answers, strict=True)]
     write_jsonl(data / "sft-samples.jsonl", samples)
     return samples
 
@@ -269,7 +278,8 @@ def check_reward_model(reward, output: Path, held_out: list[dict], sft_held_out:
     reward_model = reward_model_accuracy(reward, [p["prompt"] for p in held_out], sft_held_out, size.eval_samples)
     rm_eval = json.loads((output / "rm" / "eval.json").read_text())
     reward_model["accuracy_vs_annotators"] = rm_eval["accuracy"]
-    console.print(f"reward model: {reward_model['accuracy_vs_gold']:.1%} agreement with gold on "
+    gold = reward_model["accuracy_vs_gold"]
+    console.print(f"reward model: {'n/a' if gold is None else f'{gold:.1%}'} agreement with gold on "
                   f"{reward_model['pairs']} held-out pairs; {rm_eval['accuracy']:.1%} with the annotators' "
                   "held-out labels")
     return reward_model
