@@ -11,15 +11,27 @@ The default template renders ``[{"role": "user", "content": "Hi"}, {"role": "ass
 as ``"<|user|>\\nHi\\n<|assistant|>\\nHello<EOS>"``: a role tag line per message, then its text;
 assistant messages end with the EOS token.
 
-Tokenization keeps generation and training consistent: a sequence is cut into segments (prompt text,
-answer text, ...), each segment is tokenized on its own and the ids are concatenated. The prompt
-segment is therefore tokenized exactly as ``encode_prompt`` tokenizes it for sampling, and the loss
-mask falls on token boundaries by construction.
+Tokenization keeps generation and training consistent:
+
+- a prompt is tokenized exactly as ``encode_prompt`` tokenizes it for sampling, generation prompt
+  included; in a conversation, each trainable assistant turn follows the tokens that
+  ``encode_prompt`` gives the messages before it (checked, and warned about where a tokenizer merges
+  tokens across a turn's end);
+- an assistant turn carries the loss on its text through the template's end-of-turn token (Llama 3's
+  ``<|eot_id|>``, ChatML's ``<|im_end|>``, Gemma's ``<end_of_turn>``, Mistral's ``</s>``:
+  :func:`end_of_turn_token`), and on nothing the template writes after it (ChatML's and Gemma's
+  newline), so an answer ends where sampling stops; ``models.load_tokenizer`` makes that token the
+  tokenizer's EOS (:func:`use_end_of_turn_as_eos`), the one sampling stops at;
+- a template that ends assistant turns with no special token, or that renders earlier turns
+  differently once later ones follow (so no one sequence can match what generation sees), is refused
+  with the reason.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +49,8 @@ DEFAULT_CHAT_TEMPLATE = (
 )
 
 IGNORE_INDEX = -100  # label value of tokens that carry no loss
+
+log = logging.getLogger("rlhfkit.data")
 
 
 def ensure_chat_template(tokenizer: PreTrainedTokenizerBase) -> None:
@@ -85,37 +99,108 @@ class TokenizedExample:
         return len(self.labels) - self.labels.count(IGNORE_INDEX)
 
 
-def chat_segments(
-    tokenizer: PreTrainedTokenizerBase, messages: list[dict], trainable: list[bool]
-) -> list[tuple[str, bool]]:
-    """Cut the rendered conversation into (text, carries_loss) segments.
+def special_token_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """Ids of the tokenizer's special tokens: BOS, EOS, padding, and every added token marked special."""
+    ids = set(tokenizer.all_special_ids)
+    ids.update(i for i, token in tokenizer.added_tokens_decoder.items() if token.special)
+    return ids
 
-    A trainable assistant message's segment is what the template adds when that message is appended
-    to the conversation after the generation prompt: its content and end-of-turn marker.
-    """
-    segments: list[tuple[str, bool]] = []
-    done = ""  # text already assigned to segments
+
+_PROBE = "rlhfkit probe answer"
+_END_OF_TURN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> (template, token)
+
+
+def end_of_turn_token(tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """The special token the chat template writes after an assistant message's text (its first special
+    token there), None when it writes none: Llama 3's ``<|eot_id|>``, ChatML's ``<|im_end|>`` (Qwen),
+    Gemma's ``<end_of_turn>``, EOS for Mistral's and rlhfkit's default template. Cached per tokenizer
+    and template."""
+    ensure_chat_template(tokenizer)
+    cached = _END_OF_TURN.get(tokenizer)
+    if cached is not None and cached[0] == tokenizer.chat_template:
+        return cached[1]
+    probe = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _PROBE}]
+    text = render_messages(tokenizer, probe, add_generation_prompt=False)
+    after = text[text.rfind(_PROBE) + len(_PROBE):] if _PROBE in text else ""
+    specials = special_token_ids(tokenizer)
+    first = next((i for i in tokenizer(after, add_special_tokens=False)["input_ids"] if i in specials), None)
+    token = tokenizer.convert_ids_to_tokens(first) if first is not None else None
+    _END_OF_TURN[tokenizer] = (tokenizer.chat_template, token)
+    return token
+
+
+def use_end_of_turn_as_eos(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Make the template's end-of-turn token the tokenizer's EOS (a chat model's answer ends there: it is
+    the token training teaches and sampling stops at), logging the change."""
+    token = end_of_turn_token(tokenizer)
+    if token is not None and token != tokenizer.eos_token:
+        log.info("the chat template ends assistant turns with %s: it becomes the EOS (was %s) that answers are "
+                 "trained to end with and sampling stops at", token, tokenizer.eos_token)
+        tokenizer.eos_token = token
+
+
+def _generation_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> str:
+    if messages:
+        return render_messages(tokenizer, messages, add_generation_prompt=True)
+    try:  # an assistant message first: some templates cannot render an empty conversation
+        return render_messages(tokenizer, [], add_generation_prompt=True)
+    except Exception:
+        return ""
+
+
+def encode_chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict], trainable: list[bool], *,
+                keep_trailing: bool) -> TokenizedExample:
+    """Tokenize a conversation with labels on its trainable assistant turns, each through its
+    end-of-turn token (:func:`end_of_turn_token`), and on nothing else.
+
+    Each such turn comes after the tokens that :func:`encode_prompt` gives the messages before it (what
+    sampling would continue); the turn's text is taken from the whole conversation's rendering. With
+    ``keep_trailing`` the text the template writes after the last labelled turn (later messages, a
+    newline) ends the sequence unlabelled; without it the sequence ends with the turn's end-of-turn
+    token, as a sampled answer does."""
+    end_text = end_of_turn_token(tokenizer)
+    if end_text is None:
+        raise ValueError("the chat template ends assistant turns with no special token, so a model trained with "
+                         "it could never learn to stop: give it one (e.g. {{ eos_token }} after assistant messages)")
+    full = render_messages(tokenizer, messages, add_generation_prompt=False)
+    ids: list[int] = []
+    labels: list[int] = []
+    done = 0  # characters of ``full`` already tokenized
     for i, message in enumerate(messages):
         if not (trainable[i] and message["role"] == "assistant"):
             continue
-        before = render_messages(tokenizer, messages[:i], add_generation_prompt=True) if i else render_prompt(
-            tokenizer, []
-        )
-        through = render_messages(tokenizer, messages[: i + 1], add_generation_prompt=False)
-        if not before.startswith(done) or not through.startswith(before):
+        before = _generation_prompt(tokenizer, messages[:i])
+        if len(before) < done or not full.startswith(before):
             raise ValueError(
-                "the chat template does not render conversations incrementally (an earlier turn changes "
-                "when a later one is added), so the assistant turns cannot be located for the loss mask"
-            )
-        segments.append((before[len(done):], False))
-        segments.append((through[len(before):], True))
-        done = through
-    full = render_messages(tokenizer, messages, add_generation_prompt=False)
-    if not full.startswith(done):
-        raise ValueError("the chat template renders the whole conversation differently from its prefixes")
-    if full[len(done):]:
-        segments.append((full[len(done):], False))
-    return [(text, loss) for text, loss in segments if text]
+                f"the chat template renders the conversation before message {i} differently once the later "
+                "messages follow (e.g. it moves the system message or drops reasoning), so the assistant "
+                "turn cannot follow the prompt that sampling would use")
+        context = _encode_text(tokenizer, before, True, True)
+        if context[: len(ids)] == ids:
+            gap = context[len(ids):]
+        else:
+            _warn_merges()
+            gap = _encode_text(tokenizer, before[done:], not ids, True)
+        end = full.find(end_text, len(before))
+        if end < 0:
+            raise ValueError(f"assistant message {i} does not end with the template's end-of-turn token {end_text}")
+        end += len(end_text)
+        answer = _encode_text(tokenizer, full[len(before) : end], not ids and not gap, True)
+        ids += gap + answer
+        labels += [IGNORE_INDEX] * len(gap) + answer
+        done = end
+    rest = full[done:] if keep_trailing or done == 0 else ""
+    if rest:
+        trailing = _encode_text(tokenizer, rest, not ids, True)
+        ids += trailing
+        labels += [IGNORE_INDEX] * len(trailing)
+    return TokenizedExample(ids, labels)
+
+
+@functools.cache
+def _warn_merges() -> None:
+    log.warning("the tokenizer merges tokens across the end of an assistant turn, so a later turn's context "
+                    "in training differs slightly from the tokens sampling would see")
 
 
 def encode_segments(
@@ -144,8 +229,7 @@ def truncate(example: TokenizedExample, max_length: int) -> TokenizedExample:
 def tokenize_demonstration(tokenizer: PreTrainedTokenizerBase, demo, max_length: int) -> TokenizedExample:
     """Tokenize a :class:`~rlhfkit.data.records.Demonstration` with loss on the answer tokens only."""
     if demo.is_chat:
-        segments = chat_segments(tokenizer, demo.messages, demo.trainable)
-        example = encode_segments(tokenizer, segments, from_template=True, append_eos=False)
+        example = encode_chat(tokenizer, demo.messages, demo.trainable, keep_trailing=True)
     else:
         segments = [(demo.prompt, False), (demo.completion, True)]
         example = encode_segments(tokenizer, segments, from_template=False, append_eos=True)
@@ -185,8 +269,7 @@ def tokenize_prompt_response(
         )
         messages = prompt_messages + response_messages
         trainable = [False] * len(prompt_messages) + [True] * len(response_messages)
-        example = encode_segments(tokenizer, chat_segments(tokenizer, messages, trainable), from_template=True,
-                                  append_eos=False)
+        example = encode_chat(tokenizer, messages, trainable, keep_trailing=False)
     return truncate_prompt_first(example, max_length)
 
 

@@ -4,7 +4,12 @@ Guarantees made here, relied on by every stage:
 - the tokenizer has a pad token distinct from EOS (otherwise masking the padding masks EOS too, and
   the model never learns to stop); one is added, and the embeddings resized, when needed;
 - the tokenizer has a chat template: its own, or :data:`rlhfkit.data.chat.DEFAULT_CHAT_TEMPLATE`;
-- dropout is off (see ``disable_dropout``).
+- its EOS is the token the template ends assistant turns with (``<|im_end|>``, ``<|eot_id|>``,
+  ``<end_of_turn>``, ...), so answers are trained to end, and sampling stops, where a chat model's
+  turn ends; the model's generation config stops there too;
+- dropout is off (see ``disable_dropout``);
+- the model's family gives a left-padded sequence the outputs it gives it alone (``check_family``),
+  or it is refused at load with the reason.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from rlhfkit.data.chat import ensure_chat_template
+from rlhfkit.data.chat import ensure_chat_template, use_end_of_turn_as_eos
 
 PAD_TOKEN = "<|pad|>"
 
@@ -40,13 +45,15 @@ def resolve_dtype(name: str = "auto", device: torch.device | None = None) -> tor
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
-    """Load a tokenizer and give it a pad token distinct from EOS and a chat template."""
+    """Load a tokenizer and give it a chat template, the template's end-of-turn token as EOS (see
+    :func:`rlhfkit.data.chat.use_end_of_turn_as_eos`) and a pad token distinct from EOS."""
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    ensure_chat_template(tokenizer)
+    use_end_of_turn_as_eos(tokenizer)
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer of {name_or_path} has no EOS token: answers could never end")
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
-    ensure_chat_template(tokenizer)
     return tokenizer
 
 
@@ -104,6 +111,39 @@ def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
     return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
+def padding_refusal(model: PreTrainedModel) -> str | None:
+    """Why ``model`` gives a sequence different outputs left-padded (with its position ids counted over
+    its real tokens) than alone, or None when it does not: rlhfkit pads prompts on the left to sample
+    and scores answers right-padded (ARCHITECTURE.md rule 2), so such a family cannot be trained here.
+    One forward of five tokens."""
+    vocab = model.get_input_embeddings().num_embeddings
+    tokens = torch.tensor([[3 % vocab, 4 % vocab, 5 % vocab]])
+    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    padded = torch.cat([torch.full((1, 2), pad), tokens], 1)
+    mask = torch.tensor([[0, 0, 1, 1, 1]])
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            alone = model(input_ids=tokens.to(device), output_hidden_states=True).hidden_states[-1]
+            left = model(input_ids=padded.to(device), attention_mask=mask.to(device),
+                         position_ids=torch.tensor([[0, 0, 0, 1, 2]], device=device),
+                         output_hidden_states=True).hidden_states[-1][:, 2:]
+    except TypeError as error:  # a forward without position ids or attention mask
+        return f"its forward does not take a padded batch with position ids ({error})"
+    error = float((left.float() - alone.float()).norm() / alone.float().norm().clamp(min=1e-6))
+    if error > (1e-4 if next(model.parameters()).dtype == torch.float32 else 2e-2):
+        return f"a left-padded sequence's hidden states differ from the sequence's alone (relative error {error:.2g})"
+    return None
+
+
+def check_family(model: PreTrainedModel, name_or_path: str) -> None:
+    """Refuse, at load, a model whose family rlhfkit cannot train (see :func:`padding_refusal`)."""
+    refusal = padding_refusal(model)
+    if refusal is not None:
+        raise ValueError(f"{name_or_path}: {type(model).__name__} ({model.config.model_type}) cannot be trained "
+                         f"by rlhfkit: {refusal}")
+
+
 def load_causal_lm(
     name_or_path: str,
     tokenizer: PreTrainedTokenizerBase,
@@ -123,14 +163,19 @@ def load_causal_lm(
     model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+        stop = model.generation_config.eos_token_id
+        stop = [] if stop is None else [stop] if isinstance(stop, int) else list(stop)
+        if tokenizer.eos_token_id not in stop:  # plain HF generate on a saved folder stops where rlhfkit does
+            model.generation_config.eos_token_id = [tokenizer.eos_token_id, *stop] if stop else tokenizer.eos_token_id
     disable_dropout(model)
+    if device is not None:
+        model.to(device)
+    check_family(model, name_or_path)
     if gradient_checkpointing:
         enable_checkpointing(model)
         model.config.use_cache = False
     if lora is not None and lora.r > 0:
         model = apply_lora(model, lora, "CAUSAL_LM", gradient_checkpointing)
-    if device is not None:
-        model.to(device)
     return model
 
 

@@ -18,20 +18,29 @@ or chat template works; at least one token of every sequence stays in its suffix
 attend to themselves only, so no row of the mask is empty.
 
 This needs an attention implementation that takes a custom 4D mask (``sdpa`` and ``eager``; not
-``flash_attention_2``) and a model that takes position ids. :func:`tree_support` checks a model once
-against the plain forward and tells the trainers whether to use it.
+``flash_attention_2``) and a model that takes position ids. Sliding-window layers (Mistral, Phi-3,
+Gemma 2 and 3) get the window in their mask, counted in positions of the token's own sequence
+(:func:`tree_masks`). :func:`tree_support` checks a model once against the plain forward and tells the
+trainers whether to use it, logging the reason when not (:func:`tree_refusal`).
 
 Where every group is one prompt and its answers (sampling and RL), there is a second way, with less
 attention work than a tree row (whose mask makes every suffix token look at every other suffix's
 positions, only to mask them): run the distinct prompts once, keep their key/value cache, and run
 the answers as a batch that continues from it, each row from its own prompt's cache
 (:func:`prompt_cache`; two forwards, and gradients flow into the prompts' pass through the cache).
-It needs HF's ``DynamicCache`` and a cache that is kept in training, so not gradient checkpointing;
+It needs HF's ``DynamicCache`` of full-attention layers (not the sliding-window layers, which keep
+only their window) and a cache that is kept in training, so not gradient checkpointing;
 :func:`prompt_cache_support` checks it like :func:`tree_support`.
+
+SFT packing uses the same rows with nothing shared (``TreeBatch.from_groups(..., share_prefix=False)``:
+whole examples one after another, position ids restarting, a block-diagonal mask), or, for attention
+without custom masks (flash-attention), their position-id ("varlen") form, every row's tokens in one
+row (:func:`flat_forward`); :func:`packing_layout` picks the one the model computes exactly.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +50,8 @@ from transformers.cache_utils import DynamicLayer
 from rlhfkit.data.chat import pad_batch
 
 MASK_IMPLEMENTATIONS = ("sdpa", "eager")
+
+log = logging.getLogger("rlhfkit.models")
 
 
 def common_prefix_length(sequences: list[list[int]]) -> int:
@@ -72,9 +83,11 @@ class TreeBatch:
     owner: torch.Tensor
 
     @classmethod
-    def from_groups(cls, groups: list[list[list[int]]], pad_token_id: int) -> TreeBatch:
+    def from_groups(cls, groups: list[list[list[int]]], pad_token_id: int, share_prefix: bool = True) -> TreeBatch:
+        """One row per group; without ``share_prefix`` nothing is shared: each sequence whole, one after
+        another (packing: a block-diagonal mask, position ids restarting at every sequence)."""
         rows, positions, segments, ends, starts, shares, owner = [], [], [], [], [], [], []
-        prefixes = [common_prefix_length(g) for g in groups]
+        prefixes = [common_prefix_length(g) if share_prefix else 0 for g in groups]
         width = max(p + sum(len(s) - p for s in g) for p, g in zip(prefixes, groups, strict=True))
         for index, (sequences, shared) in enumerate(zip(groups, prefixes, strict=True)):
             row, position, segment = list(sequences[0][:shared]), list(range(shared)), [0] * shared
@@ -103,14 +116,18 @@ class TreeBatch:
         shared = self.shared[:, None]
         return torch.where(tokens < shared, self.owner[:, None] * width + tokens, self.start[:, None] + tokens - shared)
 
-    def attention_mask(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def attention_mask(self, dtype: torch.dtype | None = None, window: int | None = None) -> torch.Tensor:
         """``[groups, 1, width, width]``: True (or 0.0 with a float ``dtype``, for eager attention)
-        where a query may attend to a key."""
+        where a query may attend to a key. With ``window`` (sliding-window attention), a query also sees
+        only the keys less than ``window`` positions before it in its own sequence, as HF's sliding mask
+        lets a token of a plain sequence see (its distance counted in position ids, not row columns)."""
         width = self.segment.shape[1]
         index = torch.arange(width, device=self.segment.device)
         query, key = self.segment[:, :, None], self.segment[:, None, :]
         causal = index[:, None] >= index[None, :]
         allowed = causal & (query >= 0) & (key >= 0) & ((key == 0) | (key == query))
+        if window is not None:
+            allowed &= self.position_ids[:, :, None] - self.position_ids[:, None, :] < window
         allowed = (allowed | torch.eye(width, dtype=torch.bool, device=allowed.device)).unsqueeze(1)
         if dtype is None or dtype == torch.bool:
             return allowed
@@ -134,13 +151,91 @@ def unwrap_hf_model(model: torch.nn.Module) -> torch.nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def sliding_window(config) -> int | None:
+    """The window of a model's sliding-window attention layers (Mistral, Phi-3, Gemma 2 and 3, Qwen 2
+    with ``use_sliding_window``), None when it has none."""
+    window = getattr(config, "sliding_window", None)
+    if not window or getattr(config, "use_sliding_window", True) is False:
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and "sliding_attention" not in layer_types:
+        return None
+    return int(window)
+
+
+LAYER_TYPES = ("full_attention", "sliding_attention")
+"""The layer types whose attention a tree row's mask can stand for."""
+
+
+def tree_masks(model: torch.nn.Module, batch: TreeBatch) -> torch.Tensor | dict[str, torch.Tensor]:
+    """The attention mask of ``batch``'s rows in the form the model takes: boolean for sdpa, additive
+    floats for eager; with sliding-window layers, the windowed mask for them, as one tensor when every
+    layer slides, else HF's ``{layer type: mask}`` mapping (the models with ``config.layer_types``)."""
+    config = unwrap_hf_model(model).config
+    dtype = None if getattr(config, "_attn_implementation", "eager") == "sdpa" else next(model.parameters()).dtype
+    full = batch.attention_mask(dtype)
+    window = sliding_window(config)
+    if window is None:
+        return full
+    sliding = batch.attention_mask(dtype, window=window)
+    if getattr(config, "layer_types", None) is None:
+        return sliding
+    return {"full_attention": full, "sliding_attention": sliding}
+
+
 def tree_forward(model: torch.nn.Module, batch: TreeBatch, **kwargs):
     """The model's forward over the rows of ``batch`` (through ``model`` itself, so DDP and PEFT
     wrappers do their part)."""
-    implementation = getattr(unwrap_hf_model(model).config, "_attn_implementation", "eager")
-    dtype = None if implementation == "sdpa" else next(model.parameters()).dtype
-    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask(dtype),
+    return model(input_ids=batch.input_ids, attention_mask=tree_masks(model, batch),
                  position_ids=batch.position_ids, **kwargs)
+
+
+def flat_forward(model: torch.nn.Module, batch: TreeBatch, **kwargs):
+    """The position-id ("varlen") form of rows whose sequences share nothing (``share_prefix=False``):
+    every real token of every row in one row, position ids restarting at each sequence, no attention
+    mask. Flash-attention's variable-length kernels take it (HF reads the sequences from the restarts
+    of the position ids, in one row only), as do HF's sdpa and eager masks where transformers finds
+    packed sequences the same way; :func:`varlen_refusal` checks. The outputs are ``[1, tokens, ...]``,
+    the tokens in row-major order of ``batch.segment >= 0``."""
+    keep = batch.segment >= 0
+    kwargs.setdefault("use_cache", False)  # HF looks for packed sequences only without a cache
+    return model(input_ids=batch.input_ids[keep][None], position_ids=batch.position_ids[keep][None], **kwargs)
+
+
+def varlen_refusal(model: torch.nn.Module) -> str | None:
+    """Why ``model`` would let packed sequences see each other in :func:`flat_forward`, or None when each
+    gets exactly its plain forward's hidden states (two sequences packed, compared with each alone)."""
+    vocab = unwrap_hf_model(model).get_input_embeddings().num_embeddings
+    first, second = [(1 + t) % vocab for t in range(6)], [(9 + t) % vocab for t in range(5)]
+    device = next(model.parameters()).device
+    batch = TreeBatch.from_groups([[first, second]], pad_token_id=0, share_prefix=False).to(device)
+    ids, mask = pad_batch([first, second], 0)
+    try:
+        with torch.no_grad():
+            packed = flat_forward(model, batch, output_hidden_states=True).hidden_states[-1][0]
+            plain = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                          output_hidden_states=True).hidden_states[-1]
+    except Exception as error:  # a model that refuses position ids without a mask
+        return f"the probe forward failed ({type(error).__name__}: {error})"
+    reason = disagreement(model, packed, torch.cat([plain[0], plain[1, : len(second)]]))
+    return reason and f"position ids alone do not keep packed sequences apart: {reason}"
+
+
+def packing_layout(model: torch.nn.Module) -> str:
+    """How examples packed into one row are kept apart: "mask" (a block-diagonal 4D mask per row, the
+    tree rows' mechanism; sdpa and eager attention) or "varlen" (:func:`flat_forward`, for
+    flash-attention); a clear error when the model can do neither."""
+    refusal = None
+    if getattr(unwrap_hf_model(model).config, "_attn_implementation", None) in MASK_IMPLEMENTATIONS:
+        refusal = tree_refusal(model)
+        if refusal is None:
+            return "mask"
+    varlen = varlen_refusal(model)
+    if varlen is None:
+        return "varlen"
+    raise ValueError(f"--packing: {type(unwrap_hf_model(model)).__name__} keeps packed examples apart neither with "
+                     f"a block mask ({refusal or 'its attention takes no custom 4D mask'}) nor with position ids "
+                     f"({varlen}); train without --packing")
 
 
 def row_width(sequences: list[list[int]]) -> int:
@@ -156,35 +251,56 @@ def group_cost(sequences: list[list[int]], share_prefix: bool) -> int:
 
 
 def tree_support(model: torch.nn.Module) -> bool:
-    """Whether ``model`` computes tree rows as it computes the plain sequences: its attention takes a
-    custom 4D mask, it has no sliding-window layers (their own mask would be replaced), and on two
-    short sequences sharing a prefix its last hidden states agree with the plain forward's."""
+    """Whether ``model`` computes tree rows as it computes the plain sequences (:func:`tree_refusal`);
+    a refusal is logged with its reason."""
+    return _supported(model, "tree rows", tree_refusal(model))
+
+
+def tree_refusal(model: torch.nn.Module) -> str | None:
+    """Why ``model`` cannot run tree rows, or None when it can: its attention must take a custom 4D mask,
+    its layers be full or sliding-window attention, and on two sequences sharing a prefix (longer than a
+    small sliding window, so that the window is checked too) its last hidden states must agree with the
+    plain forward's."""
     hf = unwrap_hf_model(model)
     config = hf.config
-    if getattr(config, "_attn_implementation", None) not in MASK_IMPLEMENTATIONS:
-        return False
-    if "sliding_attention" in (getattr(config, "layer_types", None) or []) or (
-        getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)
-    ):
-        return False
+    implementation = getattr(config, "_attn_implementation", None)
+    if implementation not in MASK_IMPLEMENTATIONS:
+        return f"attention '{implementation}' takes no custom 4D mask (sdpa and eager do)"
+    others = sorted(set(getattr(config, "layer_types", None) or ()) - set(LAYER_TYPES))
+    if others:
+        return f"layers of type {', '.join(others)} have no tree mask"
+    window = sliding_window(config)
+    length = window + 3 if window is not None and window < 30 else 5
     vocab = hf.get_input_embeddings().num_embeddings
-    first, second = [1, 2, 3, 4, 5], [1, 2, 3, 6]
-    first, second = [t % vocab for t in first], [t % vocab for t in second]
+    first = [(1 + t) % vocab for t in range(length)]
+    second = first[:3] + [(length + 1 + t) % vocab for t in range(length - 2)]
     device = next(model.parameters()).device
     tree = TreeBatch.from_groups([[first, second]], pad_token_id=0).to(device)
     ids, mask = pad_batch([first, second], 0)
-    with torch.no_grad():
-        packed = tree_forward(model, tree, output_hidden_states=True).hidden_states[-1][0]
-        plain = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                      output_hidden_states=True).hidden_states[-1]
-    return agrees(model, packed, torch.cat([plain[0, :5], plain[1, 3:4]]))
+    try:
+        with torch.no_grad():
+            packed = tree_forward(model, tree, output_hidden_states=True).hidden_states[-1][0]
+            plain = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                          output_hidden_states=True).hidden_states[-1]
+    except Exception as error:  # a model that refuses the mask or the position ids
+        return f"the probe forward failed ({type(error).__name__}: {error})"
+    return disagreement(model, packed, torch.cat([plain[0, :length], plain[1, 3 : len(second)]]))
 
 
-def agrees(model: torch.nn.Module, got: torch.Tensor, expected: torch.Tensor) -> bool:
-    """Whether hidden states from a shared-prompt forward of ``model`` match the plain forward's, to the
-    rounding of the model's dtype."""
-    error = (got.float() - expected.float()).norm() / expected.float().norm().clamp(min=1e-6)
-    return bool(error < (1e-4 if next(model.parameters()).dtype == torch.float32 else 2e-2))
+def _supported(model: torch.nn.Module, layout: str, refusal: str | None) -> bool:
+    if refusal is not None:
+        log.info("%s off for %s: %s", layout, type(unwrap_hf_model(model)).__name__, refusal)
+    return refusal is None
+
+
+def disagreement(model: torch.nn.Module, got: torch.Tensor, expected: torch.Tensor) -> str | None:
+    """None when hidden states from a shared-prompt forward of ``model`` match the plain forward's, to the
+    rounding of the model's dtype; else the reason."""
+    error = float((got.float() - expected.float()).norm() / expected.float().norm().clamp(min=1e-6))
+    tolerance = 1e-4 if next(model.parameters()).dtype == torch.float32 else 2e-2
+    if error < tolerance:
+        return None
+    return f"the probe's hidden states differ from the padded forward's (relative error {error:.2g})"
 
 
 def prompt_cache(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor,
@@ -213,26 +329,39 @@ def continue_from_cache(model: torch.nn.Module, cache: DynamicCache, prompt_mask
 
 
 def prompt_cache_support(model: torch.nn.Module) -> bool:
-    """Whether :func:`prompt_cache` and :func:`continue_from_cache` give ``model``'s plain forward: it
-    keeps a ``DynamicCache``, also in training (no gradient checkpointing), and on one prompt with two
-    continuations its last hidden states agree with the plain forward's."""
+    """Whether :func:`prompt_cache` and :func:`continue_from_cache` give ``model``'s plain forward
+    (:func:`prompt_cache_refusal`); a refusal is logged with its reason."""
+    return _supported(model, "the prompt cache", prompt_cache_refusal(model))
+
+
+def prompt_cache_refusal(model: torch.nn.Module) -> str | None:
+    """Why the prompt cache cannot run ``model``, or None when it can: the model must keep a
+    ``DynamicCache`` of full-attention layers, also in training (no gradient checkpointing), and on one
+    prompt with two continuations its last hidden states must agree with the plain forward's."""
     hf = unwrap_hf_model(model)
     if any(getattr(module, "gradient_checkpointing", False) for module in hf.modules()):
-        return False
+        return "gradient checkpointing drops the key/value cache in training"
     vocab = hf.get_input_embeddings().num_embeddings
     prompt, answers = [1, 2, 3], [[4, 5], [6]]
     prompt, answers = [t % vocab for t in prompt], [[t % vocab for t in a] for a in answers]
     device = next(model.parameters()).device
     ids, mask = pad_batch([prompt + a for a in answers], 0)
     continuations, continuation_mask = pad_batch(answers, 0)
-    with torch.no_grad():
-        _, cache = prompt_cache(model, torch.tensor([prompt], device=device), torch.ones(1, 3, device=device,
-                                dtype=torch.long), torch.zeros(2, dtype=torch.long, device=device))
-        if cache is None:
-            return False
-        continued = continue_from_cache(model, cache, torch.ones(2, 3, dtype=torch.long, device=device),
-                                        continuations.to(device), continuation_mask.to(device),
-                                        output_hidden_states=True).hidden_states[-1]
-        plain = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                      output_hidden_states=True).hidden_states[-1]
-    return agrees(model, torch.cat([continued[0], continued[1, :1]]), torch.cat([plain[0, 3:5], plain[1, 3:4]]))
+    try:
+        with torch.no_grad():
+            out, cache = prompt_cache(model, torch.tensor([prompt], device=device),
+                                      torch.ones(1, 3, device=device, dtype=torch.long),
+                                      torch.zeros(2, dtype=torch.long, device=device))
+            if cache is None:
+                kept = out.past_key_values
+                layers = sorted({type(layer).__name__ for layer in getattr(kept, "layers", ())})
+                return (f"its key/value cache is a {type(kept).__name__}{' of ' + ', '.join(layers) if layers else ''}"
+                        ", not a DynamicCache of full-attention DynamicLayers")
+            continued = continue_from_cache(model, cache, torch.ones(2, 3, dtype=torch.long, device=device),
+                                            continuations.to(device), continuation_mask.to(device),
+                                            output_hidden_states=True).hidden_states[-1]
+            plain = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                          output_hidden_states=True).hidden_states[-1]
+    except Exception as error:  # a model that refuses the cache or the position ids
+        return f"the probe forward failed ({type(error).__name__}: {error})"
+    return disagreement(model, torch.cat([continued[0], continued[1, :1]]), torch.cat([plain[0, 3:5], plain[1, 3:4]]))

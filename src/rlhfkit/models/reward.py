@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING,
     AutoConfig,
     AutoModelForSequenceClassification,
     PreTrainedModel,
@@ -32,6 +33,7 @@ from rlhfkit.data.chat import pad_batch, tokenize_prompt_response
 from rlhfkit.models.loading import (
     LoraSettings,
     apply_lora,
+    check_family,
     disable_dropout,
     enable_checkpointing,
     load_tokenizer,
@@ -68,6 +70,18 @@ def head_module(model: torch.nn.Module) -> torch.nn.Module:
     raise ValueError(f"cannot find the scalar head of {type(hf).__name__}")
 
 
+def load_sequence_classifier(name_or_path: str, dtype: torch.dtype) -> PreTrainedModel:
+    """``AutoModelForSequenceClassification`` with one label, or a clear error for a family that
+    transformers gives no sequence-classification model (it cannot be a reward model or a critic)."""
+    config = AutoConfig.from_pretrained(name_or_path)
+    if type(config) not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING:
+        raise ValueError(
+            f"{name_or_path}: transformers has no sequence-classification model for the '{config.model_type}' "
+            "family, so it cannot be a reward model or a PPO critic here; train the reward model from a family "
+            "that has one (e.g. llama, qwen2, mistral, gemma2) or give PPO a reward function (module:function)")
+    return AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1, dtype=dtype)
+
+
 def load_reward_backbone(
     name_or_path: str,
     tokenizer: PreTrainedTokenizerBase,
@@ -82,11 +96,12 @@ def load_reward_backbone(
     reward model to continue training. A new head is initialised with std 1/sqrt(d+1) (ARCHITECTURE.md rule 8), or
     to zero with ``zero_head`` (a new critic: its first values are all 0, not noise)."""
     fresh_head = not is_reward_model_folder(name_or_path)
-    model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1, dtype=dtype)
+    model = load_sequence_classifier(name_or_path, dtype)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
     disable_dropout(model)
+    check_family(model, name_or_path)
     if fresh_head:
         head = score_head(model)
         generator = torch.Generator().manual_seed(seed)
@@ -150,12 +165,12 @@ class RewardModel:
                         max_length: int = 1024) -> RewardModel:
         torch_device = resolve_device(device)
         tokenizer = load_tokenizer(str(path))
-        model = AutoModelForSequenceClassification.from_pretrained(
-            str(path), num_labels=1, dtype=resolve_dtype(dtype, torch_device)
-        )
+        model = load_sequence_classifier(str(path), resolve_dtype(dtype, torch_device))
         model.config.pad_token_id = tokenizer.pad_token_id
         disable_dropout(model)
-        return cls(model.to(torch_device), tokenizer, max_length)
+        model.to(torch_device)
+        check_family(model, str(path))
+        return cls(model, tokenizer, max_length)
 
     @property
     def offset(self) -> float:

@@ -1,15 +1,23 @@
 """Supervised fine-tuning: learn to produce the demonstrated answers.
 
 The loss is the token mean of the answer tokens' negative log-likelihood: prompt tokens, system and
-user turns are masked (labels -100) and only assistant turns / completions are learnt. With
-``--packing`` several examples share one max-length sequence (attention then spans example
-boundaries, the usual simple packing; the loss mask still covers answers only).
+user turns are masked (labels -100) and only assistant turns / completions are learnt.
+
+With ``--packing`` whole examples share rows of at most ``--max-length`` tokens (best fit, longest
+first), kept apart as if each ran alone: position ids restart at every example, and attention stays
+within it, by a block-diagonal mask per row (sdpa and eager; the tree rows' mechanism,
+``models/prefix.py``) or, under flash-attention, the position-id ("varlen") form of the whole batch
+in one row. No example is cut, and no token predicts the next example's first, so each example's loss
+is the one it has unpacked.
 """
 
 from __future__ import annotations
 
+import bisect
+import functools
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,6 +35,7 @@ from rlhfkit.models import (
     resolve_dtype,
     save_model,
 )
+from rlhfkit.models.prefix import TreeBatch, flat_forward, packing_layout, tree_forward
 from rlhfkit.train.batches import load_train_and_held_out
 from rlhfkit.train.offline import Stage, train
 from rlhfkit.train.optimizer import make_accelerator
@@ -56,16 +65,71 @@ def tokenize_demonstrations(tokenizer, demos, max_length: int, what: str) -> lis
     return examples
 
 
-def pack_examples(examples: list[TokenizedExample], max_length: int) -> list[TokenizedExample]:
-    """Concatenate examples and cut the stream into ``max_length`` sequences (the last may be shorter)."""
-    ids = [token for e in examples for token in e.input_ids]
-    labels = [label for e in examples for label in e.labels]
-    packed = []
-    for start in range(0, len(ids), max_length):
-        chunk = TokenizedExample(ids[start : start + max_length], labels[start : start + max_length])
-        if chunk.num_target_tokens:
-            packed.append(chunk)
-    return packed
+@dataclass
+class PackedRow:
+    """Whole examples that share one training row, in order."""
+
+    examples: list[TokenizedExample]
+
+    @functools.cached_property
+    def input_ids(self) -> list[int]:
+        return [token for example in self.examples for token in example.input_ids]
+
+    @functools.cached_property
+    def labels(self) -> list[int]:
+        """The examples' labels, each example's first one ignored: nothing before it in its own sequence
+        predicts it (unpacked, it has no predecessor either)."""
+        return [label if i else IGNORE_INDEX for example in self.examples for i, label in enumerate(example.labels)]
+
+    @functools.cached_property
+    def num_target_tokens(self) -> int:
+        return len(self.labels) - self.labels.count(IGNORE_INDEX)
+
+
+def pack_examples(examples: list[TokenizedExample], max_length: int) -> list[PackedRow]:
+    """Rows of whole examples, at most ``max_length`` tokens each: best fit, longest example first (each
+    goes into the fullest row it fits in, else a new row). Deterministic; the rows are in the order
+    they were opened."""
+    rows: list[list[TokenizedExample]] = []
+    room: list[tuple[int, int]] = []  # (free tokens, row), sorted
+    for index in sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids)):
+        example = examples[index]
+        size = len(example.input_ids)
+        at = bisect.bisect_left(room, (size, -1))
+        if at == len(room):
+            rows.append([])
+            free, row = max_length, len(rows) - 1
+        else:
+            free, row = room.pop(at)
+        rows[row].append(example)
+        if free - size > 0:
+            bisect.insort(room, (free - size, row))
+    packed = [PackedRow(row) for row in rows]
+    return [row for row in packed if row.num_target_tokens]
+
+
+def collate_packed(rows: list[PackedRow], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Packed rows as a :class:`~rlhfkit.models.prefix.TreeBatch` that shares nothing (each example its
+    own segment, positions restarting), right-padded, with the rows' labels."""
+    tree = TreeBatch.from_groups([[e.input_ids for e in row.examples] for row in rows], pad_token_id,
+                                 share_prefix=False)
+    labels = torch.full(tree.input_ids.shape, IGNORE_INDEX, dtype=torch.long)
+    for i, row in enumerate(rows):
+        labels[i, : len(row.labels)] = torch.tensor(row.labels)
+    return {**tree.as_dict(), "labels": labels}
+
+
+def packed_batch_loss(model, batch: dict[str, torch.Tensor], normalizer: float, layout: str):
+    """:func:`sft_batch_loss` of :func:`collate_packed` rows, in ``layout`` (see
+    :func:`~rlhfkit.models.prefix.packing_layout`)."""
+    tree = TreeBatch.from_dict(batch)
+    if layout == "varlen":
+        logits = flat_forward(model, tree, use_cache=False).logits
+        labels = batch["labels"][tree.segment >= 0][None]
+    else:
+        logits = tree_forward(model, tree, use_cache=False).logits
+        labels = batch["labels"]
+    return sft_loss(logits, labels, normalizer), {}
 
 
 def collate_right_padded(examples: list[TokenizedExample], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -113,8 +177,7 @@ def run_sft(config: SFTConfig, on_step=None) -> Path:
     train_demos, eval_demos = load_train_and_held_out(load_demonstrations, config)
     examples = tokenize_demonstrations(tokenizer, train_demos, config.max_length, config.data)
     eval_examples = tokenize_demonstrations(tokenizer, eval_demos, config.max_length, "held-out") if eval_demos else []
-    if config.packing:
-        examples = pack_examples(examples, config.max_length)
+    rows = pack_examples(examples, config.max_length) if config.packing else None
     if accelerator.is_main_process:
         console.print(f"sft: {len(train_demos)} training and {len(eval_demos)} held-out demonstrations")
 
@@ -128,10 +191,17 @@ def run_sft(config: SFTConfig, on_step=None) -> Path:
     )
     model.to(device)
     pad = tokenizer.pad_token_id
+    if rows is not None:
+        layout = packing_layout(model)
+        if accelerator.is_main_process:
+            console.print(f"sft: {len(examples)} examples packed into {len(rows)} rows of at most {config.max_length} "
+                          f"tokens ({sum(len(r.input_ids) for r in rows) / (len(rows) * config.max_length):.0%} "
+                          f"full), kept apart by {'block masks' if layout == 'mask' else 'position ids (varlen)'}")
     stage = Stage(
-        examples=examples,
-        collate=lambda batch: collate_right_padded(batch, pad),
-        loss=sft_batch_loss,
+        examples=rows if rows is not None else examples,
+        collate=(lambda batch: collate_packed(batch, pad)) if rows is not None
+        else (lambda batch: collate_right_padded(batch, pad)),
+        loss=functools.partial(packed_batch_loss, layout=layout) if rows is not None else sft_batch_loss,
         weight=lambda example: example.num_target_tokens - (example.labels[0] != IGNORE_INDEX),
         evaluate=(lambda m: held_out_loss(m, eval_examples, pad, config.batch_size, accelerator))
         if eval_examples
