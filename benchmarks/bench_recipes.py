@@ -99,8 +99,8 @@ def rlhfkit_step0(recipe: str, model_dir: Path, prompts: list[str], folder: Path
     width = min(map(len, encoded))
     ids = [e[-width:] for e in encoded]  # one prompt length: no left padding on either side
     torch.manual_seed(args.seed)
-    rollout = generate_rollout(trainer.models.unwrapped_policy(), trainer.tokenizer, chosen, ids, args.group_size,
-                               config)
+    rollout = generate_rollout(trainer.sampler, trainer.tokenizer, chosen, ids, args.group_size, config,
+                               trainer.accelerator.device)
     scores, raw = trainer.score(rollout)
     experience, _ = make_experience(trainer.models, rollout, scores, raw, config, config.beta, args.group_size)
     with torch.no_grad():

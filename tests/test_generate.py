@@ -8,7 +8,8 @@ import torch
 from rlhfkit.config import GenerateConfig
 from rlhfkit.data.chat import pad_batch
 from rlhfkit.models import load_causal_lm, load_tokenizer
-from rlhfkit.rollout.generate import cut_after_eos, run_generate, sample_responses
+from rlhfkit.rollout.generate import cut_after_eos, sample_responses
+from rlhfkit.rollout.generate_command import run_generate
 
 
 def test_cut_after_eos():

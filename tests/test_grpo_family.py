@@ -137,10 +137,10 @@ def test_recipes_set_their_knobs_and_explicit_values_win(recipe):
 
 
 def scored_rollouts(groups: list[list[float]], group: int):
-    """A fake sampler: ``draw(indices)`` gives prompt i's K answers, and the reward reads their scores."""
+    """A fake sampler: ``draw(indices, round)`` gives prompt i's K answers, and the reward reads their scores."""
     tokenizer = SimpleNamespace(pad_token_id=0, eos_token_id=1)
 
-    def draw(indices):
+    def draw(indices, round_):
         answers = [[2 + k] * (1 + k % 2) + [1] for _ in indices for k in range(group)]
         rollout = answer_rollout([[5] * (1 + i % 3) for i in indices for _ in range(group)], answers, tokenizer,
                                  torch.device("cpu"))

@@ -14,7 +14,7 @@ from argon2 import PasswordHasher
 
 import rlhfkit.evaluate.compare
 import rlhfkit.judge.run
-import rlhfkit.rollout.generate
+import rlhfkit.rollout.generate_command
 import rlhfkit.train.dpo
 import rlhfkit.train.ppo
 import rlhfkit.train.rm
@@ -36,7 +36,7 @@ def more_e(prompts, responses):
     return [r.count("e") + len(r) / 1000 for r in responses]
 '''
 
-STAGE_FUNCTIONS = [(rlhfkit.rollout.generate, "run_generate"), (rlhfkit.judge.run, "run_judge"),
+STAGE_FUNCTIONS = [(rlhfkit.rollout.generate_command, "run_generate"), (rlhfkit.judge.run, "run_judge"),
                    (rlhfkit.train.rm, "run_rm"), (rlhfkit.train.ppo, "run_ppo"), (rlhfkit.train.dpo, "run_dpo"),
                    (rlhfkit.evaluate.compare, "evaluate_policies")]
 

@@ -83,7 +83,7 @@ def _eval(config: EvalConfig) -> None:
 
 
 def _generate(config: GenerateConfig) -> None:
-    from rlhfkit.rollout.generate import run_generate
+    from rlhfkit.rollout.generate_command import run_generate
 
     run_generate(config)
 
@@ -185,6 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     from rlhfkit.data import DataError
     from rlhfkit.judge.http import JudgeRequestError
     from rlhfkit.rewards import RewardSpecError
+    from rlhfkit.rollout.vllm_engine import EngineError
+    from rlhfkit.rollout.weight_sync import SyncError
     from rlhfkit.train.optimizer import TrainingError
 
     args = build_parser().parse_args(argv)
@@ -201,7 +203,8 @@ def main(argv: list[str] | None = None) -> None:
             from rlhfkit.feedback.cli import run_label
 
             run_label(args)
-    except (ConfigError, DataError, FileNotFoundError, JudgeRequestError, RewardSpecError, TrainingError) as err:
+    except (ConfigError, DataError, EngineError, FileNotFoundError, JudgeRequestError, RewardSpecError, SyncError,
+            TrainingError) as err:
         console.print(f"[red]error:[/] {err}", soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt as interrupt:  # Ctrl-C: what the trainer noted (how far, how to resume), no traceback

@@ -79,6 +79,41 @@ class ModelConfig:
 
 
 @dataclass
+class EngineConfig:
+    """The sampling engine of a stage that samples answers (rlhfkit.rollout.engines)."""
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+
+    engine: str = option("auto", "Sampling engine: hf (rlhfkit's decode loop on the HF model), vllm (a vLLM "
+                                 "engine in this process; install with `make install-vllm`), or auto: vllm on a "
+                                 "GPU when vLLM is installed, hf otherwise.", choices=("auto", "hf", "vllm"))
+    engine_dtype: str = option("auto", "vllm: the engine's weights dtype (auto: as --dtype).",
+                               choices=("auto", "float32", "bfloat16", "float16"))
+    gpu_memory_utilization: float | None = option(None, "vllm on a GPU: the share of its memory the engine may "
+                                                        "take (null: 0.3 beside a trainer, 0.85 alone).",
+                                                  greater_than=0, maximum=1)
+    tensor_parallel_size: int = option(1, "vllm: GPUs (or CPU sockets) the engine shards the model over.", minimum=1)
+    engine_max_model_len: int = option(0, "vllm: the longest prompt + answer the engine holds (0: the model's "
+                                          "maximum, or --max-length for trainers).", minimum=0)
+
+
+@dataclass
+class WeightSyncConfig(EngineConfig):
+    """How a trainer keeps a separate sampling engine (vllm) on the trained weights."""
+
+    sync_every: int = option(1, "vllm: send the policy's weights to the engine after every N policy updates "
+                                "(PPO steps, online DPO rounds); between syncs it samples from older weights.",
+                             minimum=1)
+    sync_check_every: int = option(1, "vllm: verify every N-th weight sync: the engine greedily answers a few "
+                                      "fixed probe prompts, the trainer scores those tokens, and a mismatch "
+                                      "stops the run.", minimum=1)
+    sync_check_tolerance: float | None = option(None, "vllm: the largest mean |Δ log p| per probe token allowed "
+                                                      "after a sync (null: 1e-3 in float32, 0.2 in 16-bit).",
+                                                greater_than=0)
+
+
+@dataclass
 class TrainConfig(ModelConfig):
     """The vocabulary every trainer shares (SFT, RM, PPO, DPO). Defaults suit real models."""
 
@@ -133,7 +168,7 @@ class RMConfig(TrainConfig):
 
 
 @dataclass
-class DPOConfig(TrainConfig):
+class DPOConfig(TrainConfig, WeightSyncConfig):
     """Direct preference optimisation (DPO, IPO, cDPO, robust DPO, SimPO, ORPO, KTO) against a frozen
     reference, without a reward model; or online DPO, which labels its own samples with a reward."""
 
@@ -172,7 +207,7 @@ class DPOConfig(TrainConfig):
 
 
 @dataclass
-class PPOConfig(TrainConfig):
+class PPOConfig(TrainConfig, WeightSyncConfig):
     """RL against a reward: PPO (GAE critic) or a critic-free estimator (GRPO, RLOO, REINFORCE++), with a
     KL penalty to the initial policy. One step = one rollout batch, then --ppo-epochs passes over it."""
 
@@ -241,6 +276,10 @@ class PPOConfig(TrainConfig):
     value_learning_rate: float | None = option(None, "Critic learning rate (null: --learning-rate).", greater_than=0)
     entropy_coef: float = option(0.0, "Entropy bonus weight.", minimum=0)
     sample_every: int = option(10, "Print and store (samples.jsonl) a few answers every N steps.", minimum=0)
+    tis_cap: float | None = option(None, "vllm: truncated importance sampling (Yao et al. 2025): multiply each "
+                                         "token's policy-gradient term by min(π_trainer / π_engine, C) of the "
+                                         "sampled token, correcting for the engine's numerical mismatch; C "
+                                         "(e.g. 2); null: off.", minimum=1)
     track_reward: str | None = option(None, "A second reward (folder or module:function) that only watches: its "
                                             "mean on each rollout is logged as track_score (e.g. a held-out or "
                                             "gold reward, to see reward over-optimisation). Never optimised.")
@@ -278,7 +317,7 @@ class JudgeConfig(ModelConfig):
 
 
 @dataclass
-class ReviseConfig(ModelConfig):
+class ReviseConfig(ModelConfig, EngineConfig):
     """Constitutional AI's supervised stage: critique answers against a principle, revise them, and write
     the revisions as SFT demonstrations."""
 
@@ -294,7 +333,7 @@ class ReviseConfig(ModelConfig):
 
 
 @dataclass
-class ServeConfig(ModelConfig):
+class ServeConfig(ModelConfig, EngineConfig):
     """Serve a local model behind an OpenAI-compatible chat-completions API (batched)."""
 
     model: str = option("", "HF model id or local folder to serve.", required=True)
@@ -316,7 +355,7 @@ class ScoreConfig(ModelConfig):
 
 
 @dataclass
-class GenerateConfig(ModelConfig):
+class GenerateConfig(ModelConfig, EngineConfig):
     """Sample K answers per prompt."""
 
     model: str = option("", "HF model id or local folder to sample from.", required=True)
@@ -332,7 +371,7 @@ class GenerateConfig(ModelConfig):
 
 
 @dataclass
-class EvalConfig(ModelConfig):
+class EvalConfig(ModelConfig, EngineConfig):
     """Compare policy A with policy B on a prompt set: win rate with a 95% interval, KL to a reference,
     answer length, EOS rate, refusal and over-refusal rates."""
 
@@ -417,6 +456,8 @@ class LoopConfig(ModelConfig):
                                           "folder or module:function (the higher score wins), or a judge spec "
                                           "(causal-LM folder, URL) asked in both orders; null: --judge.")
     seed: int = option(0, "Seed of the prompt order, of sampling, training and evaluation.", minimum=0)
+    engine: str = option("auto", "The sampling engine of every stage that samples (generate, ppo, dpo, eval), as "
+                                 "their --engine; a section's own 'engine' wins.", choices=("auto", "hf", "vllm"))
     generate: dict[str, Any] = option({}, "Settings of 'rlhfkit generate' for the round's answers, e.g. "
                                           "{max_new_tokens: 64, temperature: 1.0}; model, prompts, output and "
                                           "num_samples are the loop's.")

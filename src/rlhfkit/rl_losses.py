@@ -51,6 +51,26 @@ def kl_estimates(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> dict[str
     return {"k1": -log_ratio, "k3": torch.expm1(log_ratio) - log_ratio}
 
 
+def engine_mismatch(trainer_logprobs: torch.Tensor, engine_logprobs: torch.Tensor, mask: torch.Tensor
+                    ) -> dict[str, torch.Tensor]:
+    """How far the sampling engine's log-probs of its sampled tokens are from the trainer's, per token
+    (masked means): ``engine_logprob_diff``, the mean |Δ log p|, and ``engine_kl``, KL(engine ‖ trainer)
+    estimated by :func:`kl_estimates`' k3 on the engine's own samples."""
+    k3 = kl_estimates(engine_logprobs, trainer_logprobs)["k3"]
+    return {"engine_logprob_diff": masked_mean((trainer_logprobs - engine_logprobs).abs(), mask),
+            "engine_kl": masked_mean(k3, mask)}
+
+
+def truncated_importance_weights(trainer_logprobs: torch.Tensor, engine_logprobs: torch.Tensor, mask: torch.Tensor,
+                                 cap: float) -> torch.Tensor:
+    """Truncated importance sampling (Yao et al. 2025): per token ``min(π_trainer / π_engine, C)`` of the
+    sampled token, 0 on padding, with no gradient. The answers were drawn by the engine, whose numbers
+    differ from the trainer's; weighting each token's policy-gradient term by this ratio makes the
+    gradient the trainer's own policy gradient again, up to the cap that bounds its variance."""
+    ratio = torch.exp(trainer_logprobs.detach() - engine_logprobs).clamp(max=cap)
+    return ratio * mask
+
+
 def kl_penalized_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
     """Per-token rewards: ``-β·KL_t`` on every response token, plus the sequence's score on its last
     real token (Ziegler et al. 2019; InstructGPT)."""

@@ -6,11 +6,13 @@ ignored, since requests share batches). Users chat with their policy through any
 judges point at it.
 
 Batching: requests wait in a queue; a single worker thread takes everything queued (up to
-``--max-batch`` answers), groups it by sampling settings and samples each group in one batched,
-KV-cached call (the sampler of ``rlhfkit generate``). Log-probs, when asked for, come from batched
-teacher-forced passes over the group's prompts and answers, as PPO takes them (at the sampling
-temperature, 1 for greedy), with the ``top_logprobs`` most likely tokens at each position (capped at
-the vocabulary size, not at OpenAI's 20, so that a judge can always see the labels it asks about).
+``--max-batch`` answers), groups it by sampling settings and samples each group in one batched call
+to the sampling engine (``--engine``: rlhfkit's KV-cached HF decode loop, or vLLM). Log-probs, when
+asked for, come from batched teacher-forced passes of the HF model over the group's prompts and
+answers, as PPO takes them (at the sampling temperature, 1 for greedy), with the ``top_logprobs`` most
+likely tokens at each position (capped at the vocabulary size, not at OpenAI's 20, so that a judge can
+always see the labels it asks about); with vLLM sampling, the HF model is loaded for that on the first
+request that asks for log-probs.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from dataclasses import dataclass, field
 import torch
 from pydantic import BaseModel, Field
 
+from rlhfkit.config import EngineConfig
 from rlhfkit.data.chat import encode_prompt
-from rlhfkit.rollout.generate import sample_responses
+from rlhfkit.rollout.sampler import HFSampler, SamplingSettings
 
 # at most this many log-prob values ([answers, tokens, vocabulary]) per teacher-forced pass: 512 MiB in fp32
 LOGPROB_ELEMENTS = 2**27
@@ -63,14 +66,25 @@ class Job:
 
 
 class ChatEngine:
-    """Owns the model; ``submit`` blocks until a batch containing the job has been generated."""
+    """Owns the sampler; ``submit`` blocks until a batch containing the job has been generated.
 
-    def __init__(self, model, tokenizer, name: str, max_batch: int = 32):
-        self.model, self.tokenizer, self.name, self.max_batch = model.eval(), tokenizer, name, max_batch
+    ``model`` is the HF model (for log-probs), or a function that loads it when first needed;
+    ``context`` the most positions the model reads (None: unknown)."""
+
+    def __init__(self, sampler, tokenizer, name: str, max_batch: int = 32, *, model, context: int | None):
+        self.sampler, self.tokenizer, self.name, self.max_batch = sampler, tokenizer, name, max_batch
+        self._model, self.context = model, context
         self.jobs: queue.Queue[Job] = queue.Queue()
         self.requests = 0  # chat-completion requests served (tests read it)
         self.batches = 0
         threading.Thread(target=self._work, daemon=True, name="rlhfkit-serve").start()
+
+    @property
+    def model(self):
+        """The HF model, loaded now if it was not yet."""
+        if callable(self._model) and not isinstance(self._model, torch.nn.Module):
+            self._model = self._model()
+        return self._model.eval()
 
     def submit(self, job: Job) -> list[dict]:
         self.jobs.put(job)
@@ -110,11 +124,10 @@ class ChatEngine:
         for job, ids in zip(jobs, prompt_ids, strict=True):
             job.prompt_tokens = len(ids)
         flat_prompts = [i for i, job in enumerate(jobs) for _ in range(job.n)]
-        samples = sample_responses(
-            self.model, self.tokenizer, [jobs[i].messages for i in flat_prompts],
-            prompt_ids=[prompt_ids[i] for i in flat_prompts], num_samples=1,
-            max_new_tokens=max(job.max_tokens for job in jobs), temperature=first.temperature, top_p=first.top_p,
-            batch_size=self.max_batch, show_progress=False)
+        settings = SamplingSettings(max(job.max_tokens for job in jobs), first.temperature, first.top_p,
+                                    self.max_batch)
+        samples = self.sampler.sample([jobs[i].messages for i in flat_prompts], [prompt_ids[i] for i in flat_prompts],
+                                      1, settings)
         eos = self.tokenizer.eos_token_id
         position = 0
         scored = []  # (choice, prompt ids, answer tokens, top) for the log-prob pass
@@ -194,7 +207,7 @@ def checked_request(engine: ChatEngine, request: ChatRequest) -> tuple[list[dict
         raise ValueError("messages: expected at least one message with role 'user'")
     messages = [{"role": m["role"], "content": m["content"]} for m in request.messages]
     max_tokens = request.max_completion_tokens or request.max_tokens or 256
-    limit = context_length(engine.model)
+    limit = engine.context
     if limit is not None:
         prompt = len(encode_prompt(engine.tokenizer, messages))
         if prompt >= limit:
@@ -249,13 +262,27 @@ def create_app(engine: ChatEngine):
 
 
 def load_engine(model: str, device: str = "auto", dtype: str = "auto", max_batch: int = 32,
-                name: str | None = None) -> ChatEngine:
+                name: str | None = None, engine: EngineConfig | None = None) -> ChatEngine:
+    """The chat engine of the model folder (or hub id) ``model``, sampling with ``engine.engine``."""
     from rlhfkit.models import load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
+    from rlhfkit.rollout.engines import resolve_engine, start_vllm
+    from rlhfkit.rollout.vllm_engine import model_positions
 
     torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
     tokenizer = load_tokenizer(model)
-    policy = load_causal_lm(model, tokenizer, dtype=resolve_dtype(dtype, torch_device), device=torch_device)
-    return ChatEngine(policy, tokenizer, name or model, max_batch)
+
+    def load_model():
+        return load_causal_lm(model, tokenizer, dtype=torch_dtype, device=torch_device)
+
+    engine = engine or EngineConfig(engine="hf")
+    if resolve_engine(engine.engine, torch_device) == "vllm":
+        sampler = start_vllm(engine, model, tokenizer, torch_dtype, 0, beside_trainer=False)
+        return ChatEngine(sampler, tokenizer, name or model, max_batch, model=load_model,
+                          context=engine.engine_max_model_len or model_positions(model))
+    policy = load_model()
+    return ChatEngine(HFSampler(policy, tokenizer), tokenizer, name or model, max_batch, model=policy,
+                      context=context_length(policy))
 
 
 def run_serve(config) -> None:
@@ -264,6 +291,6 @@ def run_serve(config) -> None:
 
     from rlhfkit.console import console
 
-    engine = load_engine(config.model, config.device, config.dtype, config.max_batch, config.name)
+    engine = load_engine(config.model, config.device, config.dtype, config.max_batch, config.name, config)
     console.print(f"serve: {engine.name} at http://{config.host}:{config.port}/v1 (OpenAI-compatible chat completions)")
     uvicorn.run(create_app(engine), host=config.host, port=config.port, log_level="warning")

@@ -107,9 +107,10 @@ def harmful_flags(harmful: Sequence[bool | None] | None, prompts: list) -> list[
 
 
 def sample_policy_and_baseline(policy, baseline, tokenizer, baseline_tokenizer, prompts: list, options: dict,
-                               baseline_samples: list[Sample] | None) -> tuple[list[Sample], list[Sample]]:
+                               baseline_samples: list[Sample] | None, policy_samples: list[Sample] | None = None
+                               ) -> tuple[list[Sample], list[Sample]]:
     """The policy's answers and the baseline's (sampled unless the caller gave them), as many of each."""
-    answers_a = sample_answers(policy, tokenizer, prompts, **options)
+    answers_a = policy_samples if policy_samples is not None else sample_answers(policy, tokenizer, prompts, **options)
     answers_b = baseline_samples if baseline_samples is not None else sample_answers(
         baseline, baseline_tokenizer or tokenizer, prompts, **options)
     if len(answers_b) != len(answers_a):
@@ -194,7 +195,7 @@ def evaluate_policies(
     max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 16,
     names: tuple[str, str] = ("policy", "baseline"), judge_name: str | None = None,
     scorers: dict[str, Callable] | None = None, show_progress: bool = False,
-    baseline_samples: list[Sample] | None = None,
+    baseline_samples: list[Sample] | None = None, policy_samples: list[Sample] | None = None,
 ) -> dict:
     """Compare ``policy`` (A) with ``baseline`` (B) on ``prompts``; models already loaded.
 
@@ -206,7 +207,7 @@ def evaluate_policies(
     the mean score of its answers under each, as an entry of that name.
     ``baseline_samples``: the baseline's answers when the caller already has them (from
     :func:`sample_answers` with the same prompts and options), so comparing several policies with one
-    baseline samples it once.
+    baseline samples it once; ``policy_samples`` likewise (e.g. sampled by another engine).
 
     Returns ``{"judge", "win_rate", "policies", "counts", "seconds", "samples"}``: ``win_rate`` is A's
     (a dict, see :class:`~rlhfkit.evaluate.win_rate.WinRate`; None without a judge); ``policies`` maps
@@ -222,7 +223,7 @@ def evaluate_policies(
     seconds = {}
     with timed(seconds, "sample"):
         answers_a, answers_b = sample_policy_and_baseline(policy, baseline, tokenizer, baseline_tokenizer, prompts,
-                                                          options, baseline_samples)
+                                                          options, baseline_samples, policy_samples)
     flat_prompts = per_answer(prompts, k, len(answers_a))
     flat_harmful = per_answer(harmful, k, len(answers_a))
     with timed(seconds, "kl"):

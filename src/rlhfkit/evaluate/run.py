@@ -119,12 +119,13 @@ def run_eval(config: EvalConfig) -> Path:
         console.print("[yellow]eval: the reference reads other tokens than the policy; no KL is measured[/]")
         reference = None
     judge, judge_name = (None, PEOPLE) if config.judge == PEOPLE else load_eval_judge(config, output)
+    engine_answers = vllm_answers(config, [r.prompt for r in records], tokenizer, baseline_tokenizer)
     result = evaluate_policies(
         policy, baseline, tokenizer, [r.prompt for r in records], judge, reference=reference,
         harmful=[r.harmful for r in records], baseline_tokenizer=None if same_vocab else baseline_tokenizer,
         samples_per_prompt=config.samples_per_prompt, max_new_tokens=config.max_new_tokens,
         temperature=config.temperature, top_p=config.top_p, seed=config.seed, batch_size=config.batch_size,
-        judge_name=judge_name, show_progress=True,
+        judge_name=judge_name, show_progress=True, **engine_answers,
     )
     result = {"created": datetime.now(UTC).isoformat(timespec="seconds"), "policy_path": config.policy,
               "baseline_path": config.baseline, "reference_path": config.reference or config.baseline, **result}
@@ -134,6 +135,33 @@ def run_eval(config: EvalConfig) -> Path:
     write_results(output, result)
     print_summary(result, output)
     return output
+
+
+def vllm_answers(config: EvalConfig, prompts: list, tokenizer, baseline_tokenizer) -> dict:
+    """With ``--engine vllm``: both policies' answers sampled by vLLM, one engine after the other, seeded
+    alike (the HF models still measure the KL); otherwise nothing (``evaluate_policies`` samples)."""
+    from rlhfkit.data.chat import encode_prompt
+    from rlhfkit.models import resolve_device, resolve_dtype
+    from rlhfkit.rollout.engines import resolve_engine, start_vllm
+    from rlhfkit.rollout.sampler import SamplingSettings
+
+    device = resolve_device(config.device)
+    if resolve_engine(config.engine, device) != "vllm":
+        return {}
+    settings = SamplingSettings(config.max_new_tokens, config.temperature, config.top_p, config.batch_size,
+                                config.seed)
+    answers = {}
+    for key, path, reader in (("policy_samples", config.policy, tokenizer),
+                              ("baseline_samples", config.baseline, baseline_tokenizer)):
+        sampler = start_vllm(config, path, reader, resolve_dtype(config.dtype, device), config.seed,
+                             beside_trainer=False)
+        try:
+            per_prompt = sampler.sample(prompts, [encode_prompt(reader, p) for p in prompts],
+                                        config.samples_per_prompt, settings, show_progress=True)
+        finally:
+            sampler.close()
+        answers[key] = [s for samples in per_prompt for s in samples]
+    return answers
 
 
 def push_to_people(config: EvalConfig, output: Path, result: dict) -> None:

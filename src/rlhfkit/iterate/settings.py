@@ -59,9 +59,12 @@ def section_values(config: LoopConfig, section: str) -> dict[str, typing.Any]:
 def stage_config(config: LoopConfig, section: str, defaults: dict, **loop_values):
     """The stage config of ``section``: the loop's defaults (device, dtype, seed, ...) < the section's
     settings < the values the loop sets."""
-    values = {"device": config.device, "dtype": config.dtype, **defaults, **section_values(config, section),
-              **loop_values}
-    return SECTIONS[section](**values)
+    cls = SECTIONS[section]
+    shared = {"device": config.device, "dtype": config.dtype}
+    if "engine" in {f.name for f in dataclasses.fields(cls)}:  # the stages that sample
+        shared["engine"] = config.engine
+    values = {**shared, **defaults, **section_values(config, section), **loop_values}
+    return cls(**values)
 
 
 def eval_judge_spec(config: LoopConfig) -> str:

@@ -42,7 +42,7 @@ def prompt_record(record) -> dict:
 
 def step_generate(ctx: LoopContext, paths: RoundPaths, start_policy: str, fresh: bool) -> dict:
     """K answers to each of the round's prompts from the starting policy (``samples.jsonl``)."""
-    from rlhfkit.rollout.generate import run_generate
+    from rlhfkit.rollout.generate_command import run_generate
 
     config = ctx.config
     chosen = round_prompts(ctx.prompts, config.prompts_per_round, config.seed, paths.number)

@@ -50,22 +50,31 @@ def revise(generate, items: list[tuple[object, str]], constitution: list[Princip
 def run_revise(config: ReviseConfig) -> Path:
     from transformers import set_seed
 
+    from rlhfkit.data.chat import encode_prompt
     from rlhfkit.models import load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
-    from rlhfkit.rollout.generate import sample_responses
+    from rlhfkit.rollout.engines import model_sampler
+    from rlhfkit.rollout.sampler import SamplingSettings
 
     set_seed(config.seed)
     device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
     tokenizer = load_tokenizer(config.model)
-    model = load_causal_lm(config.model, tokenizer, dtype=resolve_dtype(config.dtype, device), device=device)
+    sampler = model_sampler(config, config.model, tokenizer, dtype, device, config.seed,
+                            lambda: load_causal_lm(config.model, tokenizer, dtype=dtype, device=device))
+    settings = SamplingSettings(config.max_new_tokens, config.temperature, 1.0, config.batch_size, config.seed)
 
     def generate(chats: list[list[dict]]) -> list[str]:
-        samples = sample_responses(model, tokenizer, chats, num_samples=1, max_new_tokens=config.max_new_tokens,
-                                   temperature=config.temperature, batch_size=config.batch_size)
+        samples = sampler.sample(chats, [encode_prompt(tokenizer, chat) for chat in chats], 1, settings,
+                                 show_progress=True)
         return [answer[0].text.strip() for answer in samples]
 
     _, prompts, responses = read_scoring_records(config.data)
     constitution = load_constitution(config.constitution or DEFAULT_CONSTITUTION)
-    records = revise(generate, list(zip(prompts, responses, strict=True)), constitution, random.Random(config.seed))
+    try:
+        records = revise(generate, list(zip(prompts, responses, strict=True)), constitution,
+                         random.Random(config.seed))
+    finally:
+        sampler.close()
     kept = [r for r in records if r["completion"]]
     output = Path(config.output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -22,9 +22,7 @@ all but the prompts' last tokens. Models whose cache is not HF's ``DynamicCache`
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from transformers import (
@@ -40,8 +38,7 @@ from transformers import (
 )
 from transformers.cache_utils import DynamicLayer
 
-from rlhfkit.config import GenerateConfig
-from rlhfkit.console import console, progress_bar
+from rlhfkit.console import progress_bar
 from rlhfkit.data.chat import encode_prompt, pad_batch
 from rlhfkit.models.loading import accepts_logits_to_keep
 from rlhfkit.models.prefix import MASK_IMPLEMENTATIONS, prompt_cache, unwrap_hf_model
@@ -53,6 +50,7 @@ class Sample:
     token_ids: list[int]  # the answer's tokens, through the first EOS when there is one
     text: str  # decoded without special tokens
     finished: bool  # ended with EOS (rather than running out of max_new_tokens)
+    logprobs: list[float] | None = None  # the engine's log-prob of each token, when the engine reports them
 
 
 def cut_after_eos(token_ids: list[int], eos_token_id: int) -> tuple[list[int], bool]:
@@ -250,33 +248,3 @@ def decode(model, cache: DynamicCache, next_logits: torch.Tensor, input_ids: tor
                        past_key_values=cache, use_cache=True, **keep).logits[:, -1]
         positions = positions + 1
     return sequences[:, width:end]
-
-
-def run_generate(config: GenerateConfig) -> Path:
-    """Sample ``num_samples`` answers per prompt and write ``{"prompt", "responses"}`` JSONL."""
-    from transformers import set_seed
-
-    from rlhfkit.data import load_prompts
-    from rlhfkit.models import load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
-
-    set_seed(config.seed)
-    device = resolve_device(config.device)
-    tokenizer = load_tokenizer(config.model)
-    model = load_causal_lm(config.model, tokenizer, dtype=resolve_dtype(config.dtype, device), device=device)
-    records = load_prompts(config.prompts, skip_invalid=config.skip_invalid)
-    samples = sample_responses(
-        model, tokenizer, [r.prompt for r in records], num_samples=config.num_samples,
-        max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
-        batch_size=config.batch_size,
-    )
-    output = Path(config.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    unfinished = 0
-    with output.open("w") as handle:
-        for record, answers in zip(records, samples, strict=True):
-            unfinished += sum(not s.finished for s in answers)
-            handle.write(json.dumps({"prompt": record.prompt, "responses": [s.text for s in answers]}) + "\n")
-    total = len(records) * config.num_samples
-    console.print(f"generate: {total} answers for {len(records)} prompts written to {output} "
-                  f"({unfinished} hit --max-new-tokens without EOS)")
-    return output

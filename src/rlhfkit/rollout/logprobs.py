@@ -48,6 +48,9 @@ class Rollout:
     # support (models/prefix.py): "cache" (the prompts' key/value cache, continued by the answers) and
     # "tree" (one row per prompt); answer_logits takes the cheapest, or every answer with its own prompt
     share_prompts: tuple[str, ...] = ()
+    # [N, R] the sampling engine's log-probs of the answer tokens at the sampling temperature (0 on
+    # padding), when the engine reports them (vLLM); the trainer's own are computed from the weights
+    engine_logprobs: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.response.shape[0]
@@ -57,7 +60,7 @@ class Rollout:
         rows = index.tolist()
         return Rollout(self.query[index], self.query_mask[index], self.response[index], self.mask[index],
                        self.finished[index], [self.prompts[i] for i in rows], [self.texts[i] for i in rows],
-                       self.share_prompts)
+                       self.share_prompts, None if self.engine_logprobs is None else self.engine_logprobs[index])
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
         input_ids = torch.cat([self.query, self.response], dim=1)
@@ -73,9 +76,15 @@ def rollout_from_samples(samples: list, prompts: list, prompt_ids: list[list[int
     flat = [s for per_prompt in samples for s in per_prompt]
     query, query_mask = pad_batch([prompt_ids[s.prompt_index] for s in flat], pad_token_id, side="left")
     response, mask = pad_batch([s.token_ids for s in flat], pad_token_id, side="right")
+    engine_logprobs = None
+    if flat and all(s.logprobs is not None for s in flat):
+        engine_logprobs = torch.zeros(mask.shape, dtype=torch.float32)
+        for row, s in enumerate(flat):
+            engine_logprobs[row, : len(s.logprobs)] = torch.tensor(s.logprobs, dtype=torch.float32)
+        engine_logprobs = engine_logprobs.to(device)
     return Rollout(query.to(device), query_mask.to(device), response.to(device), mask.float().to(device),
                    torch.tensor([s.finished for s in flat], device=device),
-                   [prompts[s.prompt_index] for s in flat], [s.text for s in flat], share_prompts)
+                   [prompts[s.prompt_index] for s in flat], [s.text for s in flat], share_prompts, engine_logprobs)
 
 
 def join_rollouts(parts: list[Rollout], pad_token_id: int) -> Rollout:
@@ -94,7 +103,9 @@ def join_rollouts(parts: list[Rollout], pad_token_id: int) -> Rollout:
                    torch.cat([left(p.query_mask, 0) for p in parts]),
                    torch.cat([right(p.response, pad_token_id) for p in parts]),
                    torch.cat([right(p.mask, 0.0) for p in parts]), torch.cat([p.finished for p in parts]),
-                   [x for p in parts for x in p.prompts], [x for p in parts for x in p.texts], parts[0].share_prompts)
+                   [x for p in parts for x in p.prompts], [x for p in parts for x in p.texts], parts[0].share_prompts,
+                   None if any(p.engine_logprobs is None for p in parts)
+                   else torch.cat([right(p.engine_logprobs, 0.0) for p in parts]))
 
 
 def answer_rollout(prompt_ids: list[list[int]], answer_ids: list[list[int]], tokenizer,
@@ -258,11 +269,20 @@ def answer_logprob_sums(model, tokenizer, prompt_ids: list[list[int]], responses
 
 
 def supports_logit_mask(model: torch.nn.Module) -> bool:
-    """Whether ``model`` can compute logits at chosen positions only (``logits_to_keep`` as a boolean mask,
-    transformers >= 5)."""
+    """Whether ``model`` can compute logits at chosen positions only (its forward takes ``logits_to_keep``)."""
+    return accepts_logits_to_keep(model)
+
+
+def kept_logits(forward, keep: torch.Tensor) -> torch.Tensor:
+    """The logits at the True positions of ``keep`` ``[B, T]``, in row-major order (``[kept, vocab]``), from
+    ``forward(logits_to_keep=...)``. Transformers with ``slice_logits_to_keep`` (>= 5.2x) take the boolean
+    mask itself; older ones take the columns that any row keeps (a 1-D index), the rest is cut here."""
     import transformers.modeling_utils as modeling_utils
 
-    return accepts_logits_to_keep(model) and hasattr(modeling_utils, "slice_logits_to_keep")
+    if hasattr(modeling_utils, "slice_logits_to_keep"):
+        return forward(logits_to_keep=keep).logits
+    columns = keep.any(0).nonzero().squeeze(-1)
+    return forward(logits_to_keep=columns).logits[keep[:, columns]]
 
 
 def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, logit_mask: bool,
@@ -281,8 +301,8 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, lo
     predicts_answer[:, :-1] = labels[:, 1:] != IGNORE_INDEX
     counts = predicts_answer.sum(-1)
     if logit_mask:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=predicts_answer,
-                       use_cache=False).logits
+        logits = kept_logits(lambda **keep: model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                                                  **keep), predicts_answer)
         if temperature != 1.0:
             logits = logits / temperature
         targets = labels[:, 1:][predicts_answer[:, :-1]]
@@ -304,7 +324,8 @@ def tree_sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], 
     if logit_mask:
         keep = torch.zeros(tree.input_ids.numel(), dtype=torch.bool, device=predictors.device)
         keep[predictors] = True
-        logits = tree_forward(model, tree, logits_to_keep=keep.view_as(tree.input_ids), use_cache=False).logits
+        logits = kept_logits(lambda **kept: tree_forward(model, tree, use_cache=False, **kept),
+                             keep.view_as(tree.input_ids))
         logits = logits[(keep.cumsum(0) - 1)[predictors]]  # the kept rows come in row-major order
     else:
         logits = tree_forward(model, tree, use_cache=False).logits.flatten(0, 1)[predictors]

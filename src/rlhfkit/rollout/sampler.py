@@ -4,7 +4,8 @@ A :class:`Sampler` does two things: sample K answers to each of a list of encode
 tokens through the first EOS, their text, whether they ended, and the engine's log-probs of the
 tokens when it reports them), and take new weights after a policy update. Trainers hold a sampler,
 not a model, for their rollouts, so a second engine (vLLM, in its own process or beside the trainer)
-plugs in here without touching the trainers.
+plugs in here without touching the trainers (:mod:`rlhfkit.rollout.vllm_engine`, chosen by
+:mod:`rlhfkit.rollout.engines`).
 
 :class:`HFSampler` is rlhfkit's own decode loop (:func:`~rlhfkit.rollout.generate.sample_responses`)
 on a Hugging Face model. It samples with the trained module itself, so a weight update is seen at
@@ -32,19 +33,31 @@ class SamplingSettings:
     temperature: float = 1.0  # 0: greedy
     top_p: float = 1.0
     batch_size: int = 16  # sequences decoded together
+    seed: int | None = None  # engines that seed each request derive its seed from this and the answer's place
 
 
 class Sampler(Protocol):
     """A sampling engine."""
 
     def sample(self, prompts: list, prompt_ids: list[list[int]], num_samples: int,
-               settings: SamplingSettings) -> list[list[Sample]]:
+               settings: SamplingSettings, show_progress: bool = False) -> list[list[Sample]]:
         """``num_samples`` answers to each encoded prompt ``prompt_ids[i]`` (``prompts[i]`` is its
         record, kept for the caller), in prompt order."""
         ...
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Take the policy's new weights, by parameter name (a full, unsharded tensor each)."""
+        ...
+
+    def sleep(self) -> None:
+        """Free what the engine holds while the trainer updates (where the engine can)."""
+        ...
+
+    def wake_up(self) -> None:
+        ...
+
+    def close(self) -> None:
+        """Stop the engine and free what it holds."""
         ...
 
 
@@ -56,10 +69,10 @@ class HFSampler:
         self.model, self.tokenizer, self.unwrap = model, tokenizer, unwrap
 
     def sample(self, prompts: list, prompt_ids: list[list[int]], num_samples: int,
-               settings: SamplingSettings) -> list[list[Sample]]:
+               settings: SamplingSettings, show_progress: bool = False) -> list[list[Sample]]:
         return sample_responses(self.unwrap(self.model), self.tokenizer, prompts, num_samples=num_samples,
                                 max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-                                top_p=settings.top_p, batch_size=settings.batch_size, show_progress=False,
+                                top_p=settings.top_p, batch_size=settings.batch_size, show_progress=show_progress,
                                 prompt_ids=prompt_ids)
 
     @torch.no_grad()
@@ -72,3 +85,12 @@ class HFSampler:
                 raise KeyError(f"load_weights: the sampling model has no parameter {name!r}")
             if own[name].data_ptr() != tensor.data_ptr():
                 own[name].copy_(tensor)
+
+    def sleep(self) -> None:
+        """Nothing to free: the HF engine samples with the trained module itself."""
+
+    def wake_up(self) -> None:
+        """See :meth:`sleep`."""
+
+    def close(self) -> None:
+        """Nothing to stop: the model belongs to the caller."""

@@ -1,6 +1,8 @@
 """Online (iterative) DPO: sample from the current policy, pair its best answer with its worst, train.
 
 Rounds are numbered from 1, as ``rlhfkit loop`` numbers its rounds: round r writes ``OUTPUT/round-00r/``.
+With ``--engine vllm`` one vLLM engine samples every round: it starts on the initial model and gets
+each round's policy before that round samples (every ``--sync-every`` rounds), checked by the probe.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from transformers import set_seed
 from rlhfkit.config import DPOConfig
 from rlhfkit.console import console
 from rlhfkit.data import load_prompts
+from rlhfkit.data.chat import encode_prompt
 from rlhfkit.models import (
     load_causal_lm,
     load_tokenizer,
@@ -23,7 +26,8 @@ from rlhfkit.models import (
     resolve_dtype,
 )
 from rlhfkit.rewards import load_reward_function
-from rlhfkit.rollout.generate import sample_responses
+from rlhfkit.rollout.engines import policy_engine
+from rlhfkit.rollout.sampler import HFSampler, SamplingSettings
 from rlhfkit.train.dpo_offline import train_dpo_offline
 
 log = logging.getLogger("rlhfkit.dpo")
@@ -53,21 +57,55 @@ def best_and_worst_pairs(prompts: list, answers: list[list[str]], scores: list[l
     return pairs, skipped
 
 
-def sample_and_score(model_path: str, prompts: list, reward, config: DPOConfig, count: int):
-    """``count`` answers per prompt from the model at ``model_path``, with their scores."""
-    device = resolve_device(config.device)
-    tokenizer = load_tokenizer(model_path)
-    policy = load_causal_lm(model_path, tokenizer, dtype=resolve_dtype(config.dtype, device), device=device)
-    samples = sample_responses(policy, tokenizer, prompts, num_samples=count, max_new_tokens=config.max_new_tokens,
-                               temperature=config.temperature, top_p=config.top_p,
-                               batch_size=config.generation_batch_size)
-    del policy
+class RoundSampler:
+    """Samples each round's answers: with the HF engine on the round's policy, or with one vLLM engine for
+    the whole run that takes each round's policy weights first (``rlhfkit.rollout.engines``)."""
+
+    def __init__(self, config: DPOConfig):
+        self.config, self.engine, self.sync = config, None, None
+
+    def sample(self, model_path: str, prompts: list, count: int, number: int, seed: int):
+        """``count`` answers per prompt from the model at ``model_path`` (round ``number``), and the sync's
+        metrics."""
+        config = self.config
+        device = resolve_device(config.device)
+        dtype = resolve_dtype(config.dtype, device)
+        tokenizer = load_tokenizer(model_path)
+        policy = load_causal_lm(model_path, tokenizer, dtype=dtype, device=device)
+        ids = [encode_prompt(tokenizer, p) for p in prompts]
+        metrics = {}
+        if self.engine is None:
+            self.engine, self.sync = policy_engine(config, policy, tokenizer, config.model, dtype, device, config.seed,
+                                                   ids, Path(config.output) / "engine-start", config.max_length)
+        if self.sync is None:  # the HF engine samples with the round's policy itself
+            self.engine = HFSampler(policy, tokenizer)
+        elif (number - 1) % config.sync_every == 0:
+            metrics = self.sync.push(policy, number)
+        settings = SamplingSettings(config.max_new_tokens, config.temperature, config.top_p,
+                                    config.generation_batch_size, seed)
+        samples = self.engine.sample(prompts, ids, count, settings)
+        self.engine.sleep()
+        del policy
+        return samples, metrics
+
+    def close(self) -> None:
+        if self.sync is not None:
+            self.engine.close()
+            shutil.rmtree(Path(self.config.output) / "engine-start", ignore_errors=True)
+
+
+def sample_and_score(sampler: RoundSampler, model_path: str, prompts: list, reward, config: DPOConfig, count: int,
+                     number: int):
+    """``count`` answers per prompt from the model at ``model_path``, their scores, the unfinished count and
+    the engine's sync metrics."""
+    set_seed(config.seed + number - 1)
+    samples, metrics = sampler.sample(model_path, prompts, count, number, config.seed * 1_009 + number)
     answers = [[s.text for s in per_prompt] for per_prompt in samples]
     flat = reward([p for p, texts in zip(prompts, answers, strict=True) for _ in texts],
                   [t for texts in answers for t in texts])
     scores = [flat[i * count : (i + 1) * count] for i in range(len(prompts))]
     unfinished = sum(not s.finished for per_prompt in samples for s in per_prompt)
-    return answers, scores, unfinished
+    return answers, scores, unfinished, metrics
 
 
 def run_online_dpo(config: DPOConfig) -> Path:
@@ -92,14 +130,17 @@ def run_online_dpo(config: DPOConfig) -> Path:
     reward = load_reward_function(config.reward, device=config.device, dtype=config.dtype,
                                   batch_size=config.generation_batch_size, max_length=config.max_length)
     policy_path = config.model
-    for number in range(1, config.rounds + 1):
-        folder = round_dir(output, number)
-        if not round_is_finished(folder):
-            run_round(config, number, folder, policy_path, prompts, reward)
-        policy_path = str(folder)
-
-    set_seed(config.seed + config.rounds)
-    _, scores, _ = sample_and_score(policy_path, prompts, reward, config, config.samples_per_prompt)
+    sampler = RoundSampler(config)
+    try:
+        for number in range(1, config.rounds + 1):
+            folder = round_dir(output, number)
+            if not round_is_finished(folder):
+                run_round(config, sampler, number, folder, policy_path, prompts, reward)
+            policy_path = str(folder)
+        _, scores, _, _ = sample_and_score(sampler, policy_path, prompts, reward, config, config.samples_per_prompt,
+                                           config.rounds + 1)
+    finally:
+        sampler.close()
     final = {"round": "final", "mean_reward": sum(map(sum, scores)) / (len(prompts) * config.samples_per_prompt)}
     append_round(output, final)
     copy_model_files(Path(policy_path), output)
@@ -107,12 +148,13 @@ def run_online_dpo(config: DPOConfig) -> Path:
     return output
 
 
-def run_round(config: DPOConfig, number: int, folder: Path, policy_path: str, prompts: list, reward) -> None:
+def run_round(config: DPOConfig, sampler: RoundSampler, number: int, folder: Path, policy_path: str, prompts: list,
+              reward) -> None:
     """One round: its pairs (sampled now, or kept from an interrupted run), then DPO on them."""
     folder.mkdir(parents=True, exist_ok=True)
     pairs_file = folder / "pairs.jsonl"
     if not pairs_file.exists():
-        write_round_pairs(config, number, folder, policy_path, prompts, reward)
+        write_round_pairs(config, sampler, number, folder, policy_path, prompts, reward)
     summary = json.loads((folder / "samples.json").read_text())
     console.print(f"online dpo: round {number}: mean reward {summary['mean_reward']:.4f}, {summary['pairs']} pairs "
                   f"({summary['tied_prompts']} prompts with tied scores skipped)")
@@ -128,15 +170,15 @@ def run_round(config: DPOConfig, number: int, folder: Path, policy_path: str, pr
     append_round(folder.parent, summary)
 
 
-def write_round_pairs(config: DPOConfig, number: int, folder: Path, policy_path: str, prompts: list,
-                      reward) -> None:
+def write_round_pairs(config: DPOConfig, sampler: RoundSampler, number: int, folder: Path, policy_path: str,
+                      prompts: list, reward) -> None:
     """Sample and score the round's answers; write its pairs (atomically) and its summary."""
-    set_seed(config.seed + number - 1)
-    answers, scores, unfinished = sample_and_score(policy_path, prompts, reward, config, config.samples_per_prompt)
+    answers, scores, unfinished, sync = sample_and_score(sampler, policy_path, prompts, reward, config,
+                                                         config.samples_per_prompt, number)
     pairs, skipped = best_and_worst_pairs(prompts, answers, scores)
     mean_reward = sum(map(sum, scores)) / (len(prompts) * config.samples_per_prompt)
     summary = {"round": number, "mean_reward": mean_reward, "pairs": len(pairs), "tied_prompts": skipped,
-               "unfinished_answers": unfinished}
+               "unfinished_answers": unfinished, **sync}
     (folder / "samples.json").write_text(json.dumps(summary))
     tmp = folder / "pairs.tmp"
     tmp.write_text("".join(json.dumps(p) + "\n" for p in pairs))

@@ -27,15 +27,21 @@ One step, top to bottom (``run_ppo``):
 The pieces live beside this file: models and their passes in ``ppo_models.py``, steps 2-4 in
 ``ppo_experience.py``, step 5 in ``ppo_update.py``; the losses and estimators in ``losses.py``.
 
-Simplifications, said plainly: whitening statistics are per process; the rollout is sampled by
-rlhfkit's HF decode loop (``rollout/sampler.py``; no vLLM yet); the critic is a separate model (no
-shared trunk with the policy).
+Sampling goes through the engine ``--engine`` chooses (``rollout/engines.py``): rlhfkit's HF decode
+loop on the trained module itself, or a vLLM engine in this process, which gets the policy's weights
+after every ``--sync-every`` updates, checked by a greedy probe (``rollout/weight_sync.py``); its
+log-probs of the sampled tokens are compared with the trainer's every step (``engine_logprob_diff``,
+``engine_kl``) and can correct the update (``--tis-cap``).
+
+Simplifications, said plainly: whitening statistics are per process; the critic is a separate model
+(no shared trunk with the policy).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -50,6 +56,7 @@ from rlhfkit.data.chat import encode_prompt
 from rlhfkit.models import load_tokenizer, resolve_device, resolve_dtype, save_model
 from rlhfkit.rewards import RewardFunction, load_reward_function
 from rlhfkit.rl_losses import ADVANTAGE_ESTIMATORS, GROUP_ESTIMATORS, KLController, compute_advantages
+from rlhfkit.rollout.engines import policy_engine, resolve_engine
 from rlhfkit.rollout.logprobs import Rollout, in_chunks, response_logprobs
 from rlhfkit.train.batches import BatchPlan, split_held_out
 from rlhfkit.train.checkpoints import interruption_note, resume_from_latest, save_checkpoint
@@ -64,7 +71,7 @@ from rlhfkit.train.ppo_models import (
     prompt_sharing,
     response_values,
 )
-from rlhfkit.train.ppo_sampling import extra_prompts, generate_rollout, sample_scored_batch
+from rlhfkit.train.ppo_sampling import extra_prompts, generate_rollout, sample_scored_batch, sampling_seed
 from rlhfkit.train.ppo_update import ppo_update
 from rlhfkit.train.run_record import run_record
 
@@ -96,6 +103,9 @@ def check_config(config: PPOConfig, num_processes: int) -> int:
     if rollout_size % config.num_minibatches:
         raise ConfigError(f"the rollout batch ({rollout_size} answers per process) does not split into "
                           f"--num-minibatches {config.num_minibatches}")
+    if config.tis_cap is not None and resolve_engine(config.engine, resolve_device(config.device)) == "hf":
+        raise ConfigError("--tis-cap corrects for a sampling engine whose numbers differ from the trainer's; "
+                          "the hf engine samples with the trained module itself: use it with --engine vllm")
     return samples
 
 
@@ -139,6 +149,10 @@ class PPOTrainer:
         *trained, self.optimizer = accelerator.prepare(*trained, optimizer)
         self.models = PPOModels(accelerator, trained[0], reference, trained[1] if critic else None,
                                 config.temperature)
+        self.sampler, self.sync = policy_engine(config, self.models.unwrapped_policy(), self.tokenizer, config.policy,
+                                                dtype, accelerator.device, config.seed, self.prompt_ids,
+                                                Path(config.output) / "engine-start", config.max_length)
+        self.current_step = 0
 
     def load_prompts(self) -> None:
         """The training and held-out prompts, as text and as token ids cut to the room left for answers."""
@@ -171,11 +185,13 @@ class PPOTrainer:
     def step(self, step: int) -> tuple[Rollout, Experience, dict[str, float]]:
         """Rollout -> score -> advantages -> update -> β; returns the rollout, its experience and the metrics."""
         config, accelerator, group = self.config, self.accelerator, self.samples_per_prompt
+        self.current_step = step
         batch = sample_scored_batch(
             self.sample, self.plan.micro_batches(step, accelerator.process_index)[0], self.score, config, group,
             lambda round_: extra_prompts(config, step, round_, accelerator.process_index, len(self.prompts),
                                          config.prompts_per_step // accelerator.num_processes),
             self.tokenizer.pad_token_id)
+        self.sampler.sleep()  # a colocated vLLM engine frees the GPU while the trainer works
         rollout = batch.rollout
         experience, metrics = make_experience(self.models, rollout, batch.scores, batch.raw_scores, config,
                                               self.kl.beta, group)
@@ -186,13 +202,17 @@ class PPOTrainer:
         metrics.update(ppo_update(self.models, self.optimizer, self.scheduler, experience, config, self.kl.beta,
                                   group))
         self.kl.update(metrics["kl_k1"], len(rollout) * accelerator.num_processes)
+        if self.sync is not None:  # the engine samples the next step from the updated weights
+            metrics.update(self.sync.after_update(self.models.unwrapped_policy(), step + 1))
         return rollout, experience, metrics
 
-    def sample(self, indices: list[int]) -> Rollout:
-        """``samples_per_prompt`` answers to each of the training prompts ``indices`` from the current policy."""
-        return generate_rollout(self.models.unwrapped_policy(), self.tokenizer, [self.prompts[i] for i in indices],
+    def sample(self, indices: list[int], round_: int = 0) -> Rollout:
+        """``samples_per_prompt`` answers to each of the training prompts ``indices`` from the current policy
+        (``round_``: the dynamic-sampling round, for the engine's seeds)."""
+        seed = sampling_seed(self.config, self.current_step, round_, self.accelerator.process_index)
+        return generate_rollout(self.sampler, self.tokenizer, [self.prompts[i] for i in indices],
                                 [self.prompt_ids[i] for i in indices], self.samples_per_prompt, self.config,
-                                self.share_prompts)
+                                self.accelerator.device, self.share_prompts, seed)
 
     def run(self, on_step=None) -> Path:
         config = self.config
@@ -245,6 +265,11 @@ class PPOTrainer:
             (output / "samples.jsonl").unlink(missing_ok=True)
             console.print(f"ppo ({config.estimator}): {len(self.prompts)} prompts, {config.prompts_per_step} "
                           f"per step x {self.samples_per_prompt} answers, {self.steps} steps")
+        self.current_step = start
+        if self.sync is not None:  # the engine starts on the weights the run continues from, checked
+            probe = self.sync.push(self.models.unwrapped_policy(), start)
+            console.print(f"ppo: vLLM engine on the policy's weights (probe |Δ log p| "
+                          f"{probe['sync_probe_logprob_diff']:.2g}, greedy agreement {probe['sync_probe_agreement']:.0%})")
         return start
 
     @staticmethod
@@ -258,8 +283,9 @@ class PPOTrainer:
     def evaluate(self) -> dict[str, float]:
         """Mean score and KL per answer on the held-out prompts (one sampled answer each)."""
         models, size = self.models, self.config.batch_size
-        rollout = generate_rollout(models.unwrapped_policy(), self.tokenizer, self.eval_prompts,
-                                   self.eval_prompt_ids, 1, self.config)
+        rollout = generate_rollout(self.sampler, self.tokenizer, self.eval_prompts, self.eval_prompt_ids, 1,
+                                   self.config, self.accelerator.device,
+                                   seed=sampling_seed(self.config, self.current_step, -1, self.accelerator.process_index))
         _, raw = self.score(rollout)
         logprobs = torch.cat([p[0] for p in in_chunks(models.policy_logprobs, rollout, size)])
         ref = models.in_chunks(models.reference_logprobs, rollout, size)
@@ -289,6 +315,9 @@ class PPOTrainer:
             console.print(f"ppo: policy saved to {output}")
         if writer is not None:
             writer.close()
+        if self.sync is not None:
+            self.sampler.close()
+            shutil.rmtree(output / "engine-start", ignore_errors=True)
         accelerator.wait_for_everyone()
 
 

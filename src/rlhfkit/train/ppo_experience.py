@@ -20,6 +20,7 @@ from rlhfkit.config import PPOConfig
 from rlhfkit.rewards import RewardFunction
 from rlhfkit.rl_losses import (
     compute_advantages,
+    engine_mismatch,
     explained_variance,
     kl_estimates,
     masked_mean,
@@ -134,6 +135,9 @@ def make_experience(models: PPOModels, rollout: Rollout, scores: torch.Tensor, r
     if kls is not None:  # otherwise the update reports them (see ppo_update.minibatch_loss)
         metrics.update(kl_k1=(kls["k1"] * mask).sum(1).mean().item(),
                        kl_k3=(kls["k3"] * mask).sum(1).mean().item(), entropy=masked_mean(entropy, mask).item())
+    if rollout.engine_logprobs is not None and old_logprobs is not None:  # sampled by another engine (vLLM)
+        metrics.update({name: value.item() for name, value in
+                        engine_mismatch(old_logprobs, rollout.engine_logprobs, mask).items()})
     if values is not None:
         metrics["explained_variance"] = explained_variance(values, returns, mask)
     experience = Experience(rollout, old_logprobs, ref_logprobs, advantages, values, returns,

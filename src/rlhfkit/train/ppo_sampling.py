@@ -19,19 +19,25 @@ import torch
 from rlhfkit.config import PPOConfig
 from rlhfkit.rl_losses import uniform_groups
 from rlhfkit.rollout.logprobs import Rollout, join_rollouts, rollout_from_samples
-from rlhfkit.rollout.sampler import HFSampler, SamplingSettings
+from rlhfkit.rollout.sampler import Sampler, SamplingSettings
 from rlhfkit.train.ppo_experience import RewardScorer
 
 
-def generate_rollout(policy, tokenizer, prompts: list, prompt_ids: list[list[int]], num_samples: int,
-                     config: PPOConfig, share_prompts: tuple[str, ...] = ()) -> Rollout:
-    """Sample ``num_samples`` answers per prompt; answer ``i*K + k`` is the k-th answer to prompt ``i``."""
-    sampler = HFSampler(policy, tokenizer)
+def generate_rollout(sampler: Sampler, tokenizer, prompts: list, prompt_ids: list[list[int]], num_samples: int,
+                     config: PPOConfig, device: torch.device, share_prompts: tuple[str, ...] = (),
+                     seed: int | None = None) -> Rollout:
+    """Sample ``num_samples`` answers per prompt; answer ``i*K + k`` is the k-th answer to prompt ``i``.
+    ``seed`` seeds the draws of engines that seed each request (vLLM)."""
     settings = SamplingSettings(config.max_new_tokens, config.temperature, config.top_p,
-                                config.generation_batch_size)
+                                config.generation_batch_size, seed)
     samples = sampler.sample(prompts, prompt_ids, num_samples, settings)
-    return rollout_from_samples(samples, prompts, prompt_ids, tokenizer.pad_token_id,
-                                next(policy.parameters()).device, share_prompts)
+    return rollout_from_samples(samples, prompts, prompt_ids, tokenizer.pad_token_id, device, share_prompts)
+
+
+def sampling_seed(config: PPOConfig, step: int, round_: int, process: int) -> int:
+    """The seed of one sampling call: a function of the run's seed, the step, the dynamic-sampling round and
+    the process, so a resumed run asks the engine for the same draws."""
+    return (config.seed * 7_919 + step * 104_729 + round_ * 1_299_709 + process * 15_485_863) % (2**31 - 1)
 
 
 @dataclass
@@ -51,14 +57,14 @@ def extra_prompts(config: PPOConfig, step: int, round_: int, process: int, avail
     return torch.randperm(available, generator=generator)[:count].tolist()
 
 
-def sample_scored_batch(draw: Callable[[list[int]], Rollout], first: list[int], score: RewardScorer,
+def sample_scored_batch(draw: Callable[[list[int], int], Rollout], first: list[int], score: RewardScorer,
                         config: PPOConfig, group: int, more: Callable[[int], list[int]], pad_token_id: int
                         ) -> ScoredBatch:
     """Sample and score the prompts ``first``; with dynamic sampling, replace groups whose scores are all
     equal by groups of the prompts ``more(round)``, for at most ``max_sampling_rounds`` rounds.
 
-    ``draw(indices)`` samples the answers of those prompts (a rollout of ``group`` answers each)."""
-    rollout = draw(first)
+    ``draw(indices, round)`` samples the answers of those prompts (a rollout of ``group`` answers each)."""
+    rollout = draw(first, 0)
     raw = score.raw(rollout)
     if not config.dynamic_sampling:
         return ScoredBatch(rollout, score.shape(rollout, raw), raw, {})
@@ -69,7 +75,7 @@ def sample_scored_batch(draw: Callable[[list[int]], Rollout], first: list[int], 
     dropped_raw: list[torch.Tensor] = []
     for round_ in range(config.max_sampling_rounds + 1):
         if round_:
-            rollout = draw(more(round_))
+            rollout = draw(more(round_), round_)
             raw = score.raw(rollout)
         uniform = uniform_groups(score.shape(rollout, raw, whiten=False), group).tolist()
         for g, is_uniform in enumerate(uniform):

@@ -16,7 +16,13 @@ from pathlib import Path
 import torch
 
 from rlhfkit.config import PPOConfig
-from rlhfkit.rl_losses import aggregation_weights, clipped_value_loss, kl_estimates, policy_loss
+from rlhfkit.rl_losses import (
+    aggregation_weights,
+    clipped_value_loss,
+    kl_estimates,
+    policy_loss,
+    truncated_importance_weights,
+)
 from rlhfkit.train.optimizer import optimizer_step
 from rlhfkit.train.ppo_experience import Experience
 from rlhfkit.train.ppo_models import PPOModels
@@ -80,13 +86,20 @@ def minibatch_loss(models: PPOModels, experience: Experience, indices: list[int]
     old_logprobs = logprobs.detach() if reused else experience.old_logprobs[indices]
     weights = aggregation_weights(mask, config.loss_aggregation, num_tokens, num_answers, config.max_new_tokens)
     clip_high = config.clip_range if config.clip_range_high is None else config.clip_range_high
+    engine = rollout.engine_logprobs  # sampled by another engine (vLLM): its log-probs of the tokens
+    pg_weights = weights
+    if config.tis_cap is not None and engine is not None:  # truncated importance sampling
+        pg_weights = weights * truncated_importance_weights(old_logprobs, engine, mask, config.tis_cap)
     loss, stats = policy_loss(config.policy_loss, logprobs, old_logprobs, experience.advantages[indices], mask,
-                              weights, config.clip_range, clip_high, config.dual_clip)
+                              pg_weights, config.clip_range, clip_high, config.dual_clip)
     metrics = {"policy_loss": loss.detach(), **stats}
     if reused:  # what the skipped pass would have reported
         kls = kl_estimates(old_logprobs, experience.ref_logprobs[indices])
         metrics.update(kl_k1=(kls["k1"] * mask).sum() / num_answers, kl_k3=(kls["k3"] * mask).sum() / num_answers,
                        entropy=(entropy.detach() * mask).sum() / num_tokens)
+        if engine is not None:
+            metrics.update(engine_logprob_diff=((old_logprobs - engine).abs() * mask).sum() / num_tokens,
+                           engine_kl=(kl_estimates(engine, old_logprobs)["k3"] * mask).sum() / num_tokens)
     if config.kl_penalty == "loss":  # β·k3(π, π_ref) per token, differentiated (GRPO), aggregated as the loss
         kl_loss = (kl_estimates(logprobs, experience.ref_logprobs[indices])["k3"] * weights).sum()
         loss = loss + beta * kl_loss
