@@ -323,3 +323,32 @@ def test_a_people_round_waits_for_labels_given_through_the_feedback_services(tmp
     else:  # ceil(0.5 * 4) items reviewed by the annotator, the rest judged
         assert sorted(r["source"].split(":")[0] for r in records) == ["human", "human", "judge", "judge"]
         assert state["steps"]["labels"]["human"] == 2
+
+
+def test_a_people_round_keeps_the_previous_rounds_members(tmp_path, monkeypatch, loop_files, tiny_model_dir):
+    """Projects admit their members only: round r's project gets round r-1's (round 1's come from an admin)."""
+    from rlhfkit.feedback import auth
+    from rlhfkit.feedback.auth import create_user
+    from rlhfkit.feedback.db import utcnow
+    from rlhfkit.feedback.importing import ProjectOptions, create_project
+    from rlhfkit.feedback.membership import project_members, set_member
+    from rlhfkit.iterate.labels import FeedbackDatabase, carry_members
+
+    monkeypatch.setattr(auth, "password_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+    config = loop_config(tiny_model_dir, loop_files, tmp_path / "loop", labels="people",
+                         db=f"sqlite:///{tmp_path / 'feedback.db'}", project="loop")
+    database = FeedbackDatabase(config.db)
+    try:
+        with database.sessions() as session:
+            first = create_project(session, "loop-round-1", ProjectOptions())
+            second = create_project(session, "loop-round-2", ProjectOptions())
+            for name, role in (("ann", "annotator"), ("rev", "reviewer")):
+                set_member(session, first, create_user(session, name, "correct horse battery", "annotator", utcnow()),
+                           role, None, utcnow())
+            session.commit()
+            carry_members(session, config, 1)  # round 1: nothing to copy (an admin adds them)
+            carry_members(session, config, 2)
+            assert [(m["username"], m["role"]) for m in project_members(session, second)] == [
+                ("ann", "annotator"), ("rev", "reviewer")]
+    finally:
+        database.close()

@@ -39,6 +39,21 @@ def add_user(app, username: str, role: str = "annotator", password: str = PASSWO
         return user.id
 
 
+def add_member(app, project_id: int, *usernames: str, role: str = "annotator") -> None:
+    """Make accounts members of a project straight in the database (annotators see only their projects)."""
+    from sqlalchemy import select
+
+    from rlhfkit.feedback.db import Project, User
+    from rlhfkit.feedback.membership import set_member
+
+    with app.state.sessions() as session:
+        project = session.get(Project, project_id)
+        for username in usernames:
+            user = session.scalar(select(User).where(User.username == username))
+            set_member(session, project, user, role, None, app.state.clock())
+        session.commit()
+
+
 def api_client(app, username: str, password: str = PASSWORD):
     """A TestClient logged in through the API, sending the session's CSRF token on every request."""
     from fastapi.testclient import TestClient
@@ -55,12 +70,17 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     return path
 
 
-def upload_project(client, name: str, records: list[dict] | str, filename: str | None = None, **fields):
-    """POST a project upload as an admin (the file named after the project unless told); returns the response."""
+def upload_project(client, name: str, records: list[dict] | str, filename: str | None = None,
+                   members: tuple[str, ...] | list[str] = (), **fields):
+    """POST a project upload as an admin (the file named after the project unless told); returns the
+    response. ``members``: accounts made annotators of the new project (straight in the database)."""
     text = records if isinstance(records, str) else "".join(json.dumps(r) + "\n" for r in records)
     data = {"name": name, **{key: str(value) for key, value in fields.items()}}
-    return client.post("/api/admin/projects", data=data,
-                       files={"file": (filename or f"{name}.jsonl", text.encode("utf-8"), "application/x-ndjson")})
+    response = client.post("/api/admin/projects", data=data,
+                           files={"file": (filename or f"{name}.jsonl", text.encode("utf-8"), "application/x-ndjson")})
+    if members and response.status_code == 200:
+        add_member(client.app, response.json()["project_id"], *members)
+    return response
 
 
 def free_port() -> int:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 from feedback_helpers import PASSWORD, add_user, free_port
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 SERVER = """
 import sys, uvicorn
@@ -39,7 +39,9 @@ RETRY_SECONDS = 60.0
 
 def seed(app, annotators: int, items: int, overlap: int) -> None:
     """An admin, the annotators and one pairwise project of ``items`` items; then closes the app's engine."""
+    from rlhfkit.feedback.db import User
     from rlhfkit.feedback.importing import ItemSpec, ProjectOptions, add_items, create_project
+    from rlhfkit.feedback.membership import set_member
 
     add_user(app, "admin", role="admin")
     for index in range(annotators):
@@ -48,6 +50,8 @@ def seed(app, annotators: int, items: int, overlap: int) -> None:
         project = create_project(session, "load", ProjectOptions(task_type="pairwise", overlap=overlap))
         add_items(session, project, [ItemSpec(f"prompt {i}", [f"answer {i}a", f"answer {i}b"], f"load:{i}")
                                      for i in range(items)])
+        for user in session.scalars(select(User).where(User.role == "annotator")):
+            set_member(session, project, user, "annotator", None, app.state.clock())
         session.commit()
     if app.state.engine.dialect.name == "postgresql":
         with app.state.engine.connect() as connection:  # the planner's statistics, as autovacuum would soon

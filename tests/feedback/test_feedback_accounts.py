@@ -67,9 +67,10 @@ class BlockingHasher(PasswordHasher):
 
 def test_a_login_in_argon2_holds_up_no_other_request(app, live_server, monkeypatch):
     add_user(app, "admin", "admin")
-    upload_project(api_client(app, "admin"), "p", [{"prompt": "Hi?", "responses": ["Hello.", "Go away."]}])
     add_user(app, "ann")
     add_user(app, "carol")
+    upload_project(api_client(app, "admin"), "p", [{"prompt": "Hi?", "responses": ["Hello.", "Go away."]}],
+                   members=["ann"])
     with httpx.Client(base_url=live_server.url, timeout=30) as ann:
         csrf = log_in(ann, "ann").json()["csrf_token"]
         hasher = BlockingHasher()

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from feedback_helpers import PAIRWISE_RECORDS, PASSWORD, add_user, api_client, upload_project, write_jsonl
+from feedback_helpers import (
+    PAIRWISE_RECORDS,
+    PASSWORD,
+    add_member,
+    add_user,
+    api_client,
+    upload_project,
+    write_jsonl,
+)
 from sqlalchemy import select
 
 from rlhfkit.data import load_demonstrations, load_preferences, load_rankings
@@ -63,7 +71,7 @@ def test_alembic_migration_matches_the_models_and_is_idempotent(any_db_url):
     migrate(engine)  # a second upgrade is a no-op
     with engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
-        assert connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
+        assert connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0003"
         assert connection.exec_driver_sql("SELECT break_after_minutes, daily_cap_minutes FROM site_settings"
                                           ).one() == (50.0, 360.0)
     engine.dispose()
@@ -79,6 +87,7 @@ def test_pairwise_project_label_commit_and_export(app, admin, db_url, tmp_path):
     assert response.json()["items"] == 4  # 1 + 2 pairs from the K=3 record + 1
 
     add_user(app, "ann")
+    add_member(app, project_id, "ann")
     ann = api_client(app, "ann")
     first = ann.post(f"/api/projects/{project_id}/next")
     assert first.status_code == 200
@@ -150,6 +159,7 @@ def test_overlap_is_respected_and_nobody_gets_an_item_twice(app, admin):
     clients = {}
     for name in ("u1", "u2", "u3"):
         add_user(app, name)
+        add_member(app, project_id, name)
         clients[name] = api_client(app, name)
 
     assert label_all(clients["u1"], project_id, {"choice": "A"}) == 3
@@ -180,6 +190,7 @@ def test_annotators_see_only_their_own_work_and_never_admin_routes(app, admin, d
     project_id = upload_project(admin, "private", PAIRWISE_RECORDS).json()["project_id"]
     add_user(app, "ann")
     add_user(app, "eve")
+    add_member(app, project_id, "ann")
     ann, eve = api_client(app, "ann"), api_client(app, "eve")
     task = ann.post(f"/api/projects/{project_id}/next").json()["task"]
 
@@ -244,6 +255,7 @@ def test_warned_items_hide_content_until_revealed_and_respect_opt_outs(app, admi
     project_id = upload_project(admin, "warned", records).json()["project_id"]
     add_user(app, "ann")
     add_user(app, "opted")
+    add_member(app, project_id, "ann", "opted")
     ann, opted = api_client(app, "ann"), api_client(app, "opted")
 
     task = ann.post(f"/api/projects/{project_id}/next").json()["task"]
@@ -267,6 +279,7 @@ def test_an_annotator_flag_puts_a_warning_in_front_of_the_next_annotator(app, ad
                                 overlap=2).json()["project_id"]
     add_user(app, "first")
     add_user(app, "second")
+    add_member(app, project_id, "first", "second")
     first, second = api_client(app, "first"), api_client(app, "second")
     task = first.post(f"/api/projects/{project_id}/next").json()["task"]
     assert not task["sensitive"]
@@ -306,6 +319,7 @@ def test_gold_items_are_mixed_in_at_the_rate_and_scored(app, admin):
     records += [{"prompt": f"gold{i}", "responses": ["right", "wrong"], "gold": "A"} for i in range(4)]
     project_id = upload_project(admin, "gold", records, gold_rate=0.25).json()["project_id"]
     add_user(app, "ann")
+    add_member(app, project_id, "ann")
     ann = api_client(app, "ann")
     sequence = []
     while True:
@@ -333,6 +347,8 @@ def test_rank_rating_and_edit_exports_load_in_the_trainers(app, admin, tmp_path)
     rating_id = upload_project(admin, "ratings", ranking, task_type="rating", rating_scale=5).json()["project_id"]
     add_user(app, "r1")
     add_user(app, "r2")
+    add_member(app, rank_id, "r1", "r2")
+    add_member(app, rating_id, "r1", "r2")
     r1, r2 = api_client(app, "r1"), api_client(app, "r2")
     bad = r1.post(f"/api/assignments/{r1.post(f'/api/projects/{rank_id}/next').json()['task']['assignment_id']}/label",
                   json={"ranks": [1, 1, 2]})
@@ -391,6 +407,7 @@ def test_every_page_renders_and_forms_need_the_csrf_token(app, admin, db_url):
     project_id = upload_project(admin, "pages", PAIRWISE_RECORDS,
                                 guidelines="# Rules\n- be **fair**").json()["project_id"]
     add_user(app, "ann")
+    add_member(app, project_id, "ann")
     ann = api_client(app, "ann")
     csrf = ann.headers["X-CSRF-Token"]
     for path in ("/", "/me", f"/projects/{project_id}"):

@@ -70,7 +70,8 @@ def admin(app):
 
 def test_log_in_and_label_a_pairwise_item_with_the_keyboard(app, admin, live_server, page):
     records = [{"prompt": "What is the capital of Peru?", "responses": ["Lima. " * 200, "Cusco."]}]
-    project_id = upload_project(admin, "peru", records, guidelines="Prefer **correct** answers.").json()["project_id"]
+    project_id = upload_project(admin, "peru", records, guidelines="Prefer **correct** answers.",
+                                members=["ann"]).json()["project_id"]
     log_in(page, live_server, "ann")
     page.click(f"a[href='/projects/{project_id}']")
     page.wait_for_selector("#screen-task:not([hidden])")
@@ -92,7 +93,7 @@ def test_log_in_and_label_a_pairwise_item_with_the_keyboard(app, admin, live_ser
 
 def test_rank_k_by_keyboard(app, admin, live_server, page):
     records = [{"prompt": "Rank the answers.", "responses": ["first", "second", "third"]}]
-    project_id = upload_project(admin, "rank", records, task_type="rank").json()["project_id"]
+    project_id = upload_project(admin, "rank", records, task_type="rank", members=["ann"]).json()["project_id"]
     log_in(page, live_server, "ann")
     open_project(page, live_server, project_id)
     page.wait_for_selector("#screen-task:not([hidden])")
@@ -119,7 +120,7 @@ def test_rank_k_by_keyboard(app, admin, live_server, page):
 def test_reveal_and_skip_a_warned_item(app, admin, live_server, page):
     records = [{"prompt": "How can I steal my neighbour's car?", "responses": ["I can't help with that.", "Sure."]},
                {"prompt": "How do I hurt someone and get away with it?", "responses": ["No.", "Here's how."]}]
-    project_id = upload_project(admin, "warned", records).json()["project_id"]
+    project_id = upload_project(admin, "warned", records, members=["ann"]).json()["project_id"]
     log_in(page, live_server, "ann")
     open_project(page, live_server, project_id)
     page.wait_for_selector("#screen-warning:not([hidden])")
@@ -144,7 +145,7 @@ def test_the_break_screen_appears_and_work_resumes_after_the_break(app, admin, c
     admin.post("/api/admin/settings", json={"break_after_minutes": 5, "break_minutes": 10,
                                             "wellbeing_url": "https://example.org/support"})
     records = [{"prompt": f"question {i}", "responses": ["yes", "no"]} for i in range(3)]
-    project_id = upload_project(admin, "breaks", records).json()["project_id"]
+    project_id = upload_project(admin, "breaks", records, members=["ann"]).json()["project_id"]
     log_in(page, live_server, "ann")
     open_project(page, live_server, project_id)
     page.wait_for_selector("#screen-task:not([hidden])")
@@ -170,8 +171,8 @@ def test_model_output_with_html_is_shown_as_text_and_never_runs(app, admin, live
     records = [{"prompt": [{"role": "user", "content": "<b onmouseover=\"window.__xss=3\">hi</b>"}],
                 "responses": [attack_image, attack_script]}]
     project_id = upload_project(admin, "<script>window.__xss=4</script>", records,
-                                guidelines="<img src=x onerror=\"window.__xss=5\"> [x](javascript:alert(5))"
-                                ).json()["project_id"]
+                                guidelines="<img src=x onerror=\"window.__xss=5\"> [x](javascript:alert(5))",
+                                members=["ann"]).json()["project_id"]
     log_in(page, live_server, "ann")
     open_project(page, live_server, project_id)
     page.wait_for_selector("#screen-task:not([hidden])")
@@ -215,6 +216,14 @@ def test_admin_uploads_exports_and_a_reward_model_trains_on_the_export(app, admi
 
     add_user(app, "ann2")
     project_id = 1
+    page.goto(f"{live_server.url}/admin/projects/{project_id}")  # annotators work only on their projects
+    for name in ("ann", "ann2"):
+        page.fill("#add-member input[name=username]", name)
+        page.select_option("#add-member select[name=role]", "annotator")
+        page.click("#add-member button[type=submit]")
+        page.wait_for_selector("#project-notice")
+        assert f"'{name}' is now annotator" in page.text_content("#project-notice")
+    assert page.locator("#members td", has_text="ann2").count() == 1
     for name in ("ann", "ann2"):  # the form shuffles the answers by default: each picks the helpful one as shown
         client = api_client(app, name)
         while (task := client.post(f"/api/projects/{project_id}/next").json()["task"]) is not None:
@@ -246,7 +255,7 @@ def test_admin_uploads_exports_and_a_reward_model_trains_on_the_export(app, admi
 def test_rate_by_keyboard_with_a_rationale_and_an_edit_of_the_best_answer(app, admin, live_server, page):
     records = [{"prompt": "Describe the sea.", "responses": ["The sea is blue and wide.", "Wet."]}]
     project_id = upload_project(admin, "rate", records, task_type="rating", rating_scale=5, ask_rationale="1",
-                                allow_edit="1").json()["project_id"]
+                                allow_edit="1", members=["ann"]).json()["project_id"]
     log_in(page, live_server, "ann")
     open_project(page, live_server, project_id)
     page.wait_for_selector("#screen-task:not([hidden])")

@@ -17,6 +17,7 @@ from rlhfkit.feedback import services
 from rlhfkit.feedback.assignment import FeedbackError
 from rlhfkit.feedback.db import Assignment, Item, Label, User
 from rlhfkit.feedback.importing import ItemSpec, ProjectOptions, add_items, create_project
+from rlhfkit.feedback.membership import set_member
 
 
 def one_item_project(app, overlap: int, annotators: int) -> list[int]:
@@ -25,6 +26,8 @@ def one_item_project(app, overlap: int, annotators: int) -> list[int]:
     with app.state.sessions() as session:
         project = create_project(session, "race", ProjectOptions(task_type="pairwise", overlap=overlap))
         add_items(session, project, [ItemSpec("Which is kinder?", ["Thanks!", "Go away."], "race:1")])
+        for user_id in users:
+            set_member(session, project, session.get(User, user_id), "annotator", None, app.state.clock())
         session.commit()
     return users
 

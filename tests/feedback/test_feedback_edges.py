@@ -53,7 +53,7 @@ def test_bad_characters_in_an_upload_are_refused_with_file_line_and_field(admin,
     for name, (line, field) in cases.items():
         refused(upload_project(admin, name, GOOD + "\n" + line), f"{name}.jsonl:2", field)
     assert admin.get("/api/admin/projects/1/stats").status_code == 404  # nothing was stored
-    project = upload_project(admin, "fine", [PAIRWISE_RECORDS[0]]).json()["project_id"]
+    project = upload_project(admin, "fine", [PAIRWISE_RECORDS[0]], members=["ann"]).json()["project_id"]
     assert annotator.post(f"/api/projects/{project}/next").json()["task"]["prompt"] == PAIRWISE_RECORDS[0]["prompt"]
 
 
@@ -67,8 +67,8 @@ def test_json_nested_too_deeply_is_refused_with_its_line(admin):
 
 
 def test_bad_characters_in_a_label_are_refused_and_the_task_stays_usable(any_db_app, admin):
-    project = upload_project(admin, "edit", [PAIRWISE_RECORDS[0]], allow_edit="1", ask_rationale="1")
     add_user(any_db_app, "ann")
+    project = upload_project(admin, "edit", [PAIRWISE_RECORDS[0]], allow_edit="1", ask_rationale="1", members=["ann"])
     ann = api_client(any_db_app, "ann")
     task = ann.post(f"/api/projects/{project.json()['project_id']}/next").json()["task"]
     path = f"/api/assignments/{task['assignment_id']}/label"

@@ -51,7 +51,8 @@ def test_20_concurrent_annotators_with_skips_end_with_exactly_the_expected_label
     assert sum(log.per_annotator.values()) == ITEMS * OVERLAP and len(log.per_annotator) == ANNOTATORS
     assert state["statuses"]["skipped"] == log.skips > 0.2 * ITEMS * OVERLAP
     assert progress == {"items": ITEMS, "complete_items": ITEMS, "gold_items": 0, "labels": ITEMS * OVERLAP,
-                        "labels_needed": ITEMS * OVERLAP, "skips": log.skips, "percent_complete": 100.0}
+                        "labels_needed": ITEMS * OVERLAP, "skips": log.skips, "percent_complete": 100.0,
+                        "rejected_labels": 0}
     requests = 2 * (len(log.label_ids) + log.skips) + log.waits + ANNOTATORS
     print(f"load ({any_db_url.split(':', 1)[0]}): {ANNOTATORS} annotators, {len(log.label_ids)} labels and "
           f"{log.skips} skips ({log.waits} waits for items others held) in {seconds:.1f} s "

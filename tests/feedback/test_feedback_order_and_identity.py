@@ -13,7 +13,7 @@ import json
 import random
 
 import pytest
-from feedback_helpers import add_user, api_client, upload_project
+from feedback_helpers import add_member, add_user, api_client, upload_project
 
 from rlhfkit.feedback.agreement import krippendorff_alpha
 
@@ -30,9 +30,10 @@ def jsonl(text: str) -> list[dict]:
 
 def test_each_assignment_shows_its_own_order_and_labels_are_stored_in_the_items_order(app, admin):
     records = [{"prompt": f"q{i}", "responses": [f"good {i}", f"bad {i}"]} for i in range(30)]
-    project = upload_project(admin, "shuffled", records, shuffle_responses="1", overlap=2).json()["project_id"]
     add_user(app, "careful")
     add_user(app, "presses-a")
+    project = upload_project(admin, "shuffled", records, shuffle_responses="1", overlap=2,
+                             members=["careful", "presses-a"]).json()["project_id"]
     careful, presses_a = api_client(app, "careful"), api_client(app, "presses-a")
     good_shown_first = 0
     while task := careful.post(f"/api/projects/{project}/next").json()["task"]:
@@ -58,9 +59,10 @@ def test_each_assignment_shows_its_own_order_and_labels_are_stored_in_the_items_
 
 def test_ranks_ratings_and_edits_given_over_a_shuffled_order_land_on_the_right_responses(app, admin):
     records = [{"prompt": f"q{i}", "responses": ["answer 1", "answer 2", "answer 3"]} for i in range(8)]
-    ranked = upload_project(admin, "ranked", records, task_type="rank", shuffle_responses="1", allow_edit="1")
-    rated = upload_project(admin, "rated", records, task_type="rating", shuffle_responses="1")
     add_user(app, "ann")
+    ranked = upload_project(admin, "ranked", records, task_type="rank", shuffle_responses="1", allow_edit="1",
+                            members=["ann"])
+    rated = upload_project(admin, "rated", records, task_type="rating", shuffle_responses="1", members=["ann"])
     ann = api_client(app, "ann")
     for project in (ranked.json()["project_id"], rated.json()["project_id"]):
         while task := ann.post(f"/api/projects/{project}/next").json()["task"]:
@@ -108,6 +110,7 @@ def test_pairwise_stats_report_krippendorff_alpha(app, admin):
     given: dict[str, list[str]] = {}
     for annotator, plan in answers.items():
         add_user(app, annotator)
+        add_member(app, project, annotator)
         client = api_client(app, annotator)
         while task := client.post(f"/api/projects/{project}/next").json()["task"]:
             index = int(task["prompt"][1:])
@@ -126,8 +129,8 @@ def test_record_ids_and_metadata_reach_every_export(app, admin, tmp_path):
     pairs = [{"id": "r1", "metadata": meta, "prompt": "p1", "responses": ["x", "y"]},
              {"id": 2, "prompt": "p2", "responses": ["x", "y", "z"]},  # two pair items, one id
              {"prompt": "p3", "responses": ["x", "y"]}]
-    project = upload_project(admin, "ids", pairs, allow_edit="1").json()["project_id"]
     add_user(app, "ann")
+    project = upload_project(admin, "ids", pairs, allow_edit="1", members=["ann"]).json()["project_id"]
     ann = api_client(app, "ann")
     while task := ann.post(f"/api/projects/{project}/next").json()["task"]:
         body = {"choice": "both_bad"} if task["prompt"] == "p2" else {"choice": "A", "edited_response": "better"}
@@ -140,7 +143,8 @@ def test_record_ids_and_metadata_reach_every_export(app, admin, tmp_path):
     assert [(r["id"], r["metadata"]) for r in exported["labels"]] == [("r1", meta), ("2", None), ("2", None),
                                                                       (None, None)]
     ranked = upload_project(admin, "ids-ranked", [{"id": "k", "metadata": {"m": 1}, "prompt": "p",
-                                                   "responses": ["1", "2", "3"]}], task_type="rank")
+                                                   "responses": ["1", "2", "3"]}], task_type="rank",
+                            members=["ann"])
     task = ann.post(f"/api/projects/{ranked.json()['project_id']}/next").json()["task"]
     ann.post(f"/api/assignments/{task['assignment_id']}/label", json={"ranks": [1, 2, 3]})
     rankings = jsonl(admin.get(f"/api/admin/projects/{ranked.json()['project_id']}/export/rankings").text)

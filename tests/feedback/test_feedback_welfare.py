@@ -80,7 +80,7 @@ def work_one(client, project_id: int, clock, minutes_per_item: float) -> dict:
 def test_the_api_refuses_work_after_50_minutes_until_the_break_is_over(app, clock, annotator):
     admin, ann = annotator
     records = [{"prompt": f"question {i}", "responses": ["a", "b"]} for i in range(30)]
-    project_id = upload_project(admin, "long", records).json()["project_id"]
+    project_id = upload_project(admin, "long", records, members=["ann"]).json()["project_id"]
     for _ in range(10):  # 10 items of 5 minutes, back to back: a 50-minute stretch
         work_one(ann, project_id, clock, 5)
     refused = ann.post(f"/api/projects/{project_id}/next")
@@ -103,7 +103,7 @@ def test_the_api_enforces_the_daily_cap_and_admins_set_the_limits(app, clock, an
     assert admin.post("/api/admin/settings", json={"wellbeing_url": "javascript:alert(1)"}).status_code == 422
     assert ann.post("/api/admin/settings", json={"daily_cap_minutes": 9999}).status_code == 403
     records = [{"prompt": f"question {i}", "responses": ["a", "b"]} for i in range(10)]
-    project_id = upload_project(admin, "capped", records).json()["project_id"]
+    project_id = upload_project(admin, "capped", records, members=["ann"]).json()["project_id"]
     for _ in range(3):
         work_one(ann, project_id, clock, 10)
     refused = ann.post(f"/api/projects/{project_id}/next")
@@ -121,7 +121,7 @@ def test_the_sensitive_cap_stops_sensitive_items_but_not_others(app, clock, anno
     admin.post("/api/admin/settings", json={"daily_sensitive_cap_minutes": 10, "break_after_minutes": 600})
     records = [{"prompt": f"How do I steal car number {i}?", "responses": ["No.", "Sure."]} for i in range(3)]
     records.append({"prompt": "What is the weather like?", "responses": ["Sunny.", "Rainy."]})
-    project_id = upload_project(admin, "mixed", records).json()["project_id"]
+    project_id = upload_project(admin, "mixed", records, members=["ann"]).json()["project_id"]
     first = work_one(ann, project_id, clock, 10)  # 10 minutes with a revealed sensitive item
     assert first["sensitive"]
     held = ann.post(f"/api/projects/{project_id}/next").json()["task"]
@@ -137,7 +137,7 @@ def test_a_task_under_way_can_be_finished_and_skips_cost_nothing(app, clock, ann
     admin, ann = annotator
     admin.post("/api/admin/settings", json={"break_after_minutes": 20})
     records = [{"prompt": f"q{i}", "responses": ["a", "b"]} for i in range(5)]
-    project_id = upload_project(admin, "underway", records).json()["project_id"]
+    project_id = upload_project(admin, "underway", records, members=["ann"]).json()["project_id"]
     task = ann.post(f"/api/projects/{project_id}/next").json()["task"]
     clock.advance(minutes=19)
     assert ann.post(f"/api/assignments/{task['assignment_id']}/skip").status_code == 200

@@ -11,6 +11,8 @@ SQLite that would hold up every other request): read the account's hash (:func:`
 verify it with no database held (:func:`check_password`; an unknown name verifies a dummy hash, so
 it takes as long as a wrong password), then open the session (:func:`open_session`). Sign-up hashes
 first (:func:`prepare_account`), then stores. Usernames are compared by key (see :mod:`.names`).
+A disabled account (``User.disabled_at``) opens no session and keeps none working; what admins do
+to accounts (disable, end sessions, reset links) is in :mod:`.account_admin`.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from rlhfkit.feedback.db import ROLES, Invitation, LoginSession, User
 SESSION_DAYS = 7
 INVITATION_DAYS = 14
 MIN_PASSWORD_LENGTH = names.MIN_PASSWORD_LENGTH
+DISABLED = "This account is disabled; ask an admin."
 
 password_hasher = PasswordHasher()
 _dummy_hashes: dict = {}
@@ -56,9 +59,15 @@ def prepare_account(username: str, password: str) -> tuple[str, str]:
         username = names.clean_username(username)
     except ValueError as error:
         raise AuthError(str(error)) from error
+    return username, prepare_password(password, username)
+
+
+def prepare_password(password: str, username: str) -> str:
+    """The hash of a new password after checking it against the rules (AuthError says what is wrong);
+    slow on purpose, so called outside any transaction."""
     if (problem := names.password_problem(password, username)) is not None:
         raise AuthError(problem)
-    return username, password_hasher.hash(password)
+    return password_hasher.hash(password)
 
 
 def add_account(session: Session, username: str, password_hash: str, role: str, now: datetime) -> User:
@@ -128,8 +137,11 @@ def check_password(record: tuple[int, str] | None, password: str) -> tuple[bool,
 
 def open_session(session: Session, user_id: int, new_hash: str | None, now: datetime
                  ) -> tuple[User, str, LoginSession]:
-    """Step 3, in a short transaction: (user, cookie token, session row) for a verified user."""
+    """Step 3, in a short transaction: (user, cookie token, session row) for a verified user; AuthError
+    for a disabled account (said only to whoever knows its password)."""
     user = session.get(User, user_id)
+    if user.disabled_at is not None:
+        raise AuthError(DISABLED)
     if new_hash is not None:
         user.password_hash = new_hash
     token, login = start_session(session, user, now)
@@ -147,12 +159,12 @@ def start_session(session: Session, user: User, now: datetime) -> tuple[str, Log
 
 
 def session_of_token(session: Session, token: str | None, now: datetime) -> LoginSession | None:
-    """The live login session for a cookie token, or None."""
+    """The live login session for a cookie token, or None (also for the session of a disabled account)."""
     if not token:
         return None
     login = session.scalar(select(LoginSession).options(joinedload(LoginSession.user))
                            .where(LoginSession.token_hash == token_hash(token)))
-    if login is None or login.expires_at <= now:
+    if login is None or login.expires_at <= now or login.user.disabled_at is not None:
         return None
     return login
 

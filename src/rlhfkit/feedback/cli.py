@@ -5,7 +5,9 @@
     rlhfkit label init   --db sqlite:///feedback.db --admin alice          # schema + first admin
     rlhfkit label import --db ... --project NAME --task pairwise samples.jsonl
     rlhfkit label invite --db ... --role annotator --base-url http://host:8000
-    rlhfkit label serve  --db ... --port 8000
+    rlhfkit label member --db ... --project NAME --add bob carol [--role reviewer] | --remove bob | (list)
+    rlhfkit label account --db ... --disable bob | --enable bob | --end-sessions bob | --reset-link bob
+    rlhfkit label serve  --db ... --port 8000 [--behind-proxy] [--secure-cookies | --no-secure-cookies]
     rlhfkit label stats  --db ... --project NAME
     rlhfkit label export --db ... --project NAME --output DIR            # preferences, rankings, sft, kto, labels
     rlhfkit label semi-ai send     --db ... --project NAME --judge SPEC --data FILE --output DIR
@@ -24,17 +26,20 @@ import sys
 DEFAULT_DB = "sqlite:///feedback.db"
 PASSWORD_ENV = "RLHFKIT_ADMIN_PASSWORD"
 TASK_TYPES = ("pairwise", "rank", "rating")  # as rlhfkit.feedback.db.TASK_TYPES; not imported, to start fast
+MEMBER_ROLES = ("annotator", "reviewer")  # as rlhfkit.feedback.db.MEMBER_ROLES
 
 
 def add_label_parser(commands) -> None:
     """Add ``label`` and its subcommands to the top-level subparsers."""
-    label = commands.add_parser("label", help="The human feedback app: init, import, serve, stats, export, "
-                                              "semi-ai.",
+    label = commands.add_parser("label", help="The human feedback app: init, import, invite, member, account, "
+                                              "serve, stats, export, semi-ai.",
                                 description="The human feedback app and its database.")
     actions = label.add_subparsers(dest="label_command", metavar="ACTION", required=True)
     add_init_action(actions)
     add_import_action(actions)
     add_invite_action(actions)
+    add_member_action(actions)
+    add_account_action(actions)
     add_serve_action(actions)
     add_stats_action(actions)
     add_export_action(actions)
@@ -79,11 +84,42 @@ def add_invite_action(actions) -> None:
     invite.add_argument("--base-url", default="http://127.0.0.1:8000", help="Where the app is served.")
 
 
+def add_member_action(actions) -> None:
+    member = add_action(actions, "member", "Add annotators or reviewers to a project, remove them, or list them "
+                                           "(annotators see only the projects they are members of).")
+    member.add_argument("--project", required=True, help="Project name.")
+    member.add_argument("--add", nargs="+", metavar="USER", default=[], help="Make these accounts members.")
+    member.add_argument("--role", default="annotator", choices=MEMBER_ROLES,
+                        help="The role of those added (a reviewer also corrects and rejects others' labels).")
+    member.add_argument("--remove", nargs="+", metavar="USER", default=[],
+                        help="Take these accounts out (their open items go back to the pool).")
+
+
+def add_account_action(actions) -> None:
+    account = add_action(actions, "account", "Disable or enable an account, end its sessions, or print a one-use "
+                                             "password-reset link.")
+    what = account.add_mutually_exclusive_group(required=True)
+    what.add_argument("--disable", metavar="USER", help="It cannot log in; its sessions end at once.")
+    what.add_argument("--enable", metavar="USER", help="Undo --disable.")
+    what.add_argument("--end-sessions", metavar="USER", help="Sign the account out everywhere.")
+    what.add_argument("--reset-link", metavar="USER", help="Print a link that sets a new password (once, 24 h).")
+    account.add_argument("--base-url", default="http://127.0.0.1:8000", help="Where the app is served.")
+
+
 def add_serve_action(actions) -> None:
     serve = add_action(actions, "serve", "Serve the app (migrates the database first).")
     serve.add_argument("--host", default="127.0.0.1", help="Address to listen on.")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--secure-cookies", action="store_true", help="Send cookies over HTTPS only.")
+    serve.add_argument("--secure-cookies", action=argparse.BooleanOptionalAction, default=None,
+                       help="Mark the session cookie Secure (HTTPS only) always, or never; by default it is Secure "
+                            "on requests that came over HTTPS (see --behind-proxy).")
+    serve.add_argument("--behind-proxy", action="store_true",
+                       help="Served behind a reverse proxy that ends TLS: believe its X-Forwarded-Proto and "
+                            "X-Forwarded-For (from --forwarded-allow-ips only), so that cookies are Secure and "
+                            "the login throttle sees the real client address.")
+    serve.add_argument("--forwarded-allow-ips", default="127.0.0.1",
+                       help="With --behind-proxy: the proxy addresses or networks to believe, comma-separated, or "
+                            "'*' (default: 127.0.0.1).")
 
 
 def add_stats_action(actions) -> None:
@@ -220,6 +256,58 @@ def run_invite(args, console) -> None:
     print(f"{args.base_url.rstrip('/')}/invite/{token}")
 
 
+def run_member(args, console) -> None:
+    from rlhfkit.feedback import membership
+    from rlhfkit.feedback.assignment import FeedbackError
+    from rlhfkit.feedback.db import utcnow
+
+    with open_database(args.db) as session:
+        project = find_project(session, args.project)
+        try:
+            for name in args.add:
+                membership.set_member(session, project, membership.user_by_name(session, name, "--add"), args.role,
+                                      None, utcnow())
+            for name in args.remove:
+                membership.remove_member(session, project, membership.user_by_name(session, name, "--remove"),
+                                         utcnow())
+        except FeedbackError as error:
+            raise ValueError(error.message) from error
+        session.commit()
+        members = membership.project_members(session, project)
+    listed = ", ".join(f"{m['username']} ({m['role']})" for m in members) or "none"
+    console.print(f"label member: members of {project.name!r}: {listed}", soft_wrap=True)
+
+
+def run_account(args, console) -> None:
+    from rlhfkit.feedback import account_admin, membership
+    from rlhfkit.feedback.assignment import FeedbackError
+    from rlhfkit.feedback.db import utcnow
+
+    action, name = next((a, getattr(args, a)) for a in ("disable", "enable", "end_sessions", "reset_link")
+                        if getattr(args, a) is not None)
+    with open_database(args.db) as session:
+        try:
+            user = membership.user_by_name(session, name, "--" + action.replace("_", "-"))
+            if action == "disable":
+                ended = account_admin.disable_account(session, None, user, utcnow())
+                message = f"{user.username!r} is disabled; {ended} session(s) ended"
+            elif action == "enable":
+                account_admin.enable_account(session, user)
+                message = f"{user.username!r} is enabled"
+            elif action == "end_sessions":
+                message = f"{account_admin.end_sessions(session, user)} session(s) of {user.username!r} ended"
+            else:
+                token = account_admin.create_reset_link(session, None, user, utcnow())
+                message = f"{args.base_url.rstrip('/')}/reset/{token}"
+        except FeedbackError as error:
+            raise ValueError(error.message) from error
+        session.commit()
+    if action == "reset_link":
+        print(message)
+    else:
+        console.print(f"label account: {message}", soft_wrap=True)
+
+
 def run_stats(args, console) -> None:
     from rich.table import Table
 
@@ -265,9 +353,11 @@ def run_serve(args, console) -> None:
 
     from rlhfkit.feedback.web import create_app
 
-    app = create_app(args.db, secure_cookies=args.secure_cookies)
-    console.print(f"label serve: http://{args.host}:{args.port}/ on {args.db}")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    proxies = args.forwarded_allow_ips if args.behind_proxy else None
+    app = create_app(args.db, secure_cookies=args.secure_cookies, trusted_proxies=proxies)
+    console.print(f"label serve: http://{args.host}:{args.port}/ on {args.db}"
+                  + (f" (behind a proxy at {proxies})" if proxies else ""))
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", proxy_headers=False)  # the app does it
 
 
 def run_semi_ai(args, console) -> None:
@@ -310,8 +400,9 @@ def run_label(args: argparse.Namespace) -> None:
     from rlhfkit.console import console
     from rlhfkit.data import DataError
 
-    runners = {"init": run_init, "import": run_import, "invite": run_invite, "serve": run_serve,
-               "stats": run_stats, "export": run_export, "semi-ai": run_semi_ai}
+    runners = {"init": run_init, "import": run_import, "invite": run_invite, "member": run_member,
+               "account": run_account, "serve": run_serve, "stats": run_stats, "export": run_export,
+               "semi-ai": run_semi_ai}
     try:
         runners[args.label_command](args, console)
     except DataError:

@@ -36,8 +36,12 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 
 ROLES = ("admin", "annotator")
+MEMBER_ROLES = ("annotator", "reviewer")
+"""What a person is in one project: an annotator labels; a reviewer labels and reviews others' labels."""
 TASK_TYPES = ("pairwise", "rank", "rating")
-ASSIGNMENT_STATUSES = ("active", "done", "skipped", "expired")
+ASSIGNMENT_STATUSES = ("active", "done", "skipped", "expired", "rejected")
+REVIEW_STATUSES = ("submitted", "corrected", "rejected")
+REVIEW_ACTIONS = ("corrected", "rejected")
 PAIRWISE_CHOICES = ("A", "B", "tie", "both_bad")
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -53,10 +57,12 @@ class Base(DeclarativeBase):
 
 
 class User(Base):
-    """An account: an admin (manages projects, sees everything) or an annotator (labels).
+    """An account: an admin (manages projects, sees everything) or an annotator (labels the projects
+    it is a member of, see :class:`ProjectMember`).
 
     ``username`` is shown as typed; ``username_key`` (unique) is what names are compared by, so that
-    ``Alice`` and ``alice`` cannot both exist (see :mod:`rlhfkit.feedback.names`).
+    ``Alice`` and ``alice`` cannot both exist (see :mod:`rlhfkit.feedback.names`). ``disabled_at``
+    set: the account cannot log in and none of its sessions work (see :mod:`.account_admin`).
     """
 
     __tablename__ = "users"
@@ -68,6 +74,7 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(16))
     opted_out_categories: Mapped[list] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(DateTime)
+    disabled_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 class Invitation(Base):
@@ -95,6 +102,20 @@ class LoginSession(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
     expires_at: Mapped[datetime] = mapped_column(DateTime)
     user: Mapped[User] = relationship()
+
+
+class PasswordReset(Base):
+    """A one-use link an admin made for a user to set a new password; the table keeps the token's hash."""
+
+    __tablename__ = "password_resets"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+    used_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    user: Mapped[User] = relationship(foreign_keys=[user_id])
 
 
 class SiteSettings(Base):
@@ -127,13 +148,32 @@ class Project(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
 
 
+class ProjectMember(Base):
+    """A person's place in a project: only members (and admins) see a project and work on it.
+
+    ``role`` is one of MEMBER_ROLES: an annotator labels; a reviewer also sees the others' labels of
+    the project and corrects or rejects them (see :mod:`.review`).
+    """
+
+    __tablename__ = "project_members"
+    __table_args__ = (UniqueConstraint("project_id", "user_id", name="uq_project_member"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    added_at: Mapped[datetime] = mapped_column(DateTime)
+    added_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    user: Mapped[User] = relationship(foreign_keys=[user_id])
+
+
 class Item(Base):
     """One prompt with the responses to judge (2 for pairwise, K for rank and rating).
 
-    ``claimed_count`` counts the assignments that hold a place in the overlap (active or done); the
+    ``claimed_count`` counts the assignments that hold a place in the overlap (active or done, not
+    rejected by a reviewer); the
     assignment query compares it with the project's overlap on the item's own row, so that a row lock
     (PostgreSQL) or the serialised transaction (SQLite) is all that keeps two annotators from taking
-    the last place. ``done_count`` counts submitted labels. ``external_id`` and ``record_metadata``
+    the last place. ``done_count`` counts submitted labels that were not rejected. ``external_id`` and ``record_metadata``
     are the imported record's own ``id`` and ``metadata``, carried into every export.
     """
 
@@ -175,6 +215,7 @@ class Assignment(Base):
 
     ``sensitive`` records whether the item carried a content warning when it was assigned; its
     content is sent only after ``revealed_at`` is set. ``finished_at`` is set by a label or a skip.
+    ``status`` is ``rejected`` once a reviewer rejected its label: its place went back to the overlap.
     ``shown_order`` is the order the responses were shown in (item indices; None: the item's own
     order), drawn per assignment in projects that shuffle; labels are stored in the item's order.
     """
@@ -202,7 +243,10 @@ class Label(Base):
     """One annotator's answer for one assignment (unique per assignment: never stored twice).
 
     ``answer`` is ``{"choice": "A"|"B"|"tie"|"both_bad"}``, ``{"ranks": [...]}`` (1 = best) or
-    ``{"ratings": [...]}``, in the item's response order.
+    ``{"ratings": [...]}``, in the item's response order. ``review_status`` (REVIEW_STATUSES) is
+    ``submitted`` until a reviewer corrects the answer (``corrected``: ``answer`` is the reviewer's,
+    ``original_answer`` the annotator's own) or rejects it (``rejected``: left out of every training
+    export). Each review is kept in :class:`LabelReview`.
     """
 
     __tablename__ = "labels"
@@ -220,6 +264,23 @@ class Label(Base):
     submitted_at: Mapped[datetime] = mapped_column(DateTime)
     is_gold: Mapped[bool] = mapped_column(Boolean, default=False)
     gold_correct: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    review_status: Mapped[str] = mapped_column(String(16), default="submitted", server_default="submitted")
+    original_answer: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+
+
+class LabelReview(Base):
+    """The audit trail of reviews: who corrected or rejected a label, when, and its answer before and after."""
+
+    __tablename__ = "label_reviews"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    label_id: Mapped[int] = mapped_column(ForeignKey("labels.id"), index=True)
+    reviewer_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    action: Mapped[str] = mapped_column(String(16))
+    previous_answer: Mapped[dict] = mapped_column(JSON)
+    new_answer: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    reviewer: Mapped[User] = relationship()
 
 
 # ---------------------------------------------------------------- engines and sessions

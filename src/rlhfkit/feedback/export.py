@@ -24,6 +24,12 @@ label instead, with the annotator as ``source``):
   undesirable, exactly on it gives no record (kto.jsonl).
 * **edits**: every edited answer is its own demonstration in sft.jsonl (never aggregated).
 
+**Reviews** (see :mod:`.review`): a label a reviewer **rejected** is left out of every file but
+labels.jsonl, where it is marked ``"review_status": "rejected"``; the trainers read only the other
+files, so they never see it, and :func:`project_labels` (which semi-AI merging and the evaluation
+also read) leaves it out unless asked. A **corrected** label counts with the reviewer's answer;
+labels.jsonl gives both (``answer`` and the annotator's ``original_answer``).
+
 Gold items measure annotators; they are left out of every file but labels.jsonl. Every record
 carries the imported record's own ``id`` and ``metadata`` where it had them (labels.jsonl always,
 null where absent), so a label can be traced back to its source.
@@ -46,12 +52,15 @@ EXPORT_KINDS = ("preferences", "rankings", "sft", "kto", "labels")
 """The files an export writes, as ``KIND.jsonl``."""
 
 
-def project_labels(session: Session, project: Project) -> list[tuple[Label, Item, str]]:
-    """(label, item, annotator name) for every label of the project, in submission order."""
-    rows = session.execute(
-        select(Label, Item, User.username).join(Item, Label.item_id == Item.id).join(User, Label.user_id == User.id)
-        .options(selectinload(Item.categories)).where(Label.project_id == project.id).order_by(Label.id)).all()
-    return [tuple(row) for row in rows]
+def project_labels(session: Session, project: Project, *, rejected: bool = False) -> list[tuple[Label, Item, str]]:
+    """(label, item, annotator name) for every label of the project, in submission order; labels a
+    reviewer rejected only with ``rejected=True``."""
+    query = (select(Label, Item, User.username).join(Item, Label.item_id == Item.id)
+             .join(User, Label.user_id == User.id).options(selectinload(Item.categories))
+             .where(Label.project_id == project.id).order_by(Label.id))
+    if not rejected:
+        query = query.where(Label.review_status != "rejected")
+    return [tuple(row) for row in session.execute(query).all()]
 
 
 def labels_by_item(rows: list[tuple[Label, Item, str]]) -> dict[int, tuple[Item, list[tuple[Label, str]]]]:
@@ -100,14 +109,15 @@ def export_records(session: Session, project: Project, aggregate: bool = True,
                    exclude: frozenset[str] = frozenset()) -> dict[str, list[dict]]:
     """Every export file's records, by kind (see the module docstring). ``exclude``: annotators whose
     labels are left out of the training files (e.g. those quality control caught); labels.jsonl keeps them."""
-    rows = project_labels(session, project)
+    rows = project_labels(session, project, rejected=True)
     records: dict[str, list[dict]] = {kind: [] for kind in EXPORT_KINDS}
     orders = dict(session.execute(select(Assignment.id, Assignment.shown_order)
                                   .where(Assignment.project_id == project.id)).all())
     records["labels"] = [raw_label_record(label, item, annotator, project, orders.get(label.assignment_id))
                          for label, item, annotator in rows]
     source = f"rlhfkit-label:{project.name}"
-    kept = [(label, item, annotator) for label, item, annotator in rows if annotator not in exclude]
+    kept = [(label, item, annotator) for label, item, annotator in rows
+            if annotator not in exclude and label.review_status != "rejected"]
     for item, labels in labels_by_item(kept).values():
         for label, annotator in labels:
             if label.edited_response is not None:
@@ -154,11 +164,14 @@ def add_ratings(records: dict, item: Item, ratings: list[list[int]], scale: int,
 
 def raw_label_record(label: Label, item: Item, annotator: str, project: Project,
                      shown_order: list[int] | None = None) -> dict:
-    """One label as it was given (its answer in the item's order), with its item and the order the
-    responses were shown in (null: the item's order), for labels.jsonl."""
+    """One label (its answer in the item's order, a reviewer's where corrected) with its review status,
+    the annotator's own answer, its item and the order the responses were shown in (null: the item's
+    order), for labels.jsonl."""
     return {
         "project": project.name, "task_type": project.task_type, "item_id": item.id, "item_position": item.position,
-        "annotator": annotator, "answer": label.answer, "rationale": label.rationale,
+        "annotator": annotator, "answer": label.answer, "review_status": label.review_status,
+        "original_answer": label.original_answer if label.original_answer is not None else label.answer,
+        "rationale": label.rationale,
         "edited_response": label.edited_response, "edited_index": label.edited_index,
         "duration_seconds": round(label.duration_seconds, 3), "submitted_at": label.submitted_at.isoformat() + "Z",
         "is_gold": label.is_gold, "gold_correct": label.gold_correct, "categories": item.category_names,
@@ -199,8 +212,10 @@ def content_disposition(filename: str) -> str:
 
 
 def grouped_for_agreement(session: Session, project: Project) -> dict[int, list[tuple[str, dict]]]:
-    """Item id -> [(annotator, answer)] over every item, gold ones included (for agreement figures)."""
+    """Item id -> [(annotator, the annotator's own answer)] over every item, gold ones included, rejected
+    labels left out (for agreement figures: they measure the annotators, not their reviewers)."""
     grouped: dict[int, list] = defaultdict(list)
     for label, item, annotator in project_labels(session, project):
-        grouped[item.id].append((annotator, label.answer))
+        grouped[item.id].append((annotator, label.original_answer if label.original_answer is not None
+                                 else label.answer))
     return grouped

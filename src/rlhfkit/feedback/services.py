@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from rlhfkit.feedback import auth
+from rlhfkit.feedback.account_admin import account_rows
 from rlhfkit.feedback.assignment import (
     FeedbackError,
     items_held_by_others,
@@ -28,6 +29,7 @@ from rlhfkit.feedback.export import EXPORT_KINDS, export_file
 from rlhfkit.feedback.importing import ProjectOptions
 from rlhfkit.feedback.labels import flag, own_assignment, reveal, shown_responses, skip, submit_label
 from rlhfkit.feedback.lexicon import CATEGORIES
+from rlhfkit.feedback.membership import require_member, visible_projects
 from rlhfkit.feedback.stats import annotator_progress, exposure_rows, project_progress, project_report
 
 NO_MORE_TASKS = "No more items for you in this project. Thank you!"
@@ -78,10 +80,25 @@ def welfare_report(session: Session, user: User, now: datetime) -> dict:
                        "daily_sensitive_cap_minutes": settings.daily_sensitive_cap_minutes}}
 
 
-def projects_with_progress(session: Session, user: User) -> list[tuple[Project, dict]]:
-    """Every project with the annotator's progress in it, oldest first."""
-    projects = session.scalars(select(Project).order_by(Project.id)).all()
-    return [(project, annotator_progress(session, project, user)) for project in projects]
+def projects_with_progress(session: Session, user: User) -> list[tuple[Project, dict, str]]:
+    """(project, the user's progress in it, its role there) for every project the user may see
+    (its member projects; an admin's: all), oldest first."""
+    return [(project, annotator_progress(session, project, user), role)
+            for project, role in visible_projects(session, user)]
+
+
+def member_project(session: Session, project_id: int, user: User) -> Project:
+    """The project, or a 404; a 403 for someone who is not a member of it."""
+    project = get_project(session, project_id)
+    require_member(session, project, user)
+    return project
+
+
+def member_assignment(session: Session, assignment_id: int, user: User) -> Assignment:
+    """The user's own assignment (see :func:`.labels.own_assignment`) in a project it is still a member of."""
+    assignment = own_assignment(session, assignment_id, user)
+    require_member(session, get_project(session, assignment.project_id), user)
+    return assignment
 
 
 def task_json(session: Session, assignment: Assignment, project: Project, user: User) -> dict:
@@ -101,7 +118,7 @@ def task_json(session: Session, assignment: Assignment, project: Project, user: 
 
 def next_task(session: Session, project_id: int, user: User, now: datetime) -> dict:
     """The annotator's current or next task in the project, or ``{"task": None, ...}`` when none is left."""
-    project = get_project(session, project_id)
+    project = member_project(session, project_id, user)
     assignment = next_assignment(session, project, user, now, settings_row(session))
     if assignment is None:
         answer = {"task": None, "message": NO_MORE_TASKS, "progress": annotator_progress(session, project, user)}
@@ -115,24 +132,24 @@ def next_task(session: Session, project_id: int, user: User, now: datetime) -> d
 
 def reveal_task(session: Session, assignment_id: int, user: User, now: datetime) -> dict:
     """Reveal a warned item of the annotator's; the task with its content."""
-    assignment = own_assignment(session, assignment_id, user)
+    assignment = member_assignment(session, assignment_id, user)
     reveal(session, assignment, now, settings_row(session))
     return task_json(session, assignment, get_project(session, assignment.project_id), user)
 
 
 def skip_task(session: Session, assignment_id: int, user: User, now: datetime) -> None:
     """Hand the annotator's item back for someone else."""
-    skip(own_assignment(session, assignment_id, user), now)
+    skip(member_assignment(session, assignment_id, user), now)
 
 
 def flag_task(session: Session, assignment_id: int, user: User, category: str) -> list[str]:
     """Flag the item of the annotator's assignment as sensitive; the item's categories."""
-    return flag(session, own_assignment(session, assignment_id, user), user, category)
+    return flag(session, member_assignment(session, assignment_id, user), user, category)
 
 
 def label_task(session: Session, assignment_id: int, user: User, payload: dict, now: datetime) -> Label:
     """Store the annotator's label for their assignment."""
-    assignment = own_assignment(session, assignment_id, user)
+    assignment = member_assignment(session, assignment_id, user)
     project = get_project(session, assignment.project_id)
     return submit_label(session, assignment, project, payload, now)
 
@@ -204,8 +221,8 @@ def project_export(session: Session, project_id: int, kind: str, aggregate: bool
 
 
 def admin_dashboard(session: Session, now: datetime) -> dict:
-    """The admin page's data: task types, site settings, projects with progress, annotators' exposure."""
+    """The admin page's data: task types, site settings, projects with progress, accounts, exposure."""
     projects = session.scalars(select(Project).order_by(Project.id)).all()
     return {"task_types": TASK_TYPES, "settings": settings_row(session),
             "projects": [(p, project_progress(session, p)) for p in projects],
-            "exposure": annotator_exposure(session, now)}
+            "accounts": account_rows(session, now), "exposure": annotator_exposure(session, now)}

@@ -2,7 +2,9 @@
 
 Per project: progress, per-annotator counts and time per item, too-fast answers, gold accuracy and
 agreement. Per annotator, site-wide: today's work and sensitive exposure (welfare). Skips are shown
-only as a count of items handed back; they lower no figure.
+only as a count of items handed back; they lower no figure. Labels a reviewer rejected do not count
+as labels of the project (progress, agreement) but stay in the annotator's own figures (time, gold,
+position bias, over the annotator's own answers), with a count of its rejected and corrected labels.
 """
 
 from __future__ import annotations
@@ -37,17 +39,21 @@ def project_progress(session: Session, project: Project) -> dict:
         select(func.count(Item.id), func.count(Item.id).filter(Item.done_count >= project.overlap))
         .where(Item.project_id == project.id, Item.is_gold.is_(False))).one()
     gold_items = session.scalar(select(func.count(Item.id)).where(Item.project_id == project.id, Item.is_gold))
-    labels = session.scalar(select(func.count(Label.id)).where(Label.project_id == project.id))
+    labels, rejected = session.execute(
+        select(func.count(Label.id).filter(Label.review_status != "rejected"),
+               func.count(Label.id).filter(Label.review_status == "rejected"))
+        .where(Label.project_id == project.id)).one()
     skips = session.scalar(select(func.count(Assignment.id)).where(
         Assignment.project_id == project.id, Assignment.status == "skipped"))
     return {"items": items, "complete_items": complete, "gold_items": gold_items, "labels": labels,
-            "labels_needed": items * project.overlap, "skips": skips,
+            "rejected_labels": rejected, "labels_needed": items * project.overlap, "skips": skips,
             "percent_complete": round(100.0 * complete / items, 1) if items else 0.0}
 
 
 def annotator_progress(session: Session, project: Project, user: User) -> dict:
-    """The annotator's label count and the project's completed items (gold apart), in one query."""
-    mine = (select(func.count(Label.id)).where(Label.project_id == project.id, Label.user_id == user.id)
+    """The annotator's label count (rejected ones apart) and the project's completed items (gold apart)."""
+    mine = (select(func.count(Label.id)).where(Label.project_id == project.id, Label.user_id == user.id,
+                                               Label.review_status != "rejected")
             .scalar_subquery())
     items, complete, my_labels = session.execute(
         select(func.count(Item.id), func.count(Item.id).filter(Item.done_count >= project.overlap), mine)
@@ -55,12 +61,18 @@ def annotator_progress(session: Session, project: Project, user: User) -> dict:
     return {"my_labels": my_labels, "items": items, "complete_items": complete}
 
 
+def own_answer(label) -> dict:
+    """The annotator's own answer of a label (a reviewer's correction apart)."""
+    return label.original_answer if label.original_answer is not None else label.answer
+
+
 def annotator_rows(session: Session, project: Project, too_fast_seconds: float) -> list[dict]:
     """Per annotator of the project: labels, median and mean seconds per item, too fast, gold accuracy,
     and (pairwise) the share of A-or-B choices that went to the answer shown first: 0.5 is no
     position bias (meaningful where the order is shuffled, or random in the data)."""
     labels = session.execute(select(User.username, Label.duration_seconds, Label.is_gold, Label.gold_correct,
-                                    Label.answer, Assignment.shown_order)
+                                    Label.answer, Label.original_answer, Label.review_status,
+                                    Assignment.shown_order)
                              .join(User, Label.user_id == User.id).join(Assignment, Label.assignment_id == Assignment.id)
                              .where(Label.project_id == project.id)).all()
     skips = dict(session.execute(select(User.username, func.count(Assignment.id))
@@ -75,7 +87,7 @@ def annotator_rows(session: Session, project: Project, too_fast_seconds: float) 
         mine = by_user.get(username, [])
         durations = [row.duration_seconds for row in mine]
         gold = [row.gold_correct for row in mine if row.is_gold]
-        first = [f for row in mine if (f := chose_first_shown(row.answer, row.shown_order)) is not None]
+        first = [f for row in mine if (f := chose_first_shown(own_answer(row), row.shown_order)) is not None]
         rows.append({
             "annotator": username, "labels": len(mine), "skips": skips.get(username, 0),
             "median_seconds": round(statistics.median(durations), 1) if durations else None,
@@ -83,6 +95,8 @@ def annotator_rows(session: Session, project: Project, too_fast_seconds: float) 
             "too_fast": sum(d < too_fast_seconds for d in durations),
             "gold_answered": len(gold), "gold_accuracy": round(sum(gold) / len(gold), 3) if gold else None,
             "first_shown_share": round(sum(first) / len(first), 3) if first else None,
+            "rejected": sum(row.review_status == "rejected" for row in mine),
+            "corrected": sum(row.review_status == "corrected" for row in mine),
         })
     return rows
 

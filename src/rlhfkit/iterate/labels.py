@@ -105,6 +105,31 @@ def push_round_items(session, name: str, samples: Path, options) -> tuple[object
     return project, count
 
 
+def carry_members(session, config: LoopConfig, number: int) -> None:
+    """Round ``number``'s project gets the members of the previous round's (people keep access from round to
+    round); round 1's members are added by an admin, which the message says."""
+    from sqlalchemy import select
+
+    from rlhfkit.feedback.db import Project, committed, utcnow
+    from rlhfkit.feedback.membership import copy_members, project_members
+
+    def find(name: str):
+        return session.scalar(select(Project).where(Project.name == name))
+
+    project = find(project_name(config, number))
+    previous = find(project_name(config, number - 1)) if number > 1 else None
+    if project is None or project_members(session, project):
+        return
+    if previous is not None:
+        with committed(session):
+            copied = copy_members(session, previous, project, None, utcnow())
+        console.print(f"round {number} labels: the {copied} members of {previous.name!r} can work on {project.name!r}")
+    else:
+        console.print(f"[yellow]round {number} labels: {project.name!r} has no members yet; an admin adds them "
+                      f"('rlhfkit label member --db {config.db} --project {project.name} --add NAME ...' or the "
+                      f"project's admin page), and later rounds keep them[/]")
+
+
 def project_options(config: LoopConfig, task_type: str):
     from rlhfkit.feedback.importing import ProjectOptions
 
@@ -125,6 +150,7 @@ def labels_from_people(ctx: LoopContext, paths: RoundPaths) -> dict:
     try:
         with database.sessions() as session:
             project, added = push_round_items(session, name, paths.samples, project_options(config, config.task))
+            carry_members(session, config, paths.number)
         console.print(f"round {paths.number} labels: {added} items added to the feedback project {name!r} "
                       f"({config.task}) in {config.db}; annotators label them in 'rlhfkit label serve'"
                       if added else f"round {paths.number} labels: the feedback project {name!r} is there already")
@@ -164,6 +190,7 @@ def labels_from_semi_ai(ctx: LoopContext, paths: RoundPaths) -> dict:
                     session, judge_config(config, paths.samples, folder / semi_ai.JUDGE_FILE), paths.samples,
                     folder, name, human_share=config.human_share, random_fraction=config.random_fraction,
                     seed=config.seed + paths.number, options=project_options(config, "pairwise"))
+                carry_members(session, config, paths.number)
             write_json(sent_marker, dataclasses.asdict(summary))
             console.print(f"round {paths.number} labels: the judge labelled {summary.items} items; {summary.sent} "
                           f"sent to people in the feedback project {name!r} ({summary.task_type})")

@@ -1,7 +1,9 @@
-"""Accounts: logging in and out, invitations, the session, and the annotator's own page (opt-outs, welfare).
+"""Accounts: logging in and out, invitations, password resets, the session, and the annotator's own page.
 
-Pages: ``/login``, ``/invite/TOKEN``, ``/me``. API: ``POST /api/login`` (429 with Retry-After while
-throttled, see :mod:`..throttle`), ``GET /api/session``, ``GET /api/me/welfare``, ``POST /api/me/opt-outs``.
+Pages: ``/login``, ``/invite/TOKEN``, ``/reset/TOKEN`` (a new password from an admin's one-use link),
+``/me``. API: ``POST /api/login`` (429 with Retry-After while throttled, see :mod:`..throttle`),
+``GET /api/session``, ``GET /api/me/welfare``, ``POST /api/me/opt-outs``. The POSTs of logging in,
+signing up and resetting a password are refused (403) when their ``Origin`` names another site.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
-from rlhfkit.feedback import auth, names, services
+from rlhfkit.feedback import account_admin, auth, names, services
 from rlhfkit.feedback.assignment import FeedbackError
 from rlhfkit.feedback.db import LoginSession, User
 from rlhfkit.feedback.lexicon import CATEGORIES
@@ -24,6 +26,7 @@ from rlhfkit.feedback.routes.deps import (
     Login,
     Now,
     Page,
+    SameOrigin,
     clear_session_cookie,
     in_transaction,
     now_of,
@@ -68,7 +71,7 @@ async def sign_in(request: Request, username: object, password: object) -> tuple
 
 
 @router.post("/login")
-async def login_form(request: Request, page: Page, username: Annotated[str, Form()],
+async def login_form(request: Request, page: Page, _origin: SameOrigin, username: Annotated[str, Form()],
                      password: Annotated[str, Form()], next: Annotated[str, Form()] = "/"):
     try:
         _, token, _ = await sign_in(request, username, password)
@@ -79,18 +82,18 @@ async def login_form(request: Request, page: Page, username: Annotated[str, Form
             response.headers["Retry-After"] = str(error.extra["retry_after"])
         return response
     response = RedirectResponse(safe_next(next), status_code=303)
-    set_session_cookie(response, token, request.app.state.secure_cookies)
+    set_session_cookie(response, token, request)
     return response
 
 
 @router.post("/api/login")
-async def login_api(request: Request, credentials: dict):
+async def login_api(request: Request, _origin: SameOrigin, credentials: dict):
     try:
         user, token, login = await sign_in(request, credentials.get("username"), credentials.get("password"))
     except auth.AuthError as error:
         return JSONResponse({"error": "wrong_credentials", "detail": str(error)}, status_code=401)
     response = JSONResponse({"username": user.username, "role": user.role, "csrf_token": login.csrf_token})
-    set_session_cookie(response, token, request.app.state.secure_cookies)
+    set_session_cookie(response, token, request)
     return response
 
 
@@ -100,11 +103,11 @@ def session_api(login: Login):
 
 
 @router.post("/logout")
-def logout(db: Db, login: Login, user: FormUser):
+def logout(request: Request, db: Db, login: Login, user: FormUser):
     db.delete(login)
     db.commit()
     response = RedirectResponse("/login", status_code=303)
-    clear_session_cookie(response)
+    clear_session_cookie(response, request)
     return response
 
 
@@ -118,8 +121,8 @@ def invitation_page(db: Db, now: Now, page: Page, token: str):
 
 
 @router.post("/invite/{token}")
-async def accept_invitation(request: Request, page: Page, token: str, username: Annotated[str, Form()],
-                            password: Annotated[str, Form()]):
+async def accept_invitation(request: Request, page: Page, _origin: SameOrigin, token: str,
+                            username: Annotated[str, Form()], password: Annotated[str, Form()]):
     try:
         name, password_hash = await run_in_threadpool(auth.prepare_account, username, password)  # argon2
         session_token = await in_transaction(request, auth.sign_up, token, name, password_hash, now_of(request))
@@ -127,8 +130,37 @@ async def accept_invitation(request: Request, page: Page, token: str, username: 
         message = str(error) if isinstance(error, auth.AuthError) else "username: this name was just taken"
         return page("invite.html", {"token": token, "role": "", "error": message, "user": None}, status_code=422)
     response = RedirectResponse("/", status_code=303)
-    set_session_cookie(response, session_token, request.app.state.secure_cookies)
+    set_session_cookie(response, session_token, request)
     return response
+
+
+@router.get("/reset/{token}", response_class=HTMLResponse)
+def reset_page(db: Db, now: Now, page: Page, token: str):
+    try:
+        username = account_admin.reset_username(db, token, now)
+    except auth.AuthError as error:
+        return page("message.html", {"title": "Password reset", "message": str(error), "user": None}, status_code=404)
+    return page("reset.html", {"token": token, "username": username, "error": None, "user": None})
+
+
+@router.post("/reset/{token}")
+async def reset_password(request: Request, page: Page, _origin: SameOrigin, token: str,
+                         password: Annotated[str, Form()]):
+    """Set a new password through a reset link: the rules of sign-up, argon2 outside any transaction,
+    then the link is used up and the user's sessions end; the user logs in again."""
+    username = ""
+    try:
+        username = await in_transaction(request, account_admin.reset_username, token, now_of(request))
+        password_hash = await run_in_threadpool(auth.prepare_password, password, username)  # argon2
+        await in_transaction(request, account_admin.use_reset, token, password_hash, now_of(request))
+    except auth.AuthError as error:
+        if not username:  # the link itself is not valid
+            return page("message.html", {"title": "Password reset", "message": str(error), "user": None},
+                        status_code=404)
+        return page("reset.html", {"token": token, "username": username, "error": str(error), "user": None},
+                    status_code=422)
+    return page("message.html", {"title": "Password changed", "user": None,
+                                 "message": f"The password of {username!r} is changed. Log in with it now."})
 
 
 # ---------------------------------------------------------------- the annotator's own settings

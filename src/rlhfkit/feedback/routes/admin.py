@@ -1,7 +1,8 @@
-"""Admins only: the dashboard pages and forms, and the admin API.
+"""Admins only: the dashboard pages and forms, and the admin API (accounts and members: :mod:`.access`).
 
-Pages: ``/admin`` (projects, exposure, invitations, settings) and ``/admin/projects/ID``; their forms
-POST to ``/admin/projects`` (upload), ``/admin/invitations`` and ``/admin/settings``. API:
+Pages: ``/admin`` (projects, accounts, exposure, invitations, settings) and ``/admin/projects/ID``
+(with its members); their forms POST to ``/admin/projects`` (upload), ``/admin/invitations`` and
+``/admin/settings``. API:
 ``POST /api/admin/projects`` (upload), ``GET /api/admin/projects/ID/stats``,
 ``GET /api/admin/projects/ID/export/KIND`` (JSONL), ``GET /api/admin/exposure``,
 ``POST /api/admin/invitations``, ``POST /api/admin/settings``.
@@ -18,9 +19,10 @@ from sqlalchemy.orm import Session
 
 from rlhfkit.data.errors import DataError
 from rlhfkit.feedback import services
-from rlhfkit.feedback.db import LoginSession, User
+from rlhfkit.feedback.db import MEMBER_ROLES, LoginSession, User
 from rlhfkit.feedback.export import EXPORT_KINDS, content_disposition
 from rlhfkit.feedback.importing import import_upload
+from rlhfkit.feedback.membership import project_members
 from rlhfkit.feedback.routes.deps import (
     AdminApiUser,
     AdminFormUser,
@@ -41,9 +43,9 @@ def invitation_url(request: Request, token: str) -> str:
 
 def admin_page_response(page: PageRenderer, db: Session, login: LoginSession, user: User, now: datetime,
                         status_code: int = 200, **extra) -> HTMLResponse:
-    """The admin page; ``extra`` sets ``error``, ``notice`` or ``invitation_url``."""
+    """The admin page; ``extra`` sets ``error``, ``notice``, ``invitation_url`` or ``reset_url``."""
     context = {"user": user, "csrf_token": login.csrf_token, **services.admin_dashboard(db, now),
-               "error": None, "notice": None, "invitation_url": None, **extra}
+               "error": None, "notice": None, "invitation_url": None, "reset_url": None, **extra}
     return page("admin.html", context, status_code=status_code)
 
 
@@ -151,8 +153,18 @@ def settings_form(db: Db, user: AdminFormUser, break_after_minutes: Annotated[st
     return RedirectResponse("/admin", status_code=303)
 
 
+def project_page_response(page: PageRenderer, db: Session, login: LoginSession, user: User, project_id: int,
+                          status_code: int = 200, **extra) -> HTMLResponse:
+    """A project's admin page (progress, annotators, agreement, members, exports); ``extra`` sets
+    ``error`` or ``notice``."""
+    project = services.get_project(db, project_id)
+    context = {"user": user, "csrf_token": login.csrf_token, "project": project,
+               "report": services.project_stats(db, project), "export_kinds": EXPORT_KINDS,
+               "members": project_members(db, project), "member_roles": MEMBER_ROLES,
+               "error": None, "notice": None, **extra}
+    return page("project_admin.html", context, status_code=status_code)
+
+
 @router.get("/admin/projects/{project_id}", response_class=HTMLResponse)
 def project_admin_page(db: Db, login: Login, user: AdminPageUser, page: Page, project_id: int):
-    project = services.get_project(db, project_id)
-    return page("project_admin.html", {"user": user, "csrf_token": login.csrf_token, "project": project,
-                                       "report": services.project_stats(db, project), "export_kinds": EXPORT_KINDS})
+    return project_page_response(page, db, login, user, project_id)

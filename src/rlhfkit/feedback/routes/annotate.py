@@ -1,8 +1,9 @@
 """Labelling: the annotator's projects page, the labelling page, and the task API its JavaScript calls.
 
-Pages: ``/`` and ``/projects/ID``. API: ``POST /api/projects/ID/next`` (the current or next task,
-``{"task": null}`` when none is left, or 429 during a break or past a daily cap) and
-``POST /api/assignments/ID/reveal | skip | flag | label``.
+Pages: ``/`` (the projects the user is a member of; an admin's: all) and ``/projects/ID``. API:
+``POST /api/projects/ID/next`` (the current or next task, ``{"task": null}`` when none is left, or
+429 during a break or past a daily cap) and ``POST /api/assignments/ID/reveal | skip | flag | label``.
+Each refuses (403, ``not_a_member``) a project the user is not a member of (see :mod:`..membership`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def home(db: Db, login: Login, now: Now, page: Page):
 
 @router.get("/projects/{project_id}", response_class=HTMLResponse)
 def label_page(db: Db, login: Login, page: Page, project_id: int):
-    project = services.get_project(db, project_id)
+    project = services.member_project(db, project_id, login.user)
     config = {"project_id": project.id, "task_type": project.task_type, "csrf_token": login.csrf_token,
               "flag_categories": list(ANNOTATOR_FLAG_CATEGORIES), "wellbeing_url": settings_row(db).wellbeing_url}
     return page("label.html", {"user": login.user, "csrf_token": login.csrf_token, "project": project,

@@ -5,6 +5,15 @@ parameters. The user aliases also check the CSRF token of state-changing request
 ``X-CSRF-Token`` header for the API, the form's ``csrf_token`` field for pages) and the admin role.
 They raise :class:`NotSignedIn` or :class:`Forbidden`; the app's exception handlers turn those into
 a redirect to the login page, a page, or a JSON answer.
+
+The POSTs that have no session yet, hence no CSRF token (logging in, accepting an invitation,
+resetting a password), check the ``Origin`` header instead (:data:`SameOrigin`): one that is present
+and names another site than the request's ``Host`` is refused with a 403, so a cross-site page
+cannot sign a visitor into an account of its choosing. Browsers send ``Origin`` with every POST; a
+reverse proxy must pass the ``Host`` header on (nginx: ``proxy_set_header Host $host``).
+
+The session cookie is ``Secure`` as the app was told (``secure_cookies`` True or False), or by
+default when the request came over HTTPS (:func:`cookies_secure`).
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Annotated, TypeVar
+from urllib.parse import urlsplit
 
 from fastapi import Depends, Form, Request
 from fastapi.responses import HTMLResponse, Response
@@ -24,6 +34,7 @@ from rlhfkit.feedback import auth
 from rlhfkit.feedback.db import LoginSession, User
 
 SESSION_COOKIE = "rlhfkit_session"
+DEFAULT_PORTS = {"http": 80, "https": 443}
 T = TypeVar("T")
 
 
@@ -169,13 +180,56 @@ AdminFormUser = Annotated[User, Depends(admin_form_user)]
 AdminPageUser = Annotated[User, Depends(admin_page_user)]
 
 
+# ---------------------------------------------------------------- the Origin of sign-in forms
+
+
+def host_and_port(netloc: str, scheme: str) -> tuple[str, int] | None:
+    """(host in lower case, port) of ``host[:port]``, the port defaulting to the scheme's; None if malformed."""
+    try:
+        parts = urlsplit(f"{scheme}://{netloc}")
+        host, port = (parts.hostname or "").lower(), parts.port or DEFAULT_PORTS[scheme]
+    except ValueError:
+        return None
+    return (host, port) if host else None
+
+
+def origin_matches_host(origin: str, host: str) -> bool:
+    """Whether an ``Origin`` header (``scheme://host[:port]``) names the site of a ``Host`` header."""
+    try:
+        parts = urlsplit(origin.strip())
+    except ValueError:
+        return False
+    if parts.scheme not in DEFAULT_PORTS or parts.path or parts.query or parts.fragment:
+        return False
+    sent = host_and_port(parts.netloc, parts.scheme)
+    return sent is not None and sent == host_and_port(host, parts.scheme)
+
+
+async def same_origin(request: Request) -> None:
+    """Refuse (403) a request whose ``Origin`` header is present and names another site."""
+    origin = request.headers.get("origin")
+    if origin is not None and not origin_matches_host(origin, request.headers.get("host", "")):
+        raise Forbidden("Refused: this form was sent from another site (its Origin header does not match this "
+                        "server). Open the login page of this site and try again.")
+
+
+SameOrigin = Annotated[None, Depends(same_origin)]
+
+
 # ---------------------------------------------------------------- cookies
 
 
-def set_session_cookie(response: Response, token: str, secure: bool) -> None:
-    response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="lax", secure=secure,
+def cookies_secure(request: Request) -> bool:
+    """Whether the session cookie is ``Secure``: as the app was told, else when this request came over
+    HTTPS (the connection's scheme, or a trusted proxy's ``X-Forwarded-Proto``, see :mod:`..web`)."""
+    setting = request.app.state.secure_cookies
+    return request.url.scheme == "https" if setting is None else bool(setting)
+
+
+def set_session_cookie(response: Response, token: str, request: Request) -> None:
+    response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="lax", secure=cookies_secure(request),
                         max_age=auth.SESSION_DAYS * 86400, path="/")
 
 
-def clear_session_cookie(response: Response) -> None:
-    response.delete_cookie(SESSION_COOKIE, path="/")
+def clear_session_cookie(response: Response, request: Request) -> None:
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax", secure=cookies_secure(request))
