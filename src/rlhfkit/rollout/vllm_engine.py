@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -72,6 +73,31 @@ def model_head_size(model_dir: str | Path) -> int | None:
     width, heads = config.get("hidden_size", config.get("n_embd")), config.get("num_attention_heads",
                                                                                 config.get("n_head"))
     return width // heads if width and heads else None
+
+
+class DropKnownNoise(logging.Filter):
+    """Drops vLLM log lines that repeat at every call and say nothing wrong in rlhfkit's use: the rotary
+    embedding has no weights to reload (logged at every weight sync), and set_num_threads is refused
+    (vLLM's CPU worker says so whenever anyone in the process calls it)."""
+
+    NOISE = ("RotaryEmbedding: Failed to load weights", "doesn't allow to use `torch.set_num_threads`")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(noise in message for noise in self.NOISE)
+
+
+def quiet_vllm_logs() -> None:
+    """vLLM logs at INFO by default (several lines per call): WARNING unless the user set
+    ``VLLM_LOGGING_LEVEL``; and :class:`DropKnownNoise` on its handlers."""
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    root = logging.getLogger("vllm")
+    root.setLevel(os.environ["VLLM_LOGGING_LEVEL"])
+    noisy = [logging.getLogger(name) for name in ("vllm.v1.worker.cpu_worker",
+                                                  "vllm.model_executor.model_loader.reload.layerwise")]
+    for target in [*root.handlers, *noisy]:
+        if not any(isinstance(f, DropKnownNoise) for f in target.filters):
+            target.addFilter(DropKnownNoise())
 
 
 def model_positions(model_dir: str | Path) -> int | None:
@@ -130,7 +156,16 @@ class VLLMSampler:
             options.update(enable_chunked_prefill=False, max_num_batched_tokens=max(8192, longest))
         else:
             options["gpu_memory_utilization"] = gpu_memory_utilization
-        self.llm = LLM(**options)
+        quiet_vllm_logs()
+        # vLLM's CPU worker replaces torch.set_num_threads with a no-op for the whole process (and its
+        # runtime setup may lower the thread count): the trainer beside it keeps both as they were
+        set_num_threads, threads = torch.set_num_threads, torch.get_num_threads()
+        try:
+            self.llm = LLM(**options)
+        finally:
+            torch.set_num_threads = set_num_threads
+            torch.set_num_threads(threads)
+        quiet_vllm_logs()  # the engine configured vLLM's logging anew
         self.asleep = False
 
     # -- sampling --------------------------------------------------------------------------------------
