@@ -376,3 +376,21 @@ def test_serve_with_vllm_answers_as_the_hf_engine_does(vllm_families):
     vllm_logprobs = [t["logprob"] for t in answers["vllm"][0]["logprobs"]["content"]]
     hf_logprobs = [t["logprob"] for t in answers["hf"][0]["logprobs"]["content"]]
     assert vllm_logprobs == pytest.approx(hf_logprobs, abs=1e-5)
+
+
+def test_a_local_model_judge_through_vllm_gives_the_hf_judges_probabilities(tmp_path, vllm_families):
+    from rlhfkit.config import JudgeConfig
+    from rlhfkit.judge.backends import load_judge
+    from rlhfkit.judge.base import Comparison
+
+    folder = str(vllm_families["qwen2"])
+    comparisons = [Comparison("Why is the sky blue?", "Rayleigh scattering.", "Because."),
+                   Comparison([{"role": "user", "content": "Hi"}], "Hello! How can I help?", "No.")]
+    hf = load_judge(folder, device="cpu").judge(comparisons)
+    judge = load_judge(folder, device="cpu", engine=JudgeConfig(judge=folder, data="x", output="y", engine="vllm"))
+    try:
+        ours = judge.judge(comparisons)
+    finally:
+        judge.close()
+    assert [v.prob_a for v in ours] == pytest.approx([v.prob_a for v in hf], abs=1e-5)
+    assert all(0 < v.prob_a < 1 for v in ours)

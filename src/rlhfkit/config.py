@@ -290,7 +290,7 @@ class PPOConfig(TrainConfig, WeightSyncConfig):
 
 
 @dataclass
-class JudgeConfig(ModelConfig):
+class JudgeConfig(ModelConfig, EngineConfig):
     """Label {prompt, responses} records with an AI judge: preference pairs (2 answers) or rankings (K)."""
 
     judge: str = option("", "The judge: a causal-LM folder or hub id (reads its next-token preference for A or "

@@ -2,7 +2,8 @@
 
 - :class:`LocalModelJudge` shows a causal LM the principles, the conversation and both answers, and
   reads its preference from the next-token log-probs of the labels "A" and "B" (no sampling, so the
-  verdict is deterministic and comes with a probability).
+  verdict is deterministic and comes with a probability). :class:`VLLMJudge` reads the same two
+  log-probs from a vLLM engine (``--engine vllm``).
 - :class:`RewardModelJudge` scores both answers with a reward model: ``P(A) = σ(r_A - r_B)``
   (Bradley–Terry).
 - :class:`FunctionJudge` does the same with a Python scoring function ``module:function`` taking
@@ -34,7 +35,7 @@ class LocalModelJudge:
 
     def __init__(self, model, tokenizer, constitution: list[Principle] | None = None, principles: str = "all",
                  seed: int = 0, batch_size: int = 8, name: str = "local"):
-        self.model = model.eval()
+        self.model = model.eval() if model is not None else None
         self.tokenizer = tokenizer
         self.constitution = constitution or load_constitution(DEFAULT_CONSTITUTION)
         self.principles, self.rng = principles, random.Random(seed)
@@ -69,6 +70,24 @@ class LocalModelJudge:
         return [Verdict(p) for p in probs]
 
 
+class VLLMJudge(LocalModelJudge):
+    """:class:`LocalModelJudge`'s verdicts from a vLLM engine (``sampler``, a
+    :class:`~rlhfkit.rollout.vllm_engine.VLLMSampler`): one token per prompt restricted to the two
+    labels, and P(A) from the engine's log-probs of both, which is the same softmax over the two logits."""
+
+    def __init__(self, sampler, tokenizer, constitution: list[Principle] | None = None, principles: str = "all",
+                 seed: int = 0, batch_size: int = 8, name: str = "local"):
+        super().__init__(None, tokenizer, constitution, principles, seed, batch_size, name)
+        self.sampler = sampler
+
+    def judge(self, comparisons: list[Comparison]) -> list[Verdict]:
+        pairs = self.sampler.choice_logprobs([self.encode(c) for c in comparisons], self.choice_ids)
+        return [Verdict(1.0 / (1.0 + math.exp(b - a))) for a, b in pairs]
+
+    def close(self) -> None:
+        self.sampler.close()
+
+
 class ScoreJudge:
     """A judge from a scoring function ``score(prompts, responses) -> scores``: P(A) = σ(s_A - s_B)."""
 
@@ -97,9 +116,10 @@ class ScoreJudge:
 
 def load_judge(spec: str, *, constitution: str | None = None, principles: str = "all", device: str = "auto",
                dtype: str = "auto", batch_size: int = 8, max_length: int = 1024, seed: int = 0,
-               http_options: dict | None = None):
+               http_options: dict | None = None, engine=None):
     """A judge from a spec: an OpenAI-compatible URL (or ``openai``), a reward-model folder, a causal-LM
-    folder (or hub id), or ``module:function``. ``http_options`` go to :class:`HTTPJudge`."""
+    folder (or hub id), or ``module:function``. ``http_options`` go to :class:`HTTPJudge`; ``engine`` (an
+    :class:`~rlhfkit.config.EngineConfig`) chooses how a causal-LM judge runs (default: the HF model)."""
     from rlhfkit.models import load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
     from rlhfkit.models.reward import is_reward_model_folder
     from rlhfkit.rewards import checked, load_callable, load_reward_function
@@ -113,9 +133,15 @@ def load_judge(spec: str, *, constitution: str | None = None, principles: str = 
         return ScoreJudge(load_reward_function(spec, device=device, dtype=dtype, batch_size=batch_size,
                                                max_length=max_length), name=f"rm:{spec}")
     if Path(spec).is_dir() or ":" not in spec:
+        from rlhfkit.rollout.engines import resolve_engine, start_vllm
+
         torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
         tokenizer = load_tokenizer(spec)
-        model = load_causal_lm(spec, tokenizer, dtype=resolve_dtype(dtype, torch_device), device=torch_device)
         chosen = load_constitution(constitution or DEFAULT_CONSTITUTION)
+        if engine is not None and resolve_engine(engine.engine, torch_device) == "vllm":
+            sampler = start_vllm(engine, spec, tokenizer, torch_dtype, seed, beside_trainer=False)
+            return VLLMJudge(sampler, tokenizer, chosen, principles, seed, batch_size, name=f"local:{spec}")
+        model = load_causal_lm(spec, tokenizer, dtype=torch_dtype, device=torch_device)
         return LocalModelJudge(model, tokenizer, chosen, principles, seed, batch_size, name=f"local:{spec}")
     return ScoreJudge(checked(load_callable(spec), spec), name=f"function:{spec}")

@@ -101,7 +101,7 @@ def load_configured_judge(config: JudgeConfig):
                     "retries": config.retries, "cache": config.cache or str(config.output) + ".cache.sqlite"}
     judge = load_judge(config.judge, constitution=config.constitution, principles=config.principles,
                        device=config.device, dtype=config.dtype, batch_size=config.batch_size,
-                       max_length=config.max_length, seed=config.seed, http_options=http_options)
+                       max_length=config.max_length, seed=config.seed, http_options=http_options, engine=config)
     return PositionSwap(judge) if config.swap else judge
 
 
@@ -121,7 +121,12 @@ def judge_answer_sets(judge, records: list[tuple[object, list[str], str]]) -> li
 def run_judge(config: JudgeConfig) -> Path:
     output = Path(config.output)
     judge = load_configured_judge(config)
-    judged = judge_answer_sets(judge, read_answer_sets(config.data))
+    try:
+        judged = judge_answer_sets(judge, read_answer_sets(config.data))
+    finally:
+        close = getattr(getattr(judge, "inner", judge), "close", None)  # an engine the judge started
+        if close is not None:
+            close()
     rows = [{"record": r, "a": i, "b": j, "prob_a": verdict.prob_a, "winner": verdict.winner,
              "confidence": verdict.confidence, "consistent": verdict.consistent,
              "length_a": len(item.answers[i]), "length_b": len(item.answers[j]), "rationale": verdict.rationale}

@@ -196,6 +196,17 @@ class VLLMSampler:
         settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=0.0)
         return [answers[0] for answers in self.sample([None] * len(prompt_ids), prompt_ids, 1, settings)]
 
+    def choice_logprobs(self, prompt_ids: list[list[int]], choices: list[int]) -> list[list[float]]:
+        """For each prompt, the engine's next-token log-probs of each token of ``choices`` (one token drawn,
+        restricted to the choices, so that they are the most likely and all reported)."""
+        from vllm import SamplingParams
+
+        self.wake_up()
+        params = SamplingParams(n=1, temperature=1.0, max_tokens=1, seed=0, logprobs=len(choices),
+                                allowed_token_ids=list(choices), detokenize=False)
+        outputs = self.llm.generate([{"prompt_token_ids": list(ids)} for ids in prompt_ids], params, use_tqdm=False)
+        return [[output.outputs[0].logprobs[0][token].logprob for token in choices] for output in outputs]
+
     def to_sample(self, prompt_index: int, completion) -> Sample:
         tokens, finished = cut_after_eos(list(completion.token_ids), self.tokenizer.eos_token_id)
         logprobs = [position[token].logprob for position, token in zip(completion.logprobs, tokens, strict=False)]
