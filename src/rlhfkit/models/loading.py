@@ -20,9 +20,89 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from rlhfkit.config import ConfigError
 from rlhfkit.data.chat import ensure_chat_template, use_end_of_turn_as_eos
 
 PAD_TOKEN = "<|pad|>"
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+HUB = "https://huggingface.co"
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether ``name`` is meant as a local path rather than a hub id (``org/name`` or ``name``)."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name or Path(name).exists()
+
+
+def hub_reachable(timeout: float = 5.0) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(HUB, method="HEAD"), timeout=timeout)
+    except urllib.error.HTTPError:
+        return True  # it answered
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def check_model_source(name_or_path: str, *, model: bool = True) -> None:
+    """A :class:`ConfigError` in one line, before transformers tries (and fails with a traceback, or
+    retries for a minute when offline), when ``name_or_path`` is a path that is not a Hugging Face model
+    folder, or a hub id that is neither in the local cache nor downloadable now. ``model=False``: only a
+    tokenizer is needed (a folder with tokenizer files and no config.json is fine)."""
+    import os
+
+    if looks_like_path(name_or_path):
+        folder = Path(name_or_path).expanduser()
+        expected = "expected a model folder written by save_pretrained (e.g. by rlhfkit tiny-model or a trainer)"
+        if not folder.exists():
+            raise ConfigError(f"model {name_or_path}: no such file or folder; {expected} or a hub id")
+        has_config = folder.is_dir() and (folder / "config.json").is_file()
+        has_tokenizer = folder.is_dir() and any((folder / name).is_file() for name in TOKENIZER_FILES)
+        if not has_config and (model or not has_tokenizer):
+            raise ConfigError(f"model {name_or_path}: not a Hugging Face model folder (no config.json); {expected}")
+        if not model and not has_tokenizer:
+            raise ConfigError(f"model {name_or_path}: the folder has no tokenizer ({', '.join(TOKENIZER_FILES)}); "
+                              "save the tokenizer beside the model (tokenizer.save_pretrained)")
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = [try_to_load_from_cache(name_or_path, name) for name in ("config.json", *TOKENIZER_FILES)]
+    if any(isinstance(path, str) for path in cached):
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or not hub_reachable():
+        raise ConfigError(f"model {name_or_path}: not a local folder, not in the Hugging Face cache, and {HUB} "
+                          "cannot be reached (offline): download it first or give a local folder")
+
+
+def position_limit(name_or_path: str) -> int | None:
+    """The most positions the model at ``name_or_path`` reads (its config's maximum), None if it says none."""
+    from transformers import AutoConfig
+
+    check_model_source(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"model {name_or_path}: its config.json cannot be read: {str(error).splitlines()[0]}") from None
+    config = getattr(config, "text_config", None) or config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def fit_max_length(requested: int, name_or_path: str, flag: str = "--max-length") -> int:
+    """``requested`` capped at the positions the model reads, said once when it is capped."""
+    from rlhfkit.console import console
+
+    limit = position_limit(name_or_path)
+    if limit is None or requested <= limit:
+        return requested
+    console.print(f"[yellow]{flag} {requested} is more than {name_or_path} reads ({limit} positions): using {limit}[/]")
+    return limit
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -47,6 +127,7 @@ def resolve_dtype(name: str = "auto", device: torch.device | None = None) -> tor
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """Load a tokenizer and give it a chat template, the template's end-of-turn token as EOS (see
     :func:`rlhfkit.data.chat.use_end_of_turn_as_eos`) and a pad token distinct from EOS."""
+    check_model_source(name_or_path, model=False)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     ensure_chat_template(tokenizer)
     use_end_of_turn_as_eos(tokenizer)
@@ -157,6 +238,7 @@ def load_causal_lm(
 
     With ``lora`` the returned model is a peft model whose base weights are frozen.
     """
+    check_model_source(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))

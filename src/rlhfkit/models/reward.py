@@ -36,6 +36,7 @@ from rlhfkit.models.loading import (
     check_family,
     disable_dropout,
     enable_checkpointing,
+    fit_max_length,
     load_tokenizer,
     resolve_device,
     resolve_dtype,
@@ -165,6 +166,7 @@ class RewardModel:
                         max_length: int = 1024) -> RewardModel:
         torch_device = resolve_device(device)
         tokenizer = load_tokenizer(str(path))
+        max_length = fit_max_length(max_length, str(path))
         model = load_sequence_classifier(str(path), resolve_dtype(dtype, torch_device))
         model.config.pad_token_id = tokenizer.pad_token_id
         disable_dropout(model)

@@ -10,6 +10,26 @@ from rlhfkit.console import console
 from rlhfkit.data.chat import encode_prompt
 
 
+def fit_prompts(prompt_ids: list[list[int]], config: GenerateConfig) -> list[list[int]]:
+    """The encoded prompts, each cut to its last tokens where prompt + ``--max-new-tokens`` would pass the
+    positions the model reads (counted and said); a ConfigError when no prompt token would fit."""
+    from rlhfkit.config import ConfigError
+    from rlhfkit.models.loading import position_limit
+
+    limit = position_limit(config.model)
+    if limit is None:
+        return prompt_ids
+    room = limit - config.max_new_tokens
+    if room < 1:
+        raise ConfigError(f"--max-new-tokens {config.max_new_tokens}: {config.model} reads at most {limit} "
+                          f"positions, prompt included; use at most {limit - 1}")
+    cut = sum(len(ids) > room for ids in prompt_ids)
+    if cut:
+        console.print(f"[yellow]generate: {cut} of {len(prompt_ids)} prompts keep only their last {room} tokens "
+                      f"({config.model} reads {limit} positions, --max-new-tokens {config.max_new_tokens})[/]")
+    return [ids[-room:] if len(ids) > room else ids for ids in prompt_ids]
+
+
 def run_generate(config: GenerateConfig) -> Path:
     """Sample ``num_samples`` answers per prompt and write ``{"prompt", "responses"}`` JSONL."""
     from transformers import set_seed
@@ -29,9 +49,9 @@ def run_generate(config: GenerateConfig) -> Path:
     prompts = [r.prompt for r in records]
     settings = SamplingSettings(config.max_new_tokens, config.temperature, config.top_p, config.batch_size,
                                 config.seed)
+    prompt_ids = fit_prompts([encode_prompt(tokenizer, p) for p in prompts], config)
     try:
-        samples = sampler.sample(prompts, [encode_prompt(tokenizer, p) for p in prompts], config.num_samples,
-                                 settings, show_progress=True)
+        samples = sampler.sample(prompts, prompt_ids, config.num_samples, settings, show_progress=True)
     finally:
         sampler.close()
     output = Path(config.output)

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rlhfkit.config import ConfigError, DPOConfig
+from rlhfkit.models.loading import fit_max_length
 from rlhfkit.rollout.logprobs import sequence_logps, supports_logit_mask
 from rlhfkit.train.dpo_batch import LOSS_NAMES, PAIR_LOSSES, LikelihoodWatch, needs_reference, training_loss
 from rlhfkit.train.dpo_data import PreferenceExample, collate_examples, tokenize_pairs
@@ -67,6 +68,7 @@ def run_dpo(config: DPOConfig, on_step: Callable[[int], None] | None = None) -> 
     model). ``--online`` runs :func:`~rlhfkit.train.online_dpo.run_online_dpo` instead. ``on_step(step)``
     is called after every optimizer step (tests use it to interrupt a run)."""
     check_config(config)
+    config.max_length = fit_max_length(config.max_length, config.model)
     if config.online:
         return run_online_dpo(config)
     return train_dpo_offline(config, on_step)

@@ -53,7 +53,7 @@ from rlhfkit.config_parse import save_config
 from rlhfkit.console import console, progress_bar
 from rlhfkit.data import load_prompts
 from rlhfkit.data.chat import encode_prompt
-from rlhfkit.models import load_tokenizer, resolve_device, resolve_dtype, save_model
+from rlhfkit.models import fit_max_length, load_tokenizer, resolve_device, resolve_dtype, save_model
 from rlhfkit.rewards import RewardFunction, load_reward_function
 from rlhfkit.rl_losses import ADVANTAGE_ESTIMATORS, GROUP_ESTIMATORS, KLController, compute_advantages
 from rlhfkit.rollout.engines import policy_engine, resolve_engine
@@ -127,6 +127,10 @@ class PPOTrainer:
         self.accelerator = accelerator = make_accelerator(config)
         self.samples_per_prompt = check_config(config, accelerator.num_processes)
         self.tokenizer = load_tokenizer(config.policy)
+        config.max_length = fit_max_length(config.max_length, config.policy, "--max-length (prompt + answer)")
+        if config.max_length - config.max_new_tokens <= 0:
+            raise ConfigError(f"--max-new-tokens {config.max_new_tokens} leaves no room for prompts in the "
+                              f"{config.max_length} positions {config.policy} reads")
         self.load_prompts()
         dtype = resolve_dtype(config.dtype, resolve_device(config.device))
         policy, reference, critic = load_ppo_models(config, self.tokenizer, dtype, accelerator.device)

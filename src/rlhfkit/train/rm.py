@@ -31,7 +31,14 @@ from rlhfkit.data.readers import load_records
 from rlhfkit.data.records import is_ranking_record, ranked_index_pairs
 from rlhfkit.evaluate.preferences import pairwise_report
 from rlhfkit.losses import bradley_terry_loss
-from rlhfkit.models import load_tokenizer, lora_settings, resolve_device, resolve_dtype, save_model
+from rlhfkit.models import (
+    fit_max_length,
+    load_tokenizer,
+    lora_settings,
+    resolve_device,
+    resolve_dtype,
+    save_model,
+)
 from rlhfkit.models.prefix import TreeBatch, group_cost, tree_support
 from rlhfkit.models.reward import (
     OFFSET_KEY,
@@ -175,6 +182,7 @@ def run_rm(config: RMConfig) -> Path:
     """Train a reward model on ``config.data``; returns the output folder."""
     accelerator = make_accelerator(config)
     tokenizer = load_tokenizer(config.model)
+    config.max_length = fit_max_length(config.max_length, config.model)
     train_groups, eval_groups = load_train_and_held_out(load_comparison_groups, config)
     train_set = [tokenize_group(tokenizer, g, config.max_length, config.use_margin) for g in train_groups]
     eval_set = [tokenize_group(tokenizer, g, config.max_length, config.use_margin) for g in eval_groups]

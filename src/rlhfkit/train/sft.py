@@ -28,6 +28,7 @@ from rlhfkit.data import load_demonstrations
 from rlhfkit.data.chat import IGNORE_INDEX, TokenizedExample, tokenize_demonstration
 from rlhfkit.losses import sft_loss
 from rlhfkit.models import (
+    fit_max_length,
     load_causal_lm,
     load_tokenizer,
     lora_settings,
@@ -174,6 +175,7 @@ def run_sft(config: SFTConfig, on_step=None) -> Path:
     """
     accelerator = make_accelerator(config)
     tokenizer = load_tokenizer(config.model)
+    config.max_length = fit_max_length(config.max_length, config.model)
     train_demos, eval_demos = load_train_and_held_out(load_demonstrations, config)
     examples = tokenize_demonstrations(tokenizer, train_demos, config.max_length, config.data)
     eval_examples = tokenize_demonstrations(tokenizer, eval_demos, config.max_length, "held-out") if eval_demos else []
