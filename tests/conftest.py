@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -54,3 +55,28 @@ def tokenizer(tiny_model_dir):
     from rlhfkit.models import load_tokenizer
 
     return load_tokenizer(str(tiny_model_dir))
+
+
+REWARDS = '''
+def blue(prompts, responses):
+    """One point per occurrence of the word 'blue': the optimum says 'blue' on every token."""
+    return [float(r.count("blue")) for r in responses]
+
+def broken(prompts, responses):
+    return [float("nan")] * len(responses)
+
+def too_few(prompts, responses):
+    return [0.0]
+'''
+
+
+@pytest.fixture(scope="session")
+def rl_files(tmp_path_factory):
+    """64 chat prompts and reward functions for the RL tests: blue (one point per 'blue'), broken (NaN),
+    too_few (one score for many answers)."""
+    folder = tmp_path_factory.mktemp("rl")
+    (folder / "rewards.py").write_text(REWARDS)
+    with (folder / "prompts.jsonl").open("w") as handle:
+        for i in range(64):
+            handle.write(json.dumps({"prompt": [{"role": "user", "content": f"Tell me about number {i}."}]}) + "\n")
+    return folder

@@ -23,28 +23,6 @@ from rlhfkit.train.ppo import (
     run_ppo,
 )
 
-REWARDS = '''
-def blue(prompts, responses):
-    """One point per occurrence of the word 'blue': the optimum says 'blue' on every token."""
-    return [float(r.count("blue")) for r in responses]
-
-def broken(prompts, responses):
-    return [float("nan")] * len(responses)
-
-def too_few(prompts, responses):
-    return [0.0]
-'''
-
-
-@pytest.fixture(scope="module")
-def rl_files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("rl")
-    (folder / "rewards.py").write_text(REWARDS)
-    with (folder / "prompts.jsonl").open("w") as handle:
-        for i in range(64):
-            handle.write(json.dumps({"prompt": [{"role": "user", "content": f"Tell me about number {i}."}]}) + "\n")
-    return folder
-
 
 def ppo_config(model_dir, rl_files, output, **overrides):
     settings = dict(policy=str(model_dir), reward=f"{rl_files / 'rewards.py'}:blue", prompts=str(rl_files / "prompts.jsonl"),

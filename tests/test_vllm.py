@@ -173,22 +173,6 @@ def test_a_sync_that_silently_fails_is_caught_by_the_probe(failure, vllm_familie
 
 # -- the trainers with --engine vllm --------------------------------------------------------------------
 
-REWARDS = '''
-def blue(prompts, responses):
-    return [float(r.count("blue")) for r in responses]
-'''
-
-
-@pytest.fixture(scope="module")
-def rl_files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("rl-vllm")
-    (folder / "rewards.py").write_text(REWARDS)
-    with (folder / "prompts.jsonl").open("w") as handle:
-        for i in range(64):
-            handle.write(json.dumps({"prompt": [{"role": "user", "content": f"Tell me about number {i}."}]}) + "\n")
-    return folder
-
-
 def ppo_settings(folder, rl_files, output, **overrides) -> dict:
     settings = dict(policy=str(folder), reward=f"{rl_files / 'rewards.py'}:blue", prompts=str(rl_files / "prompts.jsonl"),
                     output=str(output), device="cpu", prompts_per_step=16, samples_per_prompt=4, max_new_tokens=8,

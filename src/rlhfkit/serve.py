@@ -190,12 +190,6 @@ class ChatEngine:
 ROLES = ("system", "user", "assistant")
 
 
-def context_length(model) -> int | None:
-    """The most positions the model reads (None when its config does not say)."""
-    config = model.config
-    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-
-
 def checked_request(engine: ChatEngine, request: ChatRequest) -> tuple[list[dict], int]:
     """The request's messages and answer length, or a ``ValueError`` saying what is wrong with them: roles
     other than system, user and assistant, no user message, or a prompt and answer longer than the model reads."""
@@ -265,8 +259,8 @@ def load_engine(model: str, device: str = "auto", dtype: str = "auto", max_batch
                 name: str | None = None, engine: EngineConfig | None = None) -> ChatEngine:
     """The chat engine of the model folder (or hub id) ``model``, sampling with ``engine.engine``."""
     from rlhfkit.models import load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
+    from rlhfkit.models.loading import position_limit
     from rlhfkit.rollout.engines import resolve_engine, start_vllm
-    from rlhfkit.rollout.vllm_engine import model_positions
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
@@ -279,10 +273,10 @@ def load_engine(model: str, device: str = "auto", dtype: str = "auto", max_batch
     if resolve_engine(engine.engine, torch_device) == "vllm":
         sampler = start_vllm(engine, model, tokenizer, torch_dtype, 0, beside_trainer=False)
         return ChatEngine(sampler, tokenizer, name or model, max_batch, model=load_model,
-                          context=engine.engine_max_model_len or model_positions(model))
+                          context=engine.engine_max_model_len or position_limit(model))
     policy = load_model()
     return ChatEngine(HFSampler(policy, tokenizer), tokenizer, name or model, max_batch, model=policy,
-                      context=context_length(policy))
+                      context=position_limit(model))
 
 
 def run_serve(config) -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from rlhfkit.models.loading import position_limit
 from rlhfkit.rollout.generate import Sample, cut_after_eos
 from rlhfkit.rollout.sampler import SamplingSettings
 
@@ -100,16 +101,6 @@ def quiet_vllm_logs() -> None:
             target.addFilter(DropKnownNoise())
 
 
-def model_positions(model_dir: str | Path) -> int | None:
-    """The longest sequence a model folder's config.json allows (None when it cannot be read)."""
-    path = Path(model_dir) / "config.json"
-    if not path.is_file():
-        return None
-    config = json.loads(path.read_text(encoding="utf-8"))
-    config = config.get("text_config", config)
-    return config.get("max_position_embeddings", config.get("n_positions"))
-
-
 def check_cpu_head_size(model_dir: str | Path) -> None:
     """vLLM's CPU attention supports some head sizes only; say so before the engine fails mid-sampling."""
     from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
@@ -152,7 +143,7 @@ class VLLMSampler:
         if platform == "cpu":
             # a prompt prefilled in chunks makes vLLM 0.32 rewind a seeded request's generator, which CPU
             # generators cannot do ("CPU Generator does not use offset"): prefill each prompt whole
-            longest = max_model_len or model_positions(model_dir) or 8192
+            longest = max_model_len or position_limit(str(model_dir)) or 8192
             options.update(enable_chunked_prefill=False, max_num_batched_tokens=max(8192, longest))
         else:
             options["gpu_memory_utilization"] = gpu_memory_utilization
