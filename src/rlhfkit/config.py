@@ -135,6 +135,13 @@ class TrainConfig(ModelConfig):
     weight_decay: float = option(0.0, "AdamW weight decay.", minimum=0)
     max_grad_norm: float = option(1.0, "Clip the global gradient norm to this (0: no clipping).", minimum=0)
     gradient_checkpointing: bool = option(False, "Recompute activations in backward to save memory.")
+    fsdp: bool = option(False, "Shard parameters, gradients and optimizer states over the processes with torch "
+                               "FSDP2, per decoder layer (launch with torchrun; bf16 compute with fp32 master "
+                               "weights on GPUs); checkpoints are sharded, the final model a plain HF folder.")
+    fsdp_offload: bool = option(False, "--fsdp on a GPU: keep parameters and optimizer states in CPU memory "
+                                       "between uses (slower; for models that do not fit otherwise).")
+    dist_timeout: int = option(600, "Seconds a process waits for the others in a collective before the run "
+                                    "fails (a dead or stuck process).", minimum=1)
     log_every: int = option(10, "Log metrics every N optimizer steps.", minimum=1)
     eval_every: int = option(0, "Evaluate on the held-out split every N steps (0: only at the end).", minimum=0)
     eval_split: float = option(0.05, "Fraction of the data held out for evaluation (0: none).", minimum=0, less_than=1)

@@ -42,6 +42,7 @@ from rlhfkit.console import progress_bar
 from rlhfkit.data.chat import encode_prompt, pad_batch
 from rlhfkit.models.loading import accepts_logits_to_keep
 from rlhfkit.models.prefix import MASK_IMPLEMENTATIONS, prompt_cache, unwrap_hf_model
+from rlhfkit.models.sharded import all_done, inference, sharded
 
 
 @dataclass
@@ -61,7 +62,7 @@ def cut_after_eos(token_ids: list[int], eos_token_id: int) -> tuple[list[int], b
     return token_ids, False
 
 
-@torch.inference_mode()
+@inference
 def sample_responses(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -109,7 +110,7 @@ def sample_responses(
             else:
                 cache = prefilled[0] if prefilled is not None else None
                 out = model.generate(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache,
-                                     **options)
+                                     synced_gpus=sharded(model), **options)
                 new_tokens = out[:, input_ids.shape[1] :].tolist()
             for (prompt_index, _), tokens in zip(batch, new_tokens, strict=True):
                 answer, finished = cut_after_eos(tokens, tokenizer.eos_token_id)
@@ -242,7 +243,7 @@ def decode(model, cache: DynamicCache, next_logits: torch.Tensor, input_ids: tor
         sequences[:, end] = tokens.masked_fill(done, pad_token_id)
         done |= tokens == eos_token_id
         end += 1
-        if end == width + max_new_tokens or done.all():
+        if end == width + max_new_tokens or all_done(model, done):
             break
         logits = model(input_ids=sequences[:, end - 1 : end], attention_mask=mask[..., :end], position_ids=positions,
                        past_key_values=cache, use_cache=True, **keep).logits[:, -1]

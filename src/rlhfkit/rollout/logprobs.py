@@ -28,6 +28,7 @@ from rlhfkit.losses import token_logprobs
 from rlhfkit.models.loading import accepts_logits_to_keep
 from rlhfkit.models.prefix import TreeBatch, continue_from_cache, prompt_cache, tree_forward
 from rlhfkit.models.reward import position_ids_from_mask
+from rlhfkit.models.sharded import inference
 from rlhfkit.rl_losses import entropy_from_logprobs
 
 # ---------------------------------------------------------------------------------------------------
@@ -237,7 +238,7 @@ def _device_of(model) -> torch.device:
     return next(model.parameters()).device
 
 
-@torch.inference_mode()
+@inference
 def answer_logprob_sums(model, tokenizer, prompt_ids: list[list[int]], responses_token_ids: list[list[int]],
                         temperature: float = 1.0, *, batch_size: int = 16) -> list[float]:
     """``Σ_t log model(y_t | x, y_<t)`` over each answer's tokens, at the sampling ``temperature`` (1 for

@@ -21,6 +21,7 @@ from rlhfkit.rollout.generate import sample_responses
 from rlhfkit.rollout.logprobs import answer_logprob_sums, sequence_logps
 from rlhfkit.train.dpo_data import collate_examples, rows
 from rlhfkit.train.dpo_reference import Reference, reference_logps
+from rlhfkit.train.sharding import eval_share
 
 PAIR_LOSSES = DPO_LOSSES
 LOSS_NAMES = (*DPO_LOSSES, *UNPAIRED_LOSSES)
@@ -148,7 +149,7 @@ def training_loss(model, batch, normalizer, config, reference, logit_mask, watch
 def held_out_metrics(model, examples, config, reference, pad_token_id, logit_mask, accelerator,
                      share_prompt: bool = False) -> dict[str, float]:
     """Loss, preference accuracy and implicit-reward margins over held-out examples (summed, then divided)."""
-    mine = examples[accelerator.process_index :: accelerator.num_processes]
+    mine = eval_share(examples, accelerator)
     totals: dict[str, torch.Tensor] = {}
     for start in range(0, len(mine), config.batch_size):
         batch = collate_examples(mine[start : start + config.batch_size], pad_token_id, share_prompt)
@@ -173,7 +174,7 @@ def kl_to_reference(policy, reference: Reference, tokenizer, prompts: list, conf
                     accelerator) -> dict[str, float]:
     """KL(policy ‖ reference) on ``prompts``: answers sampled from the policy, Σ_t log π - log π_ref over
     their tokens (log-probs at the sampling temperature), averaged over answers."""
-    mine = prompts[accelerator.process_index :: accelerator.num_processes]
+    mine = eval_share(prompts, accelerator)
     total = torch.zeros(3, device=accelerator.device)  # [summed KL, answers, answer tokens]
     if mine:
         prompt_ids = [encode_prompt(tokenizer, prompt) for prompt in mine]

@@ -19,7 +19,6 @@ from rlhfkit.models import (
     lora_settings,
     resolve_device,
     resolve_dtype,
-    save_model,
 )
 from rlhfkit.models.prefix import group_cost, tree_support
 from rlhfkit.rollout.logprobs import supports_logit_mask
@@ -40,6 +39,7 @@ from rlhfkit.train.dpo_reference import (
 )
 from rlhfkit.train.offline import Stage, train
 from rlhfkit.train.optimizer import make_accelerator
+from rlhfkit.train.sharding import save_final_model
 
 
 def load_policy(config: DPOConfig, tokenizer, device):
@@ -124,10 +124,10 @@ def train_dpo_offline(config: DPOConfig, on_step: Callable[[int], None] | None =
     )
     trained = train(config, accelerator, model, stage, on_step=after_step)
     output = Path(config.output)
+    save_final_model(accelerator, trained, tokenizer, output)
     if main:
         if last_eval:
             (output / "eval.json").write_text(json.dumps(last_eval, indent=2))
-        save_model(trained, tokenizer, output)
         console.print(f"dpo: model saved to {output}")
     accelerator.wait_for_everyone()
     return output

@@ -27,10 +27,18 @@ class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
 
 
-def make_accelerator(config: TrainConfig) -> Accelerator:
+def make_accelerator(config: TrainConfig):
+    """accelerate's ``Accelerator`` (one process, or data parallelism under ``accelerate launch`` /
+    ``torchrun``), or with ``--fsdp`` the FSDP2 one of ``sharding.py``, which offers the same calls."""
     from rlhfkit.models import resolve_device
 
-    accelerator = Accelerator(cpu=resolve_device(config.device).type == "cpu")
+    device = resolve_device(config.device)
+    if config.fsdp:
+        from rlhfkit.train.sharding import ShardedAccelerator
+
+        accelerator = ShardedAccelerator(config, device)
+    else:
+        accelerator = Accelerator(cpu=device.type == "cpu")
     set_seed(config.seed)
     return accelerator
 
@@ -49,6 +57,16 @@ def make_optimizer(param_groups: list, **options) -> torch.optim.AdamW:
     return torch.optim.AdamW(param_groups, fused=fused or None, **options)
 
 
+def finite_everywhere(accelerator, loss: torch.Tensor) -> bool:
+    """Whether ``loss`` is finite on every process. All processes stop together on one's NaN: a process
+    that stopped alone would leave the others waiting in the backward pass's collectives."""
+    finite = bool(torch.isfinite(loss))
+    if accelerator.num_processes == 1:
+        return finite
+    flag = torch.tensor([0.0 if finite else 1.0], device=accelerator.device)
+    return accelerator.reduce(flag, reduction="sum").item() == 0
+
+
 MicroBatchLoss = Callable[[], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 """One micro-batch's forward pass: ``() -> (loss, {metric: value})``, the loss a share of the global mean."""
 
@@ -59,8 +77,9 @@ def optimizer_step(accelerator: Accelerator, models: Sequence[torch.nn.Module], 
     """Accumulate the gradients of ``micro_batches`` (run in order) into ``models`` and take one step.
 
     Returns the metrics summed over the micro-batches (tensors, this process only) and the gradient norm
-    of each model before clipping (empty without ``max_grad_norm``). A non-finite loss raises
-    :class:`TrainingError` with the message ``non_finite(loss)``, before its backward pass.
+    of each model before clipping (empty without ``max_grad_norm``). A non-finite loss on any process
+    raises :class:`TrainingError` on all of them, with the message ``non_finite(loss)``, before the
+    backward pass.
     """
     totals: dict[str, torch.Tensor] = {}
     for k, micro_batch in enumerate(micro_batches):
@@ -69,8 +88,8 @@ def optimizer_step(accelerator: Accelerator, models: Sequence[torch.nn.Module], 
                 for model in models:
                     stack.enter_context(accelerator.no_sync(model))
             loss, metrics = micro_batch()
-            if not torch.isfinite(loss):
-                raise TrainingError(non_finite(loss))
+            if not finite_everywhere(accelerator, loss):  # said with this process's loss, or NaN for another's
+                raise TrainingError(non_finite(loss if not torch.isfinite(loss) else torch.tensor(float("nan"))))
             accelerator.backward(loss * accelerator.num_processes)
         for name, value in metrics.items():
             value = torch.as_tensor(value).detach().float()

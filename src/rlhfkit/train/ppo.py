@@ -53,7 +53,7 @@ from rlhfkit.config_parse import save_config
 from rlhfkit.console import console, progress_bar
 from rlhfkit.data import load_prompts
 from rlhfkit.data.chat import encode_prompt
-from rlhfkit.models import fit_max_length, load_tokenizer, resolve_device, resolve_dtype, save_model
+from rlhfkit.models import fit_max_length, load_tokenizer, resolve_device, resolve_dtype
 from rlhfkit.rewards import RewardFunction, load_reward_function
 from rlhfkit.rl_losses import ADVANTAGE_ESTIMATORS, GROUP_ESTIMATORS, KLController, compute_advantages
 from rlhfkit.rollout.engines import policy_engine, resolve_engine
@@ -74,6 +74,7 @@ from rlhfkit.train.ppo_models import (
 from rlhfkit.train.ppo_sampling import extra_prompts, generate_rollout, sample_scored_batch, sampling_seed
 from rlhfkit.train.ppo_update import ppo_update
 from rlhfkit.train.run_record import run_record
+from rlhfkit.train.sharding import is_sharded, save_final_model
 
 # names tests and callers import from here
 __all__ = ["PPOTrainer", "Rollout", "ValueModel", "compute_advantages", "load_critic", "response_logprobs",
@@ -97,6 +98,9 @@ def check_config(config: PPOConfig, num_processes: int) -> int:
     if config.dynamic_sampling and config.estimator not in GROUP_ESTIMATORS:
         raise ConfigError(f"--dynamic-sampling compares the answers to one prompt: it needs a group estimator "
                           f"({', '.join(sorted(GROUP_ESTIMATORS))}), not --estimator {config.estimator}")
+    if config.fsdp and config.dynamic_sampling:
+        raise ConfigError("--dynamic-sampling with --fsdp is not supported yet: processes would sample a "
+                          "different number of rounds, and every forward of a sharded model is collective")
     if config.prompts_per_step % num_processes:
         raise ConfigError(f"--prompts-per-step {config.prompts_per_step} must divide among {num_processes} processes")
     rollout_size = config.prompts_per_step // num_processes * samples
@@ -151,6 +155,8 @@ class PPOTrainer:
         self.share_prompts = prompt_sharing(self.samples_per_prompt, [m for m in (policy, reference) if m is not None])
         trained = [m.to(accelerator.device) for m in (policy, critic) if m is not None]
         *trained, self.optimizer = accelerator.prepare(*trained, optimizer)
+        if reference is not None and is_sharded(accelerator):  # sharded for inference too
+            reference = accelerator.shard(reference)
         self.models = PPOModels(accelerator, trained[0], reference, trained[1] if critic else None,
                                 config.temperature)
         self.sampler, self.sync = policy_engine(config, self.models.unwrapped_policy(), self.tokenizer, config.policy,
@@ -312,10 +318,10 @@ class PPOTrainer:
         """The final checkpoint, the policy (and critic) as HF folders."""
         accelerator = self.accelerator
         save_checkpoint(accelerator, output, self.steps, self.scheduler, {"beta": self.kl.beta, **self.record})
+        save_final_model(accelerator, self.models.unwrapped_policy(), self.tokenizer, output)
+        if self.critic is not None:
+            save_final_model(accelerator, accelerator.unwrap_model(self.critic).model, self.tokenizer, output / "critic")
         if accelerator.is_main_process:
-            save_model(self.models.unwrapped_policy(), self.tokenizer, output)
-            if self.critic is not None:
-                save_model(accelerator.unwrap_model(self.critic).model, self.tokenizer, output / "critic")
             console.print(f"ppo: policy saved to {output}")
         if writer is not None:
             writer.close()

@@ -37,7 +37,6 @@ from rlhfkit.models import (
     lora_settings,
     resolve_device,
     resolve_dtype,
-    save_model,
 )
 from rlhfkit.models.prefix import TreeBatch, group_cost, tree_support
 from rlhfkit.models.reward import (
@@ -50,6 +49,7 @@ from rlhfkit.models.reward import (
 from rlhfkit.train.batches import load_train_and_held_out
 from rlhfkit.train.offline import Stage, train
 from rlhfkit.train.optimizer import make_accelerator
+from rlhfkit.train.sharding import eval_share, is_sharded, save_final_model
 
 
 @dataclass
@@ -154,12 +154,12 @@ def reward_differences(model, groups: list[TokenizedGroup], pad_token_id: int, b
 
 def evaluate_groups(model, groups: list[TokenizedGroup], pad_token_id: int, batch_size: int, accelerator) -> dict:
     """The pairwise report over held-out groups (sharded over processes, gathered)."""
-    mine = groups[accelerator.process_index :: accelerator.num_processes]
+    mine = eval_share(groups, accelerator)
     with torch.no_grad():
         differences = reward_differences(model, mine, pad_token_id, batch_size, accelerator.device)
     sources = [g.source for g in mine for _ in g.pairs]
     rows = list(zip(differences, sources, strict=True))
-    if accelerator.num_processes > 1:
+    if accelerator.num_processes > 1 and not is_sharded(accelerator):  # sharded: every process has all
         rows = gather_object(rows)
     return pairwise_report([d for d, _ in rows], [s for _, s in rows])
 
@@ -225,8 +225,8 @@ def run_rm(config: RMConfig) -> Path:
     if eval_set and accelerator.is_main_process:  # the loop evaluated the final model last
         (output / "eval.json").write_text(json.dumps(last_report, indent=2))
         print_report(last_report, f"Reward model on {last_report['pairs']} held-out pairs")
+    save_final_model(accelerator, trained, tokenizer, output)
     if accelerator.is_main_process:
-        save_model(trained, tokenizer, output)
         if config.normalize_with:
             normalize_reward_model(output, config.normalize_with, config.batch_size, config.max_length)
         console.print(f"rm: reward model saved to {output}")

@@ -34,12 +34,12 @@ from rlhfkit.models import (
     lora_settings,
     resolve_device,
     resolve_dtype,
-    save_model,
 )
 from rlhfkit.models.prefix import TreeBatch, flat_forward, packing_layout, tree_forward
 from rlhfkit.train.batches import load_train_and_held_out
 from rlhfkit.train.offline import Stage, train
 from rlhfkit.train.optimizer import make_accelerator
+from rlhfkit.train.sharding import eval_share, save_final_model
 
 log = logging.getLogger("rlhfkit.sft")
 
@@ -154,7 +154,7 @@ def sft_batch_loss(model, batch: dict[str, torch.Tensor], normalizer: float):
 
 def held_out_loss(model, examples: list[TokenizedExample], pad_token_id: int, batch_size: int, accelerator) -> dict:
     """Token-mean loss and perplexity over ``examples`` (sharded over processes, sums reduced)."""
-    mine = examples[accelerator.process_index :: accelerator.num_processes]
+    mine = eval_share(examples, accelerator)
     total = torch.zeros(2, device=accelerator.device)  # [summed nll, target tokens]
     for start in range(0, len(mine), batch_size):
         batch = collate_right_padded(mine[start : start + batch_size], pad_token_id)
@@ -212,8 +212,8 @@ def run_sft(config: SFTConfig, on_step=None) -> Path:
         length=lambda example: len(example.input_ids),
     )
     trained = train(config, accelerator, model, stage, on_step=on_step)
+    save_final_model(accelerator, trained, tokenizer, config.output)
     if accelerator.is_main_process:
-        save_model(trained, tokenizer, config.output)
         console.print(f"sft: model saved to {config.output}")
     accelerator.wait_for_everyone()
     return Path(config.output)

@@ -1,0 +1,197 @@
+"""Sharded training (``--fsdp``, torch FSDP2 on gloo): 2 processes under torchrun against 1 process.
+
+Every run is a real ``torchrun -m rlhfkit ...`` on tiny Llama models. SFT, RM and DPO compare the
+2-process sharded run with a plain 1-process run at equal global batch (the data order and the
+normaliser are global, so the curves match). PPO samples each process's prompts with that process's
+seeds, so its 2-process sharded run is compared with the 2-process data-parallel run instead (the
+same samples), which the existing data-parallel tests tie to one process for the offline stages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import torch
+from safetensors.torch import load_file
+
+pytestmark = pytest.mark.slow
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "RLHFKIT_NO_PROGRESS": "1"}
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "rlhfkit"]
+ONE = [sys.executable, "-m", "rlhfkit"]
+
+
+def run(command: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-6000:])
+    return result
+
+
+def losses(output, key="loss") -> list[float]:
+    rows = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    return [r[key] for r in rows if key in r]
+
+
+def weights(folder) -> dict[str, torch.Tensor]:
+    return load_file(folder / "model.safetensors")
+
+
+def assert_same_weights(a: dict, b: dict, tolerance: float) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].dtype == b[name].dtype, name
+        assert (a[name] - b[name]).abs().max().item() <= tolerance, name
+
+
+def pairs(count: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(count):
+        topic = rng.choice(["tea", "rain", "maps", "bread"])
+        rows.append({"prompt": f"Tell me about {topic} {i}.", "chosen": f"Blue {topic} is calm and blue.",
+                     "rejected": f"{topic} no."})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def pair_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in pairs(48, seed=0)))
+    return path
+
+
+def offline_command(stage: str, model, data, output, batch: int, *extra: str) -> list[str]:
+    source = "--policy" if stage == "dpo" else "--model"
+    return [stage, source, str(model), "--data", str(data), "--output", str(output), "--batch-size", str(batch),
+            "--learning-rate", "3e-3", "--max-steps", "10", "--max-length", "96", "--eval-split", "0.1",
+            "--log-every", "1", "--save-every", "0", "--device", "cpu", "--seed", "3", "--warmup-ratio", "0",
+            *extra]
+
+
+@pytest.mark.parametrize("stage", ["sft", "rm", "dpo"])
+def test_two_sharded_processes_match_one_process(tmp_path, tiny_llama_dir, example_files, pair_file, stage):
+    data = example_files["demonstrations"] if stage == "sft" else pair_file
+    one, two = tmp_path / "one", tmp_path / "two"
+    run([*ONE, *offline_command(stage, tiny_llama_dir, data, one, 4)])
+    result = run([*TORCHRUN, *offline_command(stage, tiny_llama_dir, data, two, 2, "--fsdp")])
+    assert "2 processes" in result.stdout + result.stderr
+    one_curve, two_curve = losses(one), losses(two)
+    assert len(one_curve) == len(two_curve) == 10
+    assert two_curve == pytest.approx(one_curve, abs=1e-4)
+    assert two_curve[-1] < two_curve[0]
+    # the gathered HF folder: the 1-process weights, loadable by plain HF
+    assert_same_weights(weights(one), weights(two), 1e-4)
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    auto = AutoModelForSequenceClassification if stage == "rm" else AutoModelForCausalLM
+    ids = torch.tensor([[5, 9, 11, 3, 7]])
+    with torch.no_grad():
+        a, b = auto.from_pretrained(one)(input_ids=ids).logits, auto.from_pretrained(two)(input_ids=ids).logits
+    assert torch.allclose(a, b, atol=1e-4)
+    # each process held about half the parameters and AdamW states (the tensors' bytes)
+    held = json.loads(next((two / "checkpoints").glob("step-*/sharding.json")).read_text())["bytes_per_process"]
+    whole = sum(t.numel() * t.element_size() for t in weights(one).values())
+    for process in held:
+        assert process["parameters"] <= 0.55 * whole, (process, whole)
+        assert process["optimizer"] <= 0.55 * 2 * whole + 1024, (process, whole)  # two moments (+ step counts)
+
+
+def ppo_command(model, rl_files, output, estimator: str, *extra: str) -> list[str]:
+    return ["ppo", "--policy", str(model), "--reward", f"{rl_files / 'rewards.py'}:blue",
+            "--prompts", str(rl_files / "prompts.jsonl"), "--output", str(output), "--device", "cpu",
+            "--estimator", estimator, "--prompts-per-step", "8", "--samples-per-prompt", "4",
+            "--max-new-tokens", "8", "--learning-rate", "1e-2", "--batch-size", "64", "--log-every", "1",
+            "--eval-split", "0", "--save-every", "0", "--warmup-ratio", "0", "--beta", "0.2",
+            "--sample-every", "0", "--max-steps", "6", *extra]
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "gae"])
+def test_sharded_ppo_matches_data_parallel_ppo(tmp_path, tiny_llama_dir, rl_files, estimator):
+    ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rlhfkit"]
+    run([*launch, *ppo_command(tiny_llama_dir, rl_files, ddp, estimator)])
+    run([*TORCHRUN, *ppo_command(tiny_llama_dir, rl_files, fsdp, estimator, "--fsdp")])
+    for key in ("score", "policy_loss", "kl_k1", "grad_norm"):
+        expected, got = losses(ddp, key), losses(fsdp, key)
+        assert len(got) == 6
+        assert got == pytest.approx(expected, abs=1e-4), key
+    assert_same_weights(weights(ddp), weights(fsdp), 1e-4)
+    if estimator == "gae":
+        assert_same_weights(weights(ddp / "critic"), weights(fsdp / "critic"), 1e-4)
+
+
+def test_a_killed_rank_stops_the_run_and_resume_gives_the_uninterrupted_weights(tmp_path, tiny_llama_dir,
+                                                                                example_files):
+    data = example_files["demonstrations"]
+
+    def command(output, *extra):
+        return [*TORCHRUN, "sft", "--model", str(tiny_llama_dir), "--data", str(data), "--output", str(output),
+                "--batch-size", "2", "--learning-rate", "1e-3", "--max-steps", "60", "--max-length", "96",
+                "--eval-split", "0", "--log-every", "1", "--save-every", "5", "--device", "cpu", "--seed", "3",
+                "--fsdp", *extra]
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run(command(straight))
+    launcher = subprocess.Popen(command(killed), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)
+    deadline = time.monotonic() + 120
+    while not (killed / "checkpoints" / "step-0000010").exists():
+        assert launcher.poll() is None and time.monotonic() < deadline, "the run ended before step 10"
+        time.sleep(0.05)
+    ranks = psutil.Process(launcher.pid).children()
+    assert len(ranks) == 2
+    os.kill(ranks[-1].pid, signal.SIGKILL)
+    started = time.monotonic()
+    _, stderr = launcher.communicate(timeout=60)  # the other rank is stopped too: no hang
+    assert launcher.returncode != 0
+    assert time.monotonic() - started < 60
+    assert "SIGKILL" in stderr or "Signal 9" in stderr, stderr[-3000:]
+    assert not (killed / "model.safetensors").exists()
+    run(command(killed, "--resume"))
+    assert_same_weights(weights(straight), weights(killed), 0.0)
+    assert losses(killed)[-10:] == pytest.approx(losses(straight)[-10:], abs=0)
+
+
+NAN_SCRIPT = """
+import sys, torch
+from rlhfkit.config import SFTConfig
+from rlhfkit.train.optimizer import TrainingError, make_accelerator, make_optimizer, optimizer_step
+
+config = SFTConfig(model="unused", data="unused", output="unused", device="cpu", fsdp=sys.argv[1] == "fsdp")
+accelerator = make_accelerator(config)
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+model._no_split_modules = ["Linear"]
+optimizer = make_optimizer([{"params": list(model.parameters())}], lr=1e-2)
+scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+model, optimizer = accelerator.prepare(model, optimizer)
+
+def loss():
+    value = model(torch.ones(2, 4)).sum()
+    return (value * float("nan") if accelerator.process_index == 1 else value), {}
+
+try:
+    optimizer_step(accelerator, [model], optimizer, scheduler, [loss], 1.0, lambda l: f"non-finite loss {l.item()}")
+except TrainingError as error:
+    print(f"rank {accelerator.process_index} stopped: {error}", flush=True)
+"""
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_a_nan_on_one_rank_stops_every_rank(tmp_path, mode):
+    script = tmp_path / "nan.py"
+    script.write_text(NAN_SCRIPT)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(script), mode], env=ENV, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "rank 0 stopped: non-finite loss nan" in result.stdout
+    assert "rank 1 stopped: non-finite loss nan" in result.stdout
