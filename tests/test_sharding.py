@@ -21,6 +21,7 @@ import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 pytestmark = pytest.mark.slow
 
@@ -69,8 +70,7 @@ def pair_file(tmp_path_factory):
 
 
 def offline_command(stage: str, model, data, output, batch: int, *extra: str) -> list[str]:
-    source = "--policy" if stage == "dpo" else "--model"
-    return [stage, source, str(model), "--data", str(data), "--output", str(output), "--batch-size", str(batch),
+    return [stage, "--model", str(model), "--data", str(data), "--output", str(output), "--batch-size", str(batch),
             "--learning-rate", "3e-3", "--max-steps", "10", "--max-length", "96", "--eval-split", "0.1",
             "--log-every", "1", "--save-every", "0", "--device", "cpu", "--seed", "3", "--warmup-ratio", "0",
             *extra]
@@ -89,8 +89,6 @@ def test_two_sharded_processes_match_one_process(tmp_path, tiny_llama_dir, examp
     assert two_curve[-1] < two_curve[0]
     # the gathered HF folder: the 1-process weights, loadable by plain HF
     assert_same_weights(weights(one), weights(two), 1e-4)
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
     auto = AutoModelForSequenceClassification if stage == "rm" else AutoModelForCausalLM
     ids = torch.tensor([[5, 9, 11, 3, 7]])
     with torch.no_grad():
@@ -108,7 +106,7 @@ def ppo_command(model, rl_files, output, estimator: str, *extra: str) -> list[st
     return ["ppo", "--policy", str(model), "--reward", f"{rl_files / 'rewards.py'}:blue",
             "--prompts", str(rl_files / "prompts.jsonl"), "--output", str(output), "--device", "cpu",
             "--estimator", estimator, "--prompts-per-step", "8", "--samples-per-prompt", "4",
-            "--max-new-tokens", "8", "--learning-rate", "1e-2", "--batch-size", "64", "--log-every", "1",
+            "--max-new-tokens", "8", "--learning-rate", "1e-3", "--batch-size", "64", "--log-every", "1",
             "--eval-split", "0", "--save-every", "0", "--warmup-ratio", "0", "--beta", "0.2",
             "--sample-every", "0", "--max-steps", "6", *extra]
 
@@ -118,15 +116,17 @@ def test_sharded_ppo_matches_data_parallel_ppo(tmp_path, tiny_llama_dir, rl_file
     ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rlhfkit"]
+    # at lr 1e-3: at 1e-2 the critic's 6 steps amplify float noise between the two runs to 1e-2 (chaos,
+    # not a bug: the curves still agree to 1e-4); at 1e-3 the weights agree to 1e-6
     run([*launch, *ppo_command(tiny_llama_dir, rl_files, ddp, estimator)])
     run([*TORCHRUN, *ppo_command(tiny_llama_dir, rl_files, fsdp, estimator, "--fsdp")])
-    for key in ("score", "policy_loss", "kl_k1", "grad_norm"):
+    for key in ("score", "policy_loss", "kl_k1", "approx_kl", "entropy"):
         expected, got = losses(ddp, key), losses(fsdp, key)
         assert len(got) == 6
         assert got == pytest.approx(expected, abs=1e-4), key
-    assert_same_weights(weights(ddp), weights(fsdp), 1e-4)
+    assert_same_weights(weights(ddp), weights(fsdp), 1e-5)
     if estimator == "gae":
-        assert_same_weights(weights(ddp / "critic"), weights(fsdp / "critic"), 1e-4)
+        assert_same_weights(weights(ddp / "critic"), weights(fsdp / "critic"), 1e-5)
 
 
 def test_a_killed_rank_stops_the_run_and_resume_gives_the_uninterrupted_weights(tmp_path, tiny_llama_dir,
