@@ -195,3 +195,20 @@ def test_a_nan_on_one_rank_stops_every_rank(tmp_path, mode):
     assert result.returncode == 0, result.stderr[-4000:]
     assert "rank 0 stopped: non-finite loss nan" in result.stdout
     assert "rank 1 stopped: non-finite loss nan" in result.stdout
+
+
+def test_sharded_ppo_syncs_the_gathered_weights_into_vllm(tmp_path, rl_files, example_files):
+    """Each process's vLLM engine gets the full weights gathered from the shards, checked by the probe."""
+    if not os.environ.get("RLHFKIT_REQUIRE_VLLM"):  # CI requires it (tests/test_vllm.py)
+        pytest.importorskip("vllm")
+    from rlhfkit.models.tiny import write_tiny_model
+
+    model = write_tiny_model(example_files["corpus"], tmp_path / "model", arch="llama", heads=2, vocab_size=512,
+                             seed=1)  # head size 32: vLLM's CPU attention has no kernel for 16
+    output = tmp_path / "out"
+    run([*TORCHRUN, *ppo_command(model, rl_files, output, "grpo", "--fsdp", "--engine", "vllm", "--max-length", "128")],
+        timeout=600)
+    history = [r for r in map(json.loads, (output / "metrics.jsonl").read_text().splitlines()) if "score" in r]
+    assert len(history) == 6
+    assert all(r["sync_probe_logprob_diff"] < 1e-4 and r["sync_probe_agreement"] == 1.0 for r in history)
+    assert all(r["engine_logprob_diff"] < 1e-4 for r in history)

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from rlhfkit.rollout.logprobs import answer_logits, rollout_from_samples
 
@@ -51,12 +52,15 @@ def lora_deltas(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def policy_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """The weights of ``model`` (an HF causal LM, or a peft model around one) in HF checkpoint names,
-    LoRA merged into copies, tied weights under each of their names."""
+    LoRA merged into copies, tied weights under each of their names; under ``--fsdp`` each gathered whole
+    in turn (every process iterates, each gather being a collective)."""
     base, is_peft = unwrap_peft(model)
     deltas = lora_deltas(base) if is_peft else {}
     for name, parameter in base.named_parameters(remove_duplicate=False):
         if ".lora_" in name or ".original_module." in name:
             continue
+        if isinstance(parameter, DTensor):  # --fsdp: gathered from every process's shard (a collective)
+            parameter = parameter.full_tensor()
         clean = name.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")
         module_name, _, leaf = clean.rpartition(".")
         delta = deltas.get(module_name) if leaf == "weight" else None

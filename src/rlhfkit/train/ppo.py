@@ -325,10 +325,10 @@ class PPOTrainer:
             console.print(f"ppo: policy saved to {output}")
         if writer is not None:
             writer.close()
-        if self.sync is not None:
+        accelerator.wait_for_everyone()
+        if self.sync is not None:  # last: closing an in-process vLLM engine ends torch.distributed's group
             self.sampler.close()
             shutil.rmtree(output / "engine-start", ignore_errors=True)
-        accelerator.wait_for_everyone()
 
 
 def run_ppo(config: PPOConfig, on_step=None) -> Path:
