@@ -71,6 +71,11 @@ def test_choice_fields_list_the_registries_and_refuse_other_values():
     assert choices["advantage_scale"] == GROUP_SCALES and set(choices["recipe"]) == set(RECIPES)
     with pytest.raises(ConfigError, match="--recipe 'ppo3': expected one of none, dapo, dr_grpo, gspo, cispo"):
         PPOConfig(recipe="ppo3")
+    from rlhfkit.config import TinyModelConfig
+    from rlhfkit.models.tiny import ARCHITECTURES
+
+    arch = next(f for f in dataclasses.fields(TinyModelConfig) if f.name == "arch").metadata["choices"]
+    assert arch == ARCHITECTURES  # `rlhfkit tiny-model --arch` offers every family tiny_config builds
     loss = next(f for f in dataclasses.fields(DPOConfig) if f.name == "loss").metadata["choices"]
     assert set(loss) == set(DPO_LOSSES) | set(UNPAIRED_LOSSES)
     with pytest.raises(ConfigError, match=r"--estimator 'ppo2': expected one of gae, grpo, rloo, reinforce\+\+"):

@@ -491,7 +491,9 @@ class TinyModelConfig:
 
     corpus: str = option("", "Plain-text corpus to train the tokenizer on (one document per line).", required=True)
     output: str = option("", "Output folder (a normal HF model folder).", required=True)
-    arch: str = option("gpt2", "Architecture.", choices=("gpt2", "llama"))
+    arch: str = option("gpt2", "Architecture: a family's transformers config class with random weights.",
+                       choices=("gpt2", "llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "phi3", "olmo2",
+                                "gpt-neox"))
     layers: int = option(2, "Transformer layers.", minimum=1)
     width: int = option(64, "Hidden size.", minimum=1)
     heads: int = option(4, "Attention heads.", minimum=1)
