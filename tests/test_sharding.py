@@ -117,16 +117,21 @@ def ppo_command(model, rl_files, output, estimator: str, *extra: str) -> list[st
 @pytest.mark.parametrize("estimator", ["grpo", "gae"])
 def test_sharded_ppo_matches_data_parallel_ppo(tmp_path, tiny_llama_dir, rl_files, estimator):
     ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
+    # grpo resamples groups whose answers all score the same (DAPO's dynamic sampling): under --fsdp the
+    # processes sample the same number of rounds, and each keeps the groups it kept under DDP
+    extra = ("--dynamic-sampling",) if estimator == "grpo" else ()
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rlhfkit"]
     # at lr 1e-3: at 1e-2 the critic's 6 steps amplify float noise between the two runs to 1e-2 (chaos,
     # not a bug: the curves still agree to 1e-4); at 1e-3 the weights agree to 1e-6
-    run([*launch, *ppo_command(tiny_llama_dir, rl_files, ddp, estimator)])
-    run([*TORCHRUN, *ppo_command(tiny_llama_dir, rl_files, fsdp, estimator, "--fsdp")])
+    run([*launch, *ppo_command(tiny_llama_dir, rl_files, ddp, estimator, *extra)])
+    run([*TORCHRUN, *ppo_command(tiny_llama_dir, rl_files, fsdp, estimator, "--fsdp", *extra)])
     for key in ("score", "policy_loss", "kl_k1", "approx_kl", "entropy"):
         expected, got = losses(ddp, key), losses(fsdp, key)
         assert len(got) == 5
         assert got == pytest.approx(expected, abs=1e-4), key
+    if extra:
+        assert max(losses(fsdp, "sampling_rounds")) > 1  # resampling happened
     assert_same_weights(weights(ddp), weights(fsdp), 1e-5)
     if estimator == "gae":
         assert_same_weights(weights(ddp / "critic"), weights(fsdp / "critic"), 1e-5)

@@ -74,7 +74,7 @@ from rlhfkit.train.ppo_models import (
 from rlhfkit.train.ppo_sampling import extra_prompts, generate_rollout, sample_scored_batch, sampling_seed
 from rlhfkit.train.ppo_update import ppo_update
 from rlhfkit.train.run_record import run_record
-from rlhfkit.train.sharding import is_sharded, save_final_model
+from rlhfkit.train.sharding import all_processes, is_sharded, save_final_model
 
 # names tests and callers import from here
 __all__ = ["PPOTrainer", "Rollout", "ValueModel", "compute_advantages", "load_critic", "response_logprobs",
@@ -98,9 +98,6 @@ def check_config(config: PPOConfig, num_processes: int) -> int:
     if config.dynamic_sampling and config.estimator not in GROUP_ESTIMATORS:
         raise ConfigError(f"--dynamic-sampling compares the answers to one prompt: it needs a group estimator "
                           f"({', '.join(sorted(GROUP_ESTIMATORS))}), not --estimator {config.estimator}")
-    if config.fsdp and config.dynamic_sampling:
-        raise ConfigError("--dynamic-sampling with --fsdp is not supported yet: processes would sample a "
-                          "different number of rounds, and every forward of a sharded model is collective")
     if config.prompts_per_step % num_processes:
         raise ConfigError(f"--prompts-per-step {config.prompts_per_step} must divide among {num_processes} processes")
     rollout_size = config.prompts_per_step // num_processes * samples
@@ -200,7 +197,7 @@ class PPOTrainer:
             self.sample, self.plan.micro_batches(step, accelerator.process_index)[0], self.score, config, group,
             lambda round_: extra_prompts(config, step, round_, accelerator.process_index, len(self.prompts),
                                          config.prompts_per_step // accelerator.num_processes),
-            self.tokenizer.pad_token_id)
+            self.tokenizer.pad_token_id, everyone=lambda enough: all_processes(accelerator, enough))
         self.sampler.sleep()  # a colocated vLLM engine frees the GPU while the trainer works
         rollout = batch.rollout
         experience, metrics = make_experience(self.models, rollout, batch.scores, batch.raw_scores, config,

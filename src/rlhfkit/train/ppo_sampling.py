@@ -58,12 +58,14 @@ def extra_prompts(config: PPOConfig, step: int, round_: int, process: int, avail
 
 
 def sample_scored_batch(draw: Callable[[list[int], int], Rollout], first: list[int], score: RewardScorer,
-                        config: PPOConfig, group: int, more: Callable[[int], list[int]], pad_token_id: int
-                        ) -> ScoredBatch:
+                        config: PPOConfig, group: int, more: Callable[[int], list[int]], pad_token_id: int,
+                        everyone: Callable[[bool], bool] = bool) -> ScoredBatch:
     """Sample and score the prompts ``first``; with dynamic sampling, replace groups whose scores are all
     equal by groups of the prompts ``more(round)``, for at most ``max_sampling_rounds`` rounds.
 
-    ``draw(indices, round)`` samples the answers of those prompts (a rollout of ``group`` answers each)."""
+    ``draw(indices, round)`` samples the answers of those prompts (a rollout of ``group`` answers each).
+    ``everyone(enough)`` says whether every process has enough groups: under ``--fsdp`` the processes
+    sample the same number of rounds (each forward of a sharded policy is a collective)."""
     rollout = draw(first, 0)
     raw = score.raw(rollout)
     if not config.dynamic_sampling:
@@ -82,7 +84,7 @@ def sample_scored_batch(draw: Callable[[list[int], int], Rollout], first: list[i
             rows = list(range(g * group, (g + 1) * group))
             (dropped if is_uniform else kept).append(rollout.select(rows))
             (dropped_raw if is_uniform else kept_raw).append(raw[rows])
-        if len(kept) >= needed:
+        if everyone(len(kept) >= needed):
             break
     metrics = {"dropped_groups": float(len(dropped)), "sampling_rounds": float(round_ + 1),
                "filled_groups": float(max(0, needed - len(kept)))}

@@ -138,8 +138,6 @@ class ShardedAccelerator:
                 raise RuntimeError("prepare the optimizer before its first step")
             for group in optimizer.param_groups:
                 group["params"] = [sharded[names[id(p)]] for p in group["params"]]
-                if group.get("fused") and any(p.device.type not in ("cuda", "cpu") for p in group["params"]):
-                    group["fused"] = None
             self.optimizers.append(optimizer)
         self.models.extend(models)
         return objects[0] if len(objects) == 1 else objects
@@ -332,3 +330,13 @@ def eval_share(items: list, accelerator) -> list:
     if is_sharded(accelerator):
         return list(items)
     return items[accelerator.process_index :: accelerator.num_processes]
+
+
+def all_processes(accelerator, flag: bool) -> bool:
+    """Whether ``flag`` holds on every process, under ``--fsdp`` (where the processes must take the same
+    branches around sharded forwards); this process's ``flag`` otherwise."""
+    if not is_sharded(accelerator) or accelerator.num_processes == 1:
+        return flag
+    count = torch.tensor([0.0 if flag else 1.0], device=accelerator.device)
+    dist.all_reduce(count)
+    return count.item() == 0
