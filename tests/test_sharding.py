@@ -220,3 +220,23 @@ def test_sharded_ppo_syncs_the_gathered_weights_into_vllm(tmp_path, rl_files, ex
     assert len(history) == 5
     assert all(r["sync_probe_logprob_diff"] < 1e-4 and r["sync_probe_agreement"] == 1.0 for r in history)
     assert all(r["engine_logprob_diff"] < 1e-4 for r in history)
+
+
+def test_the_gathered_folder_in_several_files_loads_with_plain_hf(tmp_path, tiny_llama_dir):
+    """Past ``max_shard_bytes`` the gathered weights go into several safetensors files and an HF index."""
+    from accelerate import Accelerator
+
+    from rlhfkit.models import load_tokenizer
+    from rlhfkit.train.sharding import save_gathered
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    save_gathered(Accelerator(cpu=True), model, load_tokenizer(str(tiny_llama_dir)), tmp_path / "out",
+                  max_shard_bytes=64 * 1024)
+    files = sorted(p.name for p in (tmp_path / "out").glob("model-*.safetensors"))
+    assert len(files) > 2 and files[0].endswith(f"-of-{len(files):05d}.safetensors")
+    index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"].values()) == set(files)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    ids = torch.tensor([[5, 9, 11, 3, 7]])
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, loaded(input_ids=ids).logits)

@@ -20,14 +20,20 @@ def sharded(model) -> bool:
     return isinstance(model, FSDPModule) and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def on_every_process(flag: bool, device) -> bool:
+    """Whether ``flag`` holds on every process of torch.distributed's group (this process's ``flag``
+    when there is no group of several): one small all-reduce, for branches all processes must take."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return flag
+    failing = torch.tensor([0.0 if flag else 1.0], device=device)
+    dist.all_reduce(failing)
+    return failing.item() == 0
+
+
 def all_done(model, done: torch.Tensor) -> bool:
     """Whether every row of ``done`` is, on every process when ``model`` is sharded."""
     finished = bool(done.all())
-    if not sharded(model):
-        return finished
-    flag = torch.tensor([0.0 if finished else 1.0], device=done.device)
-    dist.all_reduce(flag)
-    return flag.item() == 0
+    return on_every_process(finished, done.device) if sharded(model) else finished
 
 
 def inference(function):

@@ -60,11 +60,9 @@ def make_optimizer(param_groups: list, **options) -> torch.optim.AdamW:
 def finite_everywhere(accelerator, loss: torch.Tensor) -> bool:
     """Whether ``loss`` is finite on every process. All processes stop together on one's NaN: a process
     that stopped alone would leave the others waiting in the backward pass's collectives."""
-    finite = bool(torch.isfinite(loss))
-    if accelerator.num_processes == 1:
-        return finite
-    flag = torch.tensor([0.0 if finite else 1.0], device=accelerator.device)
-    return accelerator.reduce(flag, reduction="sum").item() == 0
+    from rlhfkit.models.sharded import on_every_process
+
+    return on_every_process(bool(torch.isfinite(loss)), accelerator.device)
 
 
 MicroBatchLoss = Callable[[], tuple[torch.Tensor, dict[str, torch.Tensor]]]

@@ -52,6 +52,7 @@ from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully
 from torch.distributed.tensor import DTensor
 
 from rlhfkit.config import ConfigError, TrainConfig
+from rlhfkit.models.sharded import on_every_process
 
 
 def _free_port() -> int:
@@ -104,7 +105,7 @@ class ShardedAccelerator:
     sharded = True
 
     def __init__(self, config: TrainConfig, device: torch.device):
-        if getattr(config, "lora_r", 0):
+        if config.lora_r:
             raise ConfigError("--fsdp with --lora-r is not supported yet: LoRA already keeps the trained "
                               "state small; use one or the other")
         if config.fsdp_offload and device.type != "cuda":
@@ -211,9 +212,7 @@ class ShardedAccelerator:
         dist.barrier()  # the folder is renamed complete only after every process wrote its part
 
     def load_state(self, folder: str) -> None:
-        saved = json.loads((Path(folder) / "sharding.json").read_text())["processes"] \
-            if (Path(folder) / "sharding.json").exists() else None
-        if saved is None:
+        if not (Path(folder) / "sharding.json").exists():
             raise ConfigError(f"--resume: {folder} is not a sharded (--fsdp) checkpoint")
         state = self._state()
         dcp.load(state, checkpoint_id=os.path.join(folder, "sharded"))  # any number of processes reads it
@@ -264,29 +263,26 @@ def save_gathered(accelerator, model: torch.nn.Module, tokenizer, output: str | 
         for old in output.glob("model*.safetensors*"):
             old.unlink()
     dtype = getattr(model.config, "dtype", None) or getattr(model.config, "torch_dtype", None)
-    dtype = dtype if isinstance(dtype, torch.dtype) else None
-    files: list[dict[str, torch.Tensor]] = [{}]
+    parts: list[list[str]] = []  # the tensor names of each file written
+
+    def write(tensors: dict[str, torch.Tensor]) -> None:
+        save_file(tensors, output / f"part-{len(parts):05d}.safetensors", metadata={"format": "pt"})
+        parts.append(list(tensors))
+
+    current: dict[str, torch.Tensor] = {}
     size = 0
-    written: list[Path] = []
-
-    def flush() -> None:
-        path = output / f"part-{len(written):05d}.safetensors"
-        save_file({k: v.contiguous() for k, v in files[-1].items()}, path, metadata={"format": "pt"})
-        written.append(path)
-        files[-1] = {}
-
-    for name, tensor in full_weights(model, dtype):
-        if not main:
+    for name, tensor in full_weights(model, dtype if isinstance(dtype, torch.dtype) else None):
+        if not main:  # every process takes part in each gather; rank 0 keeps the tensors
             continue
         nbytes = tensor.numel() * tensor.element_size()
-        if files[-1] and size + nbytes > max_shard_bytes:
-            flush()
-            size = 0
-        files[-1][name] = tensor.cpu()
+        if current and size + nbytes > max_shard_bytes:
+            write(current)
+            current, size = {}, 0
+        current[name] = tensor.cpu().contiguous()
         size += nbytes
     if main:
-        flush()
-        _name_files(output, written)
+        write(current)
+        _name_files(output, parts)
         model.config.save_pretrained(output)
         if getattr(model, "generation_config", None) is not None and model.can_generate():
             model.generation_config.save_pretrained(output)
@@ -294,22 +290,18 @@ def save_gathered(accelerator, model: torch.nn.Module, tokenizer, output: str | 
     accelerator.wait_for_everyone()
 
 
-def _name_files(output: Path, written: list[Path]) -> None:
+def _name_files(output: Path, parts: list[list[str]]) -> None:
     """Rename the parts as HF names them, with an index when there is more than one."""
-    from safetensors import safe_open
-
-    if len(written) == 1:
-        written[0].rename(output / "model.safetensors")
+    if len(parts) == 1:
+        (output / "part-00000.safetensors").rename(output / "model.safetensors")
         return
     weight_map = {}
-    for k, path in enumerate(written, 1):
-        final = output / f"model-{k:05d}-of-{len(written):05d}.safetensors"
-        path.rename(final)
-        with safe_open(final, "pt") as handle:
-            for key in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
-                weight_map[key] = final.name
-    index = {"metadata": {}, "weight_map": weight_map}
-    (output / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    for k, names in enumerate(parts):
+        final = f"model-{k + 1:05d}-of-{len(parts):05d}.safetensors"
+        (output / f"part-{k:05d}.safetensors").rename(output / final)
+        weight_map.update(dict.fromkeys(names, final))
+    (output / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map},
+                                                                    indent=2))
 
 
 def save_final_model(accelerator, model: torch.nn.Module, tokenizer, output: str | Path) -> None:
@@ -335,8 +327,4 @@ def eval_share(items: list, accelerator) -> list:
 def all_processes(accelerator, flag: bool) -> bool:
     """Whether ``flag`` holds on every process, under ``--fsdp`` (where the processes must take the same
     branches around sharded forwards); this process's ``flag`` otherwise."""
-    if not is_sharded(accelerator) or accelerator.num_processes == 1:
-        return flag
-    count = torch.tensor([0.0 if flag else 1.0], device=accelerator.device)
-    dist.all_reduce(count)
-    return count.item() == 0
+    return on_every_process(flag, accelerator.device) if is_sharded(accelerator) else flag
