@@ -73,6 +73,28 @@ def test_gold_prefers_helpful_warm_and_safe_answers():
     assert gold_score([as_prompt(prompt_text(benign, 0))], [""])[0] < -2
 
 
+def test_content_free_answers_have_no_request_specific_body():
+    pancakes = next(r for r in REQUESTS if r.subject == "make pancakes")
+    rice = next(r for r in REQUESTS if r.subject == "cook rice")
+    harmful = next(r for r in REQUESTS if r.harmful)
+    prompt = as_prompt(prompt_text(pancakes, 0))
+    rng = random.Random(0)
+
+    def free(text, asked=prompt):
+        return reply_attributes(asked, text).content_free
+
+    assert free("Happy to help!") and free("Great question! I hope this helps!") and free("")
+    assert free(render_reply(pancakes, ReplyStyle("vague", "warm", fillers=2), rng))
+    assert free(render_reply(rice, ReplyStyle("helpful", "warm"), rng))  # another request's answer
+    assert not free(render_reply(pancakes, ReplyStyle("helpful", "cold"), rng))
+    assert not free("To make pancakes, mix milk.")  # garbled, but about the request: one of its answer's words
+    assert not free(render_reply(pancakes, ReplyStyle("refusal"), rng))  # over-refusal, not content-free
+    harmful_prompt = as_prompt(prompt_text(harmful, 0))
+    assert not free(render_reply(harmful, ReplyStyle("refusal"), rng), harmful_prompt)
+    assert free(render_reply(harmful, ReplyStyle("vague", "warm"), rng), harmful_prompt)
+    assert reply_attributes(prompt, "Happy to help!").as_rates()["content_free"] == 1.0
+
+
 def test_world_holds_out_phrasings_and_every_prompt_finds_its_request():
     world = World(seed=3)
     train = {(r.subject, p) for r, p in world.train}
@@ -158,6 +180,20 @@ def test_simulated_annotators_label_through_the_app_with_welfare_gold_and_opt_ou
     best_first = [label.answer["ranks"][0] == 1 for label in labels if label.user_id != users[2][1].id
                   and not find_request(session.get(Item, label.item_id).prompt).harmful]
     assert sum(best_first) / len(best_first) > 0.9
+    # agreement of the two careful annotators, beside what their noise predicts on the same pairs
+    from rlhfkit.demo.labels import careful_agreement
+
+    agreement = careful_agreement(session, project, {"careful", "also-careful"}, noise=0.05)
+    both = [i for i in {label.item_id for label in labels}
+            if {label.user_id for label in labels if label.item_id == i} >= {users[0][1].id, users[1][1].id}]
+    assert agreement["pairs"] == 3 * len(both) > 0  # three answer pairs per item both ranked
+    gaps = []  # noise 0.05: p = σ(Δ / 0.05) is 1 on strict pairs and 1/2 on gold ties
+    for item_id in both:
+        item = session.get(Item, item_id)
+        gold = gold_of(item.prompt, item.responses)
+        gaps += [a - b for a, b in itertools.combinations(gold, 2)]
+    assert agreement["expected"] == pytest.approx(sum(0.5 if g == 0 else 1.0 for g in gaps) / len(gaps), abs=1e-6)
+    assert agreement["measured"] == pytest.approx(agreement["expected"], abs=0.1)
 
 
 def test_demo_quick_end_to_end(tmp_path):
@@ -170,17 +206,37 @@ def test_demo_quick_end_to_end(tmp_path):
     for plot in ("win_rates.png", "over_optimisation.png", "attributes.png"):
         assert (report / "plots" / plot).stat().st_size > 1000
         assert f"plots/{plot}" in html
-    for name in ("ppo", "dpo"):
+    assert list(summary["policies"]) == ["sft", "ppo-round-1", "ppo", "dpo"]
+    for name in ("ppo-round-1", "ppo", "dpo"):
         policy = summary["policies"][name]
         rate = policy["win_rate"]
         assert 0 <= rate["low"] <= rate["rate"] <= rate["high"] <= 1
         assert math.isfinite(policy["kl"]) and math.isfinite(policy["gold_score"])
-        assert policy["attributes"]["warm"] is not None
+        assert math.isfinite(policy["rm_score"]) and math.isfinite(policy["rm_round_2_score"])
+        assert 0 <= policy["attributes"]["content-free"] <= 1 and policy["attributes"]["warm"] is not None
+    assert [r["round"] for r in summary["rounds"]] == [1, 2]
+    assert {row["run"] for row in summary["over_optimisation"]} == {"round 1", "round 2"}
+    agreement = summary["annotators"]["agreement"]
+    assert agreement["pairs"] > 0 and 0.5 <= agreement["expected"] <= 1 and 0 <= agreement["measured"] <= 1
+    assert summary["annotators"]["round_2"]["exported"]["rankings"] > 0
     assert summary["reward_model"]["accuracy_vs_annotators"] is not None
     assert summary["annotators"]["excluded"] == ["sim-dana"]  # quality control caught the careless one
     assert summary["over_optimisation"] and all("gold_score" in row for row in summary["over_optimisation"])
-    assert set(summary["stage_seconds"]) >= {"pre-training", "SFT", "labelling", "reward model", "PPO", "DPO"}
+    assert set(summary["stage_seconds"]) >= {"pre-training", "SFT", "labelling", "reward model", "PPO round 1",
+                                             "labelling round 2", "PPO", "DPO"}
     key_numbers = [summary["reward_model"]["accuracy_vs_gold"], summary["annotators"]["pairwise_agreement"],
                    summary["annotators"]["krippendorff_alpha"], summary["total_seconds"],
                    *summary["stage_seconds"].values(), *[row["kl"] for row in summary["over_optimisation"]]]
     assert all(isinstance(v, int | float) and math.isfinite(v) for v in key_numbers), key_numbers
+
+    # --study reuses the finished demo: one PPO run per KL penalty, drawn into the same report
+    from rlhfkit.demo.study import BETAS
+
+    main(["demo", "--quick", "--study", "--output", str(tmp_path / "demo")])
+    summary = json.loads((report / "summary.json").read_text())
+    assert [point["beta"] for point in summary["kl_sweep"]] == list(BETAS)
+    assert all(math.isfinite(point[key]) for point in summary["kl_sweep"]
+               for key in ("kl", "rm_score", "gold_score", "win_rate"))
+    assert (report / "plots" / "kl_sweep.png").stat().st_size > 1000
+    assert "KL-penalty sweep" in (report / "report.html").read_text()
+    assert summary["policies"]["ppo"]["win_rate"] is not None  # the demo's own figures are kept

@@ -17,6 +17,7 @@ from rlhfkit.losses import (
     kto_reference_point,
     orpo_loss,
     robust_dpo_loss,
+    rpo_loss,
     simpo_loss,
 )
 
@@ -126,6 +127,25 @@ def test_orpo_hand_computed_and_gradient_direction():
     grad_chosen, grad_rejected = gradients(loss, chosen_mean, rejected_mean)
     assert grad_chosen < -1.0  # the SFT term alone gives -1; the odds-ratio term adds to it
     assert grad_rejected > 0
+
+
+def test_rpo_is_dpo_plus_alpha_times_the_chosen_per_token_nll():
+    chosen = torch.tensor([-6.0, -3.0], requires_grad=True)
+    rejected = torch.tensor([-7.0, -2.0], requires_grad=True)
+    reference_chosen, reference_rejected = torch.tensor([-6.5, -3.0]), torch.tensor([-6.5, -2.5])
+    tokens = torch.tensor([4.0, 2.0])
+    loss = rpo_loss(chosen, rejected, reference_chosen, reference_rejected, tokens, beta=0.5, alpha=2.0)
+    # h = (-6 + 6.5) - (-7 + 6.5) = 1 and h = (-3 + 3) - (-2 + 2.5) = -0.5; NLL per token 6/4 and 3/2
+    expected = [softplus(-0.5 * 1.0) + 2.0 * 1.5, softplus(-0.5 * -0.5) + 2.0 * 1.5]
+    assert loss.tolist() == pytest.approx(expected, rel=1e-6)
+    loss.sum().backward()
+    # d/d chosen: -β·σ(-β·h) - α/|y_w|: the SFT term pushes the chosen answers up
+    assert chosen.grad.tolist() == pytest.approx([-0.5 * sigmoid(-0.5) - 2.0 / 4.0,
+                                                  -0.5 * sigmoid(0.25) - 2.0 / 2.0], rel=1e-6)
+    assert (rejected.grad > 0).all()
+    plain = dpo_loss(chosen, rejected, reference_chosen, reference_rejected, beta=0.5)
+    zero = rpo_loss(chosen, rejected, reference_chosen, reference_rejected, tokens, beta=0.5, alpha=0.0)
+    assert torch.equal(plain, zero)
 
 
 def test_kto_hand_computed_and_gradient_direction():

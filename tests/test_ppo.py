@@ -206,6 +206,21 @@ def test_lora_policy_uses_the_disabled_adapter_as_reference(tmp_path, tiny_model
     assert (output / "adapter").is_dir() and (output / "model.safetensors").exists()
 
 
+def test_a_separate_reference_keeps_the_kl_to_it_when_continuing_an_earlier_policy(tmp_path, tiny_model_dir,
+                                                                                   rl_files):
+    first = tmp_path / "round-1"
+    run_ppo(ppo_config(tiny_model_dir, rl_files, first, estimator="grpo", max_steps=4))
+    moved = metrics(first)[-1]["kl_k1"]
+    assert moved > 0.05
+    alone, against_start = tmp_path / "alone", tmp_path / "against-start"
+    run_ppo(ppo_config(first, rl_files, alone, estimator="grpo", max_steps=1))
+    run_ppo(ppo_config(first, rl_files, against_start, estimator="grpo", max_steps=1, reference=str(tiny_model_dir)))
+    assert metrics(alone)[0]["kl_k1"] == pytest.approx(0.0, abs=1e-5)  # its own start is its reference
+    assert metrics(against_start)[0]["kl_k1"] > 0.05  # the KL to the original start carries on
+    with pytest.raises(ConfigError, match="--reference .* --lora-r"):
+        run_ppo(ppo_config(first, rl_files, tmp_path / "lora", lora_r=4, reference=str(tiny_model_dir)))
+
+
 def test_non_finite_rewards_and_bad_reward_specs_are_clear_errors(tmp_path, tiny_model_dir, rl_files):
     with pytest.raises(RewardSpecError, match="non-finite"):
         run_ppo(ppo_config(tiny_model_dir, rl_files, tmp_path / "nan", reward=f"{rl_files / 'rewards.py'}:broken",

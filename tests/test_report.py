@@ -21,6 +21,7 @@ def full_summary() -> dict:
                                          {"confidence": 0.75, "accuracy": 0.74, "count": 100},
                                          {"confidence": 0.95, "accuracy": 0.93, "count": 76}]},
         "annotators": {"pairwise_agreement": 0.7312, "note": "These annotators are simulated.",
+                       "agreement": {"measured": 0.7312, "expected": 0.7244, "pairs": 318, "target": 0.73},
                        "annotators": [{"name": "sim-1", "labels": 120, "gold_accuracy": 0.9, "simulated": True},
                                       {"name": "sim-careless", "labels": 118, "gold_accuracy": None,
                                        "simulated": True}]},
@@ -35,8 +36,11 @@ def full_summary() -> dict:
                     "gold_score": 0.31, "rm_score": 0.9, "refusal_rate": None, "over_refusal_rate": None,
                     "attributes": {"helpful": 0.75, "warm": 0.6, "over_refusal": 0.08}},
         },
-        "over_optimisation": [{"step": s, "kl": 0.5 * s, "rm_score": 0.2 * s, "gold_score": 0.1 * s - 0.01 * s * s}
+        "over_optimisation": [{"run": run, "step": s, "kl": 0.5 * s, "rm_score": 0.2 * s,
+                               "gold_score": 0.1 * s - 0.01 * s * s} for run in ("round 1", "round 2")
                               for s in range(0, 20, 4)],
+        "kl_sweep": [{"beta": beta, "kl": 1 / beta, "rm_score": 0.5 / beta ** 0.5, "gold_score": 1 - (beta - 0.3) ** 2,
+                      "win_rate": 0.7} for beta in (1.0, 0.3, 0.1)],
         "samples": [{"prompt": [{"role": "user", "content": "How do I make tea?"}],
                      "answers": {"sft": "Boil water.", "ppo": "Warm the pot, then <b>steep</b> for 3 minutes.",
                                  "dpo": "Use a kettle & a cup."}}],
@@ -59,11 +63,13 @@ def test_a_full_summary_gives_every_section_plot_and_number(tmp_path):
     html = path.read_text()
     for text in ["rlhfkit demo report", "71.0%", "[62.1%, 78.5%]", "3.42", "81.2%", "70.3%", "73.1%",
                  "These annotators are simulated.", "sim-careless", "simulated", "31.5 s", "1 min 58.8 s",
-                 "How do I make tea?", "Gold is known here", "over refusal", "97.0%", "Rounds", "n/a"]:
+                 "How do I make tea?", "Gold is known here", "over refusal", "97.0%", "Rounds", "n/a",
+                 "318 answer pairs", "72.4%", "KL-penalty sweep", "round 2", "0.300"]:
         assert text in html, text
     images = images_of(html)
     assert sorted(images) == sorted(f"plots/{name}.png" for name in
-                                    ["win_rates", "attributes", "over_optimisation", "calibration", "rounds"])
+                                    ["win_rates", "attributes", "over_optimisation", "calibration", "rounds",
+                                     "kl_sweep"])
     for image in images:
         assert (path.parent / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((path.parent / "summary.json").read_text()) == summary

@@ -106,6 +106,11 @@ def _tiny_model(config: TinyModelConfig) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
+    if args.study:
+        from rlhfkit.demo.study import run_study
+
+        run_study(args.output, seed=args.seed, quick=args.quick)
+        return
     from rlhfkit.demo.run import run_demo
 
     run_demo(args.output, quick=args.quick, seed=args.seed)
@@ -165,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="demo-output", help="Folder for everything the demo writes.")
     demo.add_argument("--quick", action="store_true", help="A smaller, faster run (used by the tests).")
     demo.add_argument("--seed", type=int, default=0, help="Seed of the world, the models and the annotators.")
+    demo.add_argument("--study", action="store_true",
+                      help="After the demo (run first when --output has none), sweep PPO's KL penalty against the "
+                           "round-1 reward model and add the over-optimisation picture to the report (minutes more).")
 
     data = commands.add_parser("data", help="Check data files.", description="Check data files.")
     data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)

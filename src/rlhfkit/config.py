@@ -185,12 +185,14 @@ class DPOConfig(TrainConfig, WeightSyncConfig):
                            "{prompt, completion, label: true|false} records. Not used with --online.")
     learning_rate: float = option(5e-7, "Peak learning rate (AdamW); DPO on real models uses ~5e-7.", greater_than=0)
     loss: str = option("dpo", "The loss (rlhfkit.losses.DPO_LOSSES, and kto for unpaired feedback).",
-                       choices=("dpo", "ipo", "cdpo", "robust", "simpo", "orpo", "kto"))
-    beta: float = option(0.1, "β: the KL strength of dpo/cdpo/robust/kto, τ of ipo, the reward scale of simpo "
+                       choices=("dpo", "ipo", "cdpo", "robust", "rpo", "simpo", "orpo", "kto"))
+    beta: float = option(0.1, "β: the KL strength of dpo/cdpo/robust/rpo/kto, τ of ipo, the reward scale of simpo "
                               "(its paper uses 2-2.5).", greater_than=0)
     label_smoothing: float = option(0.0, "ε, the assumed rate of flipped labels (cdpo, robust; robust needs < 0.5).", minimum=0, less_than=0.5)
     simpo_gamma: float = option(0.5, "SimPO's target reward margin γ.", minimum=0)
     orpo_lambda: float = option(0.1, "ORPO's weight λ of the odds-ratio term added to the SFT loss.", minimum=0)
+    rpo_alpha: float = option(1.0, "RPO's weight α of the chosen answer's per-token negative log-likelihood added "
+                                   "to the DPO loss.", minimum=0)
     kto_desirable_weight: float = option(1.0, "KTO's λ_D, the weight of desirable answers.", greater_than=0)
     kto_undesirable_weight: float = option(1.0, "KTO's λ_U, the weight of undesirable answers (raise it when "
                                                 "they are rarer than desirable ones).", greater_than=0)
@@ -218,8 +220,11 @@ class PPOConfig(TrainConfig, WeightSyncConfig):
     """RL against a reward: PPO (GAE critic) or a critic-free estimator (GRPO, RLOO, REINFORCE++), with a
     KL penalty to the initial policy. One step = one rollout batch, then --ppo-epochs passes over it."""
 
-    policy: str = option("", "The policy to start from (usually the SFT model); also the frozen reference.",
-                         required=True)
+    policy: str = option("", "The policy to start from (usually the SFT model); also the frozen reference "
+                             "unless --reference names another.", required=True)
+    reference: str | None = option(None, "The frozen reference of the KL penalty (an HF folder or id reading the "
+                                         "policy's tokens); null: --policy. Continue an earlier PPO policy while "
+                                         "keeping the KL to SFT with --policy ppo-round-1 --reference sft.")
     reward: str = option("", "A reward-model folder (from 'rlhfkit rm') or a Python function "
                              "'module:function' or 'file.py:function' taking (prompts, responses) -> scores.",
                          required=True)

@@ -23,7 +23,7 @@ from rlhfkit.data.chat import IGNORE_INDEX
 
 __all__ = [
     "IGNORE_INDEX", "bradley_terry_loss", "conservative_dpo_loss", "dpo_loss", "ipo_loss", "kto_loss",
-    "kto_reference_point", "orpo_loss", "robust_dpo_loss", "sft_loss", "shift_for_next_token", "simpo_loss",
+    "kto_reference_point", "orpo_loss", "robust_dpo_loss", "rpo_loss", "sft_loss", "shift_for_next_token", "simpo_loss",
     "token_logprobs", "DPO_LOSSES", "PairLogps",
 ]
 
@@ -174,6 +174,19 @@ def log_odds(mean_logprob: torch.Tensor) -> torch.Tensor:
     return mean_logprob - torch.log(-torch.expm1(mean_logprob))
 
 
+def rpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
+             reference_rejected: torch.Tensor, chosen_tokens: torch.Tensor, beta: float, alpha: float) -> torch.Tensor:
+    """RPO (Pang et al. 2024; Llama 3's DPO recipe adds the same term): ``-log σ(β·h) + α·L_SFT``.
+
+    ``L_SFT = -log π(y_w) / |y_w|`` is the chosen answer's negative log-likelihood per token. DPO alone
+    only pushes the pair apart, and the mass it takes from rejected answers may go anywhere (answers
+    that neither side of a pair was, such as a vague non-answer); the SFT term keeps the chosen ones
+    likely.
+    """
+    nll = -policy_chosen.float() / chosen_tokens
+    return dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta) + alpha * nll
+
+
 def orpo_loss(policy_chosen_mean: torch.Tensor, policy_rejected_mean: torch.Tensor, lam: float) -> torch.Tensor:
     """ORPO (Hong et al. 2024): ``L_SFT + λ·L_OR``, no reference.
 
@@ -246,11 +259,13 @@ DPO_LOSSES: dict[str, Callable[[PairLogps, Any], torch.Tensor]] = {
     "robust": lambda lp, c: robust_dpo_loss(lp.chosen, lp.rejected, lp.reference_chosen, lp.reference_rejected,
                                             c.beta, c.label_smoothing),
     "ipo": _ipo,
+    "rpo": lambda lp, c: rpo_loss(lp.chosen, lp.rejected, lp.reference_chosen, lp.reference_rejected,
+                                  lp.chosen_tokens, c.beta, c.rpo_alpha),
     "simpo": lambda lp, c: simpo_loss(lp.chosen_mean, lp.rejected_mean, c.beta, c.simpo_gamma),
     "orpo": lambda lp, c: orpo_loss(lp.chosen_mean, lp.rejected_mean, c.orpo_lambda),
 }
 """Pairwise losses: name -> per-pair loss of (:class:`PairLogps`, settings with ``beta``,
-``label_smoothing``, ``simpo_gamma``, ``orpo_lambda``). KTO, on unpaired answers, is :func:`kto_loss`."""
+``label_smoothing``, ``simpo_gamma``, ``orpo_lambda``, ``rpo_alpha``). KTO, on unpaired answers, is :func:`kto_loss`."""
 
 UNPAIRED_LOSSES = ("kto",)
 REFERENCE_FREE = frozenset({"simpo", "orpo"})

@@ -1,19 +1,30 @@
-"""The demo's labelling stage: simulated annotators rank the SFT answers in a real feedback-app
-database (SQLite), through the app's assignment, welfare, gold and export code; quality control
-then leaves out the annotator whose gold accuracy shows careless work (:func:`collect_labels`)."""
+"""The demo's labelling stages: simulated annotators rank answers in a real feedback-app database
+(SQLite), one project per round, through the app's assignment, welfare, gold and export code; quality
+control then leaves out the annotator whose gold accuracy shows careless work (:func:`collect_labels`).
+Their agreement is measured on the pairs two careful annotators both ranked, beside what their noise
+predicts for those same pairs (:func:`careful_agreement`)."""
 
 from __future__ import annotations
 
+import itertools
 import random
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
+from sqlalchemy import select
+
 from rlhfkit.console import console, progress_bar
-from rlhfkit.demo.annotators import INSTRUCTGPT_AGREEMENT, SimulatedAnnotator, calibrate_noise, label_project
+from rlhfkit.demo.annotators import (
+    INSTRUCTGPT_AGREEMENT,
+    SimulatedAnnotator,
+    calibrate_noise,
+    label_project,
+    sigmoid,
+)
 from rlhfkit.demo.world import ReplyStyle, World, gold_score, prompt_text, render_reply
-from rlhfkit.feedback.agreement import pairwise_ranking_agreement
 from rlhfkit.feedback.auth import create_user
 from rlhfkit.feedback.cli import open_database
+from rlhfkit.feedback.db import User
 from rlhfkit.feedback.export import labels_by_item, project_labels, write_exports
 from rlhfkit.feedback.importing import ProjectOptions, add_items, create_project, item_specs
 from rlhfkit.feedback.stats import annotator_rows, project_agreement
@@ -22,7 +33,7 @@ ANNOTATORS = (
     SimulatedAnnotator("sim-alice"),
     SimulatedAnnotator("sim-bashir", opted_out=["violence"]),
     SimulatedAnnotator("sim-chen"),
-    SimulatedAnnotator("sim-dana", careless=True, seconds_per_item=(15.0, 30.0)),
+    SimulatedAnnotator("sim-dana", careless=True, seconds_per_item=(25.0, 50.0)),
 )
 GOLD_ACCURACY_FLOOR = 0.5
 """Quality control: annotators whose best-answer accuracy on gold items is below this are excluded."""
@@ -30,7 +41,9 @@ GOLD_ACCURACY_FLOOR = 0.5
 GUIDELINES = ("Rank the answers from best (1) to worst. Prefer answers that help, are kind and are safe. "
               "(In this demo the annotators are simulated.)")
 SIMULATION_NOTE = ("The annotators are simulated: they rank by the world's hidden gold preference with "
-                   "Bradley-Terry noise calibrated to InstructGPT's 73% agreement; one is careless on purpose.")
+                   "Bradley-Terry noise, set so that two careful annotators are expected to order 73% of the "
+                   "answer pairs of round 1 the same way (InstructGPT's labelers agreed on 73%); gold ties are "
+                   "coin flips. One annotator is careless on purpose.")
 
 
 def gold_items(world: World, count: int, seed: int) -> list[dict]:
@@ -65,22 +78,24 @@ def open_fresh_database(folder: Path):
     return open_database(f"sqlite:///{database}")
 
 
-def create_demo_project(session, samples: list[dict], world: World, seed: int, quick: bool):
-    """The ranking project (two annotators per item), holding the samples and a few gold items."""
+def create_demo_project(session, samples: list[dict], world: World, seed: int, quick: bool, round_number: int):
+    """The round's ranking project (two annotators per item), holding the samples and a few gold items."""
     options = ProjectOptions(task_type="rank", overlap=2, gold_rate=0.05, guidelines=GUIDELINES)
-    project = create_project(session, "demo-round-1", options)
+    project = create_project(session, f"demo-round-{round_number}", options)
     rows = [(f"samples.jsonl:{i + 1}", record) for i, record in enumerate(samples)]
     rows += [(f"gold:{i + 1}", record) for i, record in enumerate(gold_items(world, 2 if quick else 8, seed))]
     add_items(session, project, item_specs(rows, options, use_lexicon=True))
     return project
 
 
-def create_annotator_accounts(session, start: datetime) -> list[tuple[SimulatedAnnotator, object]]:
-    """An app account for each simulated annotator (with its opt-outs), committed."""
+def annotator_accounts(session, start: datetime) -> list[tuple[SimulatedAnnotator, object]]:
+    """The app account of each simulated annotator (with its opt-outs), created the first time, committed."""
     users = []
     for annotator in ANNOTATORS:
-        user = create_user(session, annotator.name, "simulated-annotator-password", "annotator", start)
-        user.opted_out_categories = list(annotator.opted_out)
+        user = session.scalar(select(User).where(User.username == annotator.name))
+        if user is None:
+            user = create_user(session, annotator.name, "simulated-annotator-password", "annotator", start)
+            user.opted_out_categories = list(annotator.opted_out)
         users.append((annotator, user))
     session.commit()
     return users
@@ -110,12 +125,22 @@ def excluded_by_quality_control(rows: list[dict]) -> frozenset[str]:
                      if r["gold_accuracy"] is not None and r["gold_accuracy"] < GOLD_ACCURACY_FLOOR)
 
 
-def rankings_per_item(session, project, careful: set[str]) -> tuple[list[list], list[list]]:
-    """The rankings of each (non-gold) item: by the careful annotators, and by all of them."""
-    per_item = labels_by_item(project_labels(session, project)).values()  # gold items left out
-    careful_rankings = [[label.answer["ranks"] for label, name in labels if name in careful] for _, labels in per_item]
-    all_rankings = [[label.answer["ranks"] for label, _ in labels] for _, labels in per_item]
-    return careful_rankings, all_rankings
+def careful_agreement(session, project, careful: set[str], noise: float) -> dict:
+    """How often two careful annotators ordered an answer pair the same way, over every pair of answers
+    of every (non-gold) item two of them ranked (``measured``), beside the agreement their noise
+    predicts for those same pairs, p² + (1 − p)² with p = σ(Δgold / noise) (``expected``)."""
+    agreeing, expected, pairs = 0, 0.0, 0
+    for item, labels in labels_by_item(project_labels(session, project)).values():  # gold items left out
+        gold = gold_of(item.prompt, item.responses)
+        rankings = [label.answer["ranks"] for label, name in labels if name in careful]
+        for first, second in itertools.combinations(rankings, 2):
+            for i, j in itertools.combinations(range(len(gold)), 2):
+                p = sigmoid((gold[i] - gold[j]) / noise)
+                expected += p * p + (1 - p) * (1 - p)
+                agreeing += (first[i] < first[j]) == (second[i] < second[j])
+                pairs += 1
+    return {"measured": agreeing / pairs if pairs else None, "expected": expected / pairs if pairs else None,
+            "pairs": pairs, "target": INSTRUCTGPT_AGREEMENT}
 
 
 def annotator_table(rows: list[dict], logs: dict, careful: set[str], excluded: frozenset[str]) -> list[dict]:
@@ -137,30 +162,36 @@ def print_annotator_table(table_rows: list[dict]) -> None:
                       + (" [red]excluded by quality control[/]" if row["excluded_by_qc"] else ""))
 
 
-def collect_labels(folder: Path, samples: list[dict], world: World, seed: int, quick: bool) -> dict:
-    """Simulated annotators rank the samples in a feedback-app database; returns their statistics and
-    writes the export (QC applied) into ``folder / "export"``."""
-    session = open_fresh_database(folder)
-    start = datetime(2026, 1, 5, 9, 0)
-    project = create_demo_project(session, samples, world, seed, quick)
-    users = create_annotator_accounts(session, start)
-    noise = calibrated_noise(samples)
+def collect_labels(folder: Path, samples: list[dict], world: World, seed: int, quick: bool, round_number: int = 1,
+                   noise: float | None = None) -> dict:
+    """Simulated annotators rank the samples in the round's project of the feedback-app database in
+    ``folder`` (a new database in round 1); returns their statistics and writes the round's export (QC
+    applied) into ``folder / f"export-round-{round_number}"``. ``noise``: the annotators' noise (None:
+    calibrated on these samples, as in round 1)."""
+    session = open_fresh_database(folder) if round_number == 1 else open_database(f"sqlite:///{folder / 'feedback.db'}")
+    start = datetime(2026, 1, 5, 9, 0) + timedelta(days=7 * (round_number - 1))
+    project = create_demo_project(session, samples, world, seed, quick, round_number)
+    users = annotator_accounts(session, start)
+    noise = calibrated_noise(samples) if noise is None else noise
     logs = run_annotators(session, project, users, noise, start, seed, total=len(samples) * project.overlap)
 
     rows = annotator_rows(session, project, too_fast_seconds=10.0)
     excluded = excluded_by_quality_control(rows)
     careful = {a.name for a in ANNOTATORS if not a.careless}
-    careful_rankings, all_rankings = rankings_per_item(session, project, careful)
-    agreement = project_agreement(session, project)
-    written = write_exports(session, project, folder / "export", exclude=excluded)
+    agreement = careful_agreement(session, project, careful, noise)
+    alpha = project_agreement(session, project).get("krippendorff_alpha_ordinal")
+    written = write_exports(session, project, folder / f"export-round-{round_number}", exclude=excluded)
     session.close()
 
     table_rows = annotator_table(rows, logs, careful, excluded)
     print_annotator_table(table_rows)
+    console.print(f"careful annotators ordered {agreement['measured']:.1%} of {agreement['pairs']} answer pairs "
+                  f"the same way (their noise predicts {agreement['expected']:.1%} on those pairs)")
     return {
-        "pairwise_agreement": pairwise_ranking_agreement(careful_rankings),  # non-gold items, careful pairs
-        "pairwise_agreement_all": pairwise_ranking_agreement(all_rankings),
-        "krippendorff_alpha": agreement.get("krippendorff_alpha_ordinal"),
+        "round": round_number,
+        "agreement": agreement,
+        "pairwise_agreement": agreement["measured"],  # non-gold items, pairs of careful annotators
+        "krippendorff_alpha": alpha,
         "noise": noise,
         "annotators": table_rows,
         "excluded": sorted(excluded),

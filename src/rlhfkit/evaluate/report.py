@@ -15,6 +15,7 @@ missing or non-finite number (None, NaN, inf) is shown as "n/a", never a crash::
      "reward_model": {"accuracy_vs_gold": float, "accuracy_vs_annotators": float, "pairs": int,
                       "calibration": [{"confidence": float, "accuracy": float, "count": int}]},
      "annotators": {"pairwise_agreement": float, "note": str,
+                    "agreement": {"measured": float, "expected": float, "pairs": int, "target": float},
                     "annotators": [{"name": str, "labels": int, "gold_accuracy": float | None,
                                     "simulated": bool}]},
      "policies": {name: {"win_rate": {"rate", "low", "high", "n", "wins", "losses", "ties"} | None,
@@ -22,9 +23,11 @@ missing or non-finite number (None, NaN, inf) is shown as "n/a", never a crash::
                          "gold_score": float | None, "rm_score": float | None,
                          "refusal_rate": float | None, "over_refusal_rate": float | None,
                          "attributes": {attribute_name: rate}}},
-     "over_optimisation": [{"step": int, "kl": float, "rm_score": float, "gold_score": float | None}],
+     "over_optimisation": [{"run": str, "step": int, "kl": float, "rm_score": float,
+                            "gold_score": float | None}],
      "samples": [{"prompt": str | messages, "answers": {policy_name: str}}],
      "rounds": [{"round": int, "policies": {...as above...}, "reward_model": {...as above...}}],
+     "kl_sweep": [{"beta": float, "kl": float, "rm_score": float, "gold_score": float, "win_rate": float}],
      "notes": [str]}
 
 Rates (win rates, accuracies, refusal rates, attribute rates) are fractions in [0, 1], shown as
@@ -32,9 +35,10 @@ percentages. A policy's other scalar entries (e.g. ``eos_rate``, ``mean_score`` 
 :func:`rlhfkit.evaluate.compare.evaluate_policies`) get columns of their own.
 
 Plots: win rates with their 95% intervals (a line at 50%); the over-optimisation curve (reward-model
-and gold score against the PPO step above, KL below: the picture of reward hacking); attribute rates
+and gold score against the PPO step above, KL below, one colour per ``run``: the picture of reward
+hacking); attribute rates
 per policy (grouped bars); the reward model's calibration; win rates and reward-model accuracy across
-rounds.
+rounds; a KL-penalty sweep's reward-model and gold scores against KL (Gao et al. 2022's picture).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+PALETTE = ("#e45756", "#4c78a8", "#54a24b", "#f58518", "#b279a2")
 KNOWN_POLICY_KEYS = ("win_rate", "against", "kl", "mean_length", "gold_score", "rm_score", "refusal_rate",
                      "over_refusal_rate", "attributes")
 RATE_KEYS = {"eos_rate", "refusal_rate", "over_refusal_rate", "accuracy", "accuracy_vs_gold",
@@ -159,21 +164,29 @@ def plot_over_optimisation(points: list) -> Figure | None:
                     key=lambda p: p["step"])
     if not points:
         return None
+    runs = list(dict.fromkeys(str(p.get("run") or "") for p in points))
     figure = new_figure(7.0, 5.0)
     top, bottom = figure.subplots(2, 1, sharex=True)
-    for key, label, color in (("rm_score", "reward-model score", "#4c78a8"), ("gold_score", "gold score", "#e45756")):
-        xy = [(p["step"], finite(p.get(key))) for p in points if finite(p.get(key)) is not None]
+    drawn = False
+    for index, run in enumerate(runs):
+        color = PALETTE[index % len(PALETTE)]
+        mine = [p for p in points if str(p.get("run") or "") == run]
+        prefix = f"{run}: " if run else ""
+        for key, label, style in (("rm_score", "reward-model score", "-"), ("gold_score", "gold score", "--")):
+            xy = [(p["step"], finite(p.get(key))) for p in mine if finite(p.get(key)) is not None]
+            if xy:
+                top.plot(*zip(*xy, strict=True), linestyle=style, marker="o", markersize=3, color=color,
+                         label=prefix + label)
+        xy = [(p["step"], finite(p.get("kl"))) for p in mine if finite(p.get("kl")) is not None]
         if xy:
-            top.plot(*zip(*xy, strict=True), marker="o", markersize=3, label=label, color=color)
-    top.set_ylabel("score")
-    top.set_title("Over-optimisation: reward-model score vs gold score")
-    if top.get_legend_handles_labels()[0]:
-        top.legend()
-    xy = [(p["step"], finite(p.get("kl"))) for p in points if finite(p.get("kl")) is not None]
-    if xy:
-        bottom.plot(*zip(*xy, strict=True), marker="o", markersize=3, color="#54a24b")
-    elif not top.get_legend_handles_labels()[0]:
+            bottom.plot(*zip(*xy, strict=True), marker="o", markersize=3, color=color, label=run or None)
+            drawn = True
+    if not drawn and not top.get_legend_handles_labels()[0]:
         return None
+    top.set_ylabel("score")
+    top.set_title("Over-optimisation: reward-model score (solid) vs gold score (dashed)")
+    if top.get_legend_handles_labels()[0]:
+        top.legend(fontsize="small")
     bottom.set_ylabel("KL to reference (nats)")
     bottom.set_xlabel("PPO step")
     return figure
@@ -267,6 +280,31 @@ def plot_rounds(rounds: list) -> Figure | None:
     return figure
 
 
+def plot_kl_sweep(points: list) -> Figure | None:
+    points = sorted((p for p in points if isinstance(p, dict) and finite(p.get("kl")) is not None),
+                    key=lambda p: p["kl"])
+    if not points:
+        return None
+    figure = new_figure(6.4, 4.2)
+    axes = figure.add_subplot()
+    for key, label, style, color in (("rm_score", "reward-model score", "-", "#4c78a8"),
+                                     ("gold_score", "gold score", "--", "#e45756")):
+        xy = [(p["kl"], finite(p.get(key))) for p in points if finite(p.get(key)) is not None]
+        if xy:
+            axes.plot(*zip(*xy, strict=True), marker="o", linestyle=style, color=color, label=label)
+    for p in points:
+        if finite(p.get("beta")) is not None and finite(p.get("gold_score")) is not None:
+            axes.annotate(f"β={p['beta']:g}", (p["kl"], p["gold_score"]), textcoords="offset points",
+                          xytext=(4, -12), fontsize="small")
+    if not axes.get_legend_handles_labels()[0]:
+        return None
+    axes.set_xlabel("KL to the reference (nats per answer)")
+    axes.set_ylabel("mean score on held-out prompts")
+    axes.set_title("Over-optimisation across KL penalties")
+    axes.legend()
+    return figure
+
+
 def save_plot(figure: Figure | None, folder: Path, name: str) -> str | None:
     """Save ``figure`` as ``folder/plots/NAME.png``; returns its path relative to the report."""
     if figure is None:
@@ -330,7 +368,14 @@ def reward_model_section(rm: dict, folder: Path) -> dict:
 
 def annotators_section(annotators: dict) -> dict:
     section = {"id": "annotators", "title": "Annotators", "tables": [], "images": [], "paragraphs": []}
-    if "pairwise_agreement" in annotators:
+    agreement = annotators.get("agreement") if isinstance(annotators.get("agreement"), dict) else {}
+    if agreement:
+        section["paragraphs"].append(
+            f"Two careful annotators ordered {percent(agreement.get('measured'))} of "
+            f"{number(agreement.get('pairs'), 0)} answer pairs the same way; their noise predicts "
+            f"{percent(agreement.get('expected'))} on those pairs (target over all round-1 pairs: "
+            f"{percent(agreement.get('target'))}).")
+    elif "pairwise_agreement" in annotators:
         section["paragraphs"].append(f"Pairwise agreement between annotators: "
                                      f"{percent(annotators['pairwise_agreement'])}.")
     if annotators.get("note"):
@@ -353,14 +398,26 @@ def stages_section(stages: dict) -> dict:
 
 def over_optimisation_section(points: list, folder: Path) -> dict:
     points = [p for p in points if isinstance(p, dict)]
-    rows = [[number(p.get("step")), number(p.get("kl")), number(p.get("rm_score"), 3), number(p.get("gold_score"), 3)]
-            for p in points]
+    rows = [[str(p.get("run") or ""), number(p.get("step")), number(p.get("kl")), number(p.get("rm_score"), 3),
+             number(p.get("gold_score"), 3)] for p in points]
     return {"id": "over-optimisation", "title": "Over-optimisation",
             "paragraphs": ["The reward model is a proxy: a policy optimised against it can raise its score while "
                            "the gold score (the preference it stands in for) stalls or falls as the KL to the "
                            "reference grows. That gap is reward hacking."],
             "images": [save_plot(plot_over_optimisation(points), folder, "over_optimisation")],
-            "details": table(["PPO step", "KL (nats)", "RM score", "gold score"], rows, caption="The points")}
+            "details": table(["run", "PPO step", "KL (nats)", "RM score", "gold score"], rows, caption="The points")}
+
+
+def kl_sweep_section(points: list, folder: Path) -> dict:
+    points = [p for p in points if isinstance(p, dict)]
+    rows = [[number(p.get("beta"), 3), number(p.get("kl")), number(p.get("rm_score"), 3),
+             number(p.get("gold_score"), 3), percent(p.get("win_rate"))] for p in points]
+    return {"id": "kl-sweep", "title": "KL-penalty sweep",
+            "paragraphs": ["One policy-optimisation run per KL penalty β, from the same start against the same "
+                           "reward model. Weaker penalties buy more reward-model score with more KL; past some KL "
+                           "the gold score stops following it (Gao et al. 2022)."],
+            "images": [save_plot(plot_kl_sweep(points), folder, "kl_sweep")],
+            "tables": [table(["β", "KL (nats)", "RM score", "gold score", "win rate"], rows)]}
 
 
 def samples_section(samples: list, policy_order: list[str]) -> dict:
@@ -458,6 +515,8 @@ def build_sections(summary: dict, folder: Path) -> list[dict]:
         sections.append(policies_section(policies, folder))
     if isinstance(summary.get("over_optimisation"), list) and summary["over_optimisation"]:
         sections.append(over_optimisation_section(summary["over_optimisation"], folder))
+    if isinstance(summary.get("kl_sweep"), list) and summary["kl_sweep"]:
+        sections.append(kl_sweep_section(summary["kl_sweep"], folder))
     if isinstance(summary.get("reward_model"), dict):
         sections.append(reward_model_section(summary["reward_model"], folder))
     if isinstance(summary.get("annotators"), dict):

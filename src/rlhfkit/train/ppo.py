@@ -10,8 +10,8 @@ One step, top to bottom (``run_ppo``):
    answers without EOS may get ``--missing-eos-score`` instead; scores are clipped (and optionally
    whitened).
 3. **Old log-probs, reference log-probs, values** in one no-grad pass each, with logits divided by the
-   sampling temperature. The reference is the initial policy: the same model with its LoRA adapters
-   disabled when ``--lora-r`` is set (no second copy in memory), otherwise a frozen copy.
+   sampling temperature. The reference is the initial policy (or ``--reference``): the same model with its
+   LoRA adapters disabled when ``--lora-r`` is set (no second copy in memory), otherwise a frozen copy.
 4. **Rewards and advantages.** Per-token KL estimate (k1 or k3) to the reference; per-token reward
    ``-β·KL_t`` plus the score at the last answer token (or, with ``--kl-penalty loss``, the score alone
    and ``β·k3`` in the policy loss, as GRPO does). Then ``gae`` (critic values, γ, λ),
@@ -104,6 +104,9 @@ def check_config(config: PPOConfig, num_processes: int) -> int:
     if rollout_size % config.num_minibatches:
         raise ConfigError(f"the rollout batch ({rollout_size} answers per process) does not split into "
                           f"--num-minibatches {config.num_minibatches}")
+    if config.reference not in (None, config.policy) and config.lora_r:
+        raise ConfigError(f"--reference {config.reference}: with --lora-r the reference is the policy with its "
+                          "adapters disabled; a separate reference needs full fine-tuning (--lora-r 0)")
     if config.tis_cap is not None and resolve_engine(config.engine, resolve_device(config.device)) == "hf":
         raise ConfigError("--tis-cap corrects for a sampling engine whose numbers differ from the trainer's; "
                           "the hf engine samples with the trained module itself: use it with --engine vllm")

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from rlhfkit.config import PPOConfig
+from rlhfkit.config import ConfigError, PPOConfig
 from rlhfkit.console import console
 from rlhfkit.models import load_causal_lm, load_tokenizer, lora_settings
 from rlhfkit.models.prefix import prompt_cache_support, tree_support
@@ -65,14 +65,19 @@ def load_critic(config: PPOConfig, tokenizer, dtype) -> ValueModel:
 
 
 def load_ppo_models(config: PPOConfig, tokenizer, dtype, device: torch.device):
-    """``(policy, reference, critic)`` before ``accelerate`` prepares them: no reference with LoRA (the
-    adapters are disabled instead), no critic unless the estimator is GAE."""
+    """``(policy, reference, critic)`` before ``accelerate`` prepares them: the reference is
+    ``--reference`` (default: the starting policy); none with LoRA (the adapters are disabled instead);
+    no critic unless the estimator is GAE."""
     lora = lora_settings(config)
     policy = load_causal_lm(config.policy, tokenizer, dtype=dtype,
                             gradient_checkpointing=config.gradient_checkpointing, lora=lora)
     reference = None
     if lora is None:
-        reference = load_causal_lm(config.policy, tokenizer, dtype=dtype).to(device).eval()
+        source = config.reference or config.policy
+        if source != config.policy and load_tokenizer(source).get_vocab() != tokenizer.get_vocab():
+            raise ConfigError(f"--reference {source}: its tokenizer is not the policy's ({config.policy}); the KL "
+                              "penalty compares log-probs of the same tokens")
+        reference = load_causal_lm(source, tokenizer, dtype=dtype).to(device).eval()
         reference.requires_grad_(False)
     critic = load_critic(config, tokenizer, dtype) if config.estimator == "gae" else None
     return policy, reference, critic
