@@ -78,14 +78,15 @@ def check_reward_model(reward, rm_dir: Path, prompts: list, sft_answers: list, p
     return result
 
 
-def over_optimisation_curve(ppo_dir: Path, run: str) -> list[dict]:
+def over_optimisation_curve(ppo_dir: Path, run: str, first_step: int = 0) -> list[dict]:
     """One point per PPO step of the run in ``ppo_dir``: KL, reward-model score and the gold score
-    (tracked during training, never optimised)."""
+    (tracked during training, never optimised); steps counted on from ``first_step`` (a run that
+    continues another)."""
     curve = []
     for line in (ppo_dir / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
         if "score" in row and "kl_k1" in row:
-            curve.append({"run": run, "step": row["step"], "kl": row["kl_k1"], "rm_score": row["score"],
+            curve.append({"run": run, "step": first_step + row["step"], "kl": row["kl_k1"], "rm_score": row["score"],
                           "gold_score": row.get("track_score")})
     return curve
 

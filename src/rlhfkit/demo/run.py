@@ -170,7 +170,7 @@ def run_demo(output: str | Path = "demo-output", quick: bool = False, seed: int 
         evaluation = evaluate(output, ("ppo-round-1", "ppo", "dpo"), sft, sft_held_out,
                               {"rm_score": rm_1, "rm_round_2_score": rm_2}, tokenizer, held_out, size, seed)
 
-    summary = demo_summary(checks, round_1, round_2, evaluation, output)
+    summary = demo_summary(checks, round_1, round_2, evaluation, output, size)
     with clock.stage(13, "report", "HTML with plots, and summary.json"):
         summary["stage_seconds"] = {**clock.seconds, "report": 0.0}
         summary["total_seconds"] = round(time.perf_counter() - started, 2)
@@ -263,7 +263,7 @@ def train_reward_model(output: Path, name: str, exports: list[Path], size: DemoS
     rankings = output / "data" / f"{name}-rankings.jsonl"
     rankings.write_text("".join((folder / "rankings.jsonl").read_text(encoding="utf-8") for folder in exports),
                         encoding="utf-8")
-    run_rm(RMConfig(model=str(output / "sft"), data=str(rankings), output=str(output / name), learning_rate=5e-4,
+    run_rm(RMConfig(model=str(output / "sft"), data=str(rankings), output=str(output / name), learning_rate=2e-3,
                     max_steps=size.rm_steps, batch_size=16, warmup_ratio=0.05, eval_split=0.1,
                     normalize_with=str(output / "data" / "sft-samples.jsonl"), **common))
 
@@ -294,7 +294,7 @@ def rounds_record(checks: dict, policies: dict) -> list[dict]:
              "reward_model": checks[n]} for n in (1, 2)]
 
 
-def demo_summary(checks: dict, round_1: dict, round_2: dict, evaluation: dict, output: Path) -> dict:
+def demo_summary(checks: dict, round_1: dict, round_2: dict, evaluation: dict, output: Path, size: DemoSize) -> dict:
     """The summary the report draws (stage times are added as the report is written)."""
     return {
         "title": "rlhfkit demo: RLHF on a small assistant world",
@@ -304,7 +304,7 @@ def demo_summary(checks: dict, round_1: dict, round_2: dict, evaluation: dict, o
         **evaluation,
         "rounds": rounds_record(checks, evaluation["policies"]),
         "over_optimisation": (over_optimisation_curve(output / "ppo-round-1", "round 1")
-                              + over_optimisation_curve(output / "ppo", "round 2")),
+                              + over_optimisation_curve(output / "ppo", "round 2", size.ppo_round_1_steps)),
         "notes": [
             "Everything ran on CPU from a seed: the world, the tiny model, the simulated annotators.",
             "Win rates are judged by the world's hidden gold preference, which no training stage sees; "
