@@ -191,6 +191,7 @@ try:
     optimizer_step(accelerator, [model], optimizer, scheduler, [loss], 1.0, lambda l: f"non-finite loss {l.item()}")
 except TrainingError as error:
     print(f"rank {accelerator.process_index} stopped: {error}", flush=True)
+torch.distributed.destroy_process_group()  # else gloo's threads may abort the interpreter's exit
 """
 
 
