@@ -82,7 +82,7 @@ class DemoSize:
     rm_steps: int = 100
     ppo_round_1_steps: int = 12
     beta: float = 0.3  # PPO's KL penalty (both rounds), and DPO's beta
-    ppo_steps: int = 13  # round 2, after round 1's steps
+    ppo_steps: int = 20  # round 2, after round 1's steps
     dpo_steps: int = 250
     eval_samples: int = 4
     max_new_tokens: int = 48
