@@ -91,21 +91,29 @@ def over_optimisation_curve(ppo_dir: Path, run: str, first_step: int = 0) -> lis
     return curve
 
 
+def against_sft(policy, name: str, sft, sft_answers: list, scorers: dict, tokenizer, held_out: list[dict], size,
+                seed: int, show_progress: bool = False) -> dict:
+    """:func:`~rlhfkit.evaluate.compare.evaluate_policies` of ``policy`` (called ``name``) against SFT,
+    whose answers ``sft_answers`` are already sampled, on the held-out prompts: judged by gold, KL to
+    SFT, and every answer scored by ``scorers`` and by gold."""
+    return evaluate_policies(policy, sft, tokenizer, [p["prompt"] for p in held_out], gold_score, reference=sft,
+                             harmful=[p["harmful"] for p in held_out], samples_per_prompt=size.eval_samples,
+                             max_new_tokens=size.max_new_tokens, temperature=size.temperature, seed=seed,
+                             batch_size=64, names=(name, "sft"), judge_name="gold",
+                             scorers={**scorers, "gold_score": gold_score}, show_progress=show_progress,
+                             baseline_samples=sft_answers)
+
+
 def evaluate(output: Path, names: tuple[str, ...], sft, sft_answers: list, scorers: dict, tokenizer,
              held_out: list[dict], size, seed: int) -> dict:
     """Each policy in ``names`` (a folder of ``output``) against SFT, whose answers ``sft_answers`` are
     already sampled, on the held-out prompts, judged by gold; behaviour per policy; ``scorers`` (the
     reward models) score every answer too."""
-    prompts = [p["prompt"] for p in held_out]
-    harmful = [p["harmful"] for p in held_out]
     policies, samples = {}, {}
     for name in names:
         policy = load_causal_lm(str(output / name), tokenizer).eval()
-        result = evaluate_policies(policy, sft, tokenizer, prompts, gold_score, reference=sft, harmful=harmful,
-                                   samples_per_prompt=size.eval_samples, max_new_tokens=size.max_new_tokens,
-                                   temperature=size.temperature, seed=seed, batch_size=64, names=(name, "sft"),
-                                   judge_name="gold", scorers={**scorers, "gold_score": gold_score},
-                                   show_progress=True, baseline_samples=sft_answers)
+        result = against_sft(policy, name, sft, sft_answers, scorers, tokenizer, held_out, size, seed,
+                             show_progress=True)
         rows = result["samples"]
         flat = [row["prompt"] for row in rows]
         policies[name] = {**result["policies"][name],

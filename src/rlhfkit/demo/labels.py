@@ -18,10 +18,11 @@ from rlhfkit.demo.annotators import (
     INSTRUCTGPT_AGREEMENT,
     SimulatedAnnotator,
     calibrate_noise,
+    expected_agreement,
     label_project,
-    sigmoid,
 )
 from rlhfkit.demo.world import ReplyStyle, World, gold_score, prompt_text, render_reply
+from rlhfkit.feedback.agreement import pairwise_ranking_agreement
 from rlhfkit.feedback.auth import create_user
 from rlhfkit.feedback.cli import open_database
 from rlhfkit.feedback.db import User
@@ -127,20 +128,19 @@ def excluded_by_quality_control(rows: list[dict]) -> frozenset[str]:
 
 def careful_agreement(session, project, careful: set[str], noise: float) -> dict:
     """How often two careful annotators ordered an answer pair the same way, over every pair of answers
-    of every (non-gold) item two of them ranked (``measured``), beside the agreement their noise
-    predicts for those same pairs, p² + (1 − p)² with p = σ(Δgold / noise) (``expected``)."""
-    agreeing, expected, pairs = 0, 0.0, 0
+    of every (non-gold) item two of them ranked (``measured``, :func:`pairwise_ranking_agreement`),
+    beside the agreement their noise predicts for those same pairs (``expected``,
+    :func:`~rlhfkit.demo.annotators.expected_agreement`)."""
+    rankings_per_item, differences = [], []
     for item, labels in labels_by_item(project_labels(session, project)).values():  # gold items left out
-        gold = gold_of(item.prompt, item.responses)
         rankings = [label.answer["ranks"] for label, name in labels if name in careful]
-        for first, second in itertools.combinations(rankings, 2):
-            for i, j in itertools.combinations(range(len(gold)), 2):
-                p = sigmoid((gold[i] - gold[j]) / noise)
-                expected += p * p + (1 - p) * (1 - p)
-                agreeing += (first[i] < first[j]) == (second[i] < second[j])
-                pairs += 1
-    return {"measured": agreeing / pairs if pairs else None, "expected": expected / pairs if pairs else None,
-            "pairs": pairs, "target": INSTRUCTGPT_AGREEMENT}
+        gold = gold_of(item.prompt, item.responses)
+        pairs_of_rankings = len(rankings) * (len(rankings) - 1) // 2
+        differences += [a - b for a, b in itertools.combinations(gold, 2)] * pairs_of_rankings
+        rankings_per_item.append(rankings)
+    return {"measured": pairwise_ranking_agreement(rankings_per_item),
+            "expected": expected_agreement(differences, noise) if differences else None,
+            "pairs": len(differences), "target": INSTRUCTGPT_AGREEMENT}
 
 
 def annotator_table(rows: list[dict], logs: dict, careful: set[str], excluded: frozenset[str]) -> list[dict]:

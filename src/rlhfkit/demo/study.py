@@ -16,10 +16,9 @@ import json
 from pathlib import Path
 
 from rlhfkit.console import console
-from rlhfkit.demo.evaluation import sample_held_out
+from rlhfkit.demo.evaluation import against_sft, sample_held_out
 from rlhfkit.demo.run import FULL, QUICK, run_demo, train_ppo, training_defaults
-from rlhfkit.demo.world import World, gold_score
-from rlhfkit.evaluate.compare import evaluate_policies
+from rlhfkit.demo.world import World
 from rlhfkit.evaluate.report import write_report
 from rlhfkit.models import load_causal_lm, load_tokenizer
 from rlhfkit.rewards import load_reward_function
@@ -50,12 +49,8 @@ def run_study(output: str | Path, seed: int = 0, quick: bool = False) -> list[di
         console.rule(f"[bold]study: PPO against the round-1 reward model, β = {beta:g}")
         train_ppo(output, "rm", name, size.ppo_round_1_steps + size.ppo_steps, beta, size, training_defaults(seed))
         policy = load_causal_lm(str(output / name), tokenizer).eval()
-        result = evaluate_policies(policy, sft, tokenizer, prompts, gold_score, reference=sft,
-                                   harmful=[p["harmful"] for p in held_out], samples_per_prompt=size.eval_samples,
-                                   max_new_tokens=size.max_new_tokens, temperature=size.temperature, seed=seed,
-                                   batch_size=64, names=("policy", "sft"), judge_name="gold",
-                                   scorers={"rm_score": reward, "gold_score": gold_score},
-                                   baseline_samples=sft_answers)
+        result = against_sft(policy, "policy", sft, sft_answers, {"rm_score": reward}, tokenizer, held_out, size,
+                             seed)
         row = result["policies"]["policy"]
         points.append({"beta": beta, "kl": row["kl"], "rm_score": row["rm_score"], "gold_score": row["gold_score"],
                        "win_rate": result["win_rate"]["rate"]})

@@ -36,9 +36,8 @@ percentages. A policy's other scalar entries (e.g. ``eos_rate``, ``mean_score`` 
 
 Plots: win rates with their 95% intervals (a line at 50%); the over-optimisation curve (reward-model
 and gold score against the PPO step above, KL below, one colour per ``run``: the picture of reward
-hacking); attribute rates
-per policy (grouped bars); the reward model's calibration; win rates and reward-model accuracy across
-rounds; a KL-penalty sweep's reward-model and gold scores against KL (Gao et al. 2022's picture).
+hacking); attribute rates per policy (grouped bars); the reward model's calibration; win rates and
+reward-model accuracy across rounds; a KL-penalty sweep's reward-model and gold scores against KL (Gao et al. 2022's picture).
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from rlhfkit.config import TrainConfig
+from rlhfkit.models.sharded import on_every_process
 
 
 class TrainingError(RuntimeError):
@@ -60,8 +61,6 @@ def make_optimizer(param_groups: list, **options) -> torch.optim.AdamW:
 def finite_everywhere(accelerator, loss: torch.Tensor) -> bool:
     """Whether ``loss`` is finite on every process. All processes stop together on one's NaN: a process
     that stopped alone would leave the others waiting in the backward pass's collectives."""
-    from rlhfkit.models.sharded import on_every_process
-
     return on_every_process(bool(torch.isfinite(loss)), accelerator.device)
 
 
