@@ -71,6 +71,16 @@ def too_few(prompts, responses):
 
 
 @pytest.fixture(scope="session")
+def vllm_families(tmp_path_factory, example_files) -> dict[str, Path]:
+    """Tiny Llama and Qwen2 models with head size 32 (vLLM's CPU attention has no kernel for 16)."""
+    from rlhfkit.models.tiny import write_tiny_model
+
+    return {arch: write_tiny_model(example_files["corpus"], tmp_path_factory.mktemp(f"vllm-{arch}"), arch=arch,
+                                   heads=2, vocab_size=512, seed=1)
+            for arch in ("llama", "qwen2")}
+
+
+@pytest.fixture(scope="session")
 def rl_files(tmp_path_factory):
     """64 chat prompts and reward functions for the RL tests: blue (one point per 'blue'), broken (NaN),
     too_few (one score for many answers)."""

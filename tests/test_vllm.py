@@ -35,16 +35,6 @@ REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ["Tell me about number 3.", "What is the capital of Peru?", "Hi", "Name a colour.", "Why is the sky blue?"]
 
 
-@pytest.fixture(scope="session")
-def vllm_families(tmp_path_factory, example_files) -> dict[str, Path]:
-    """Tiny Llama and Qwen2 models with head size 32 (vLLM's CPU attention has no kernel for 16)."""
-    from rlhfkit.models.tiny import write_tiny_model
-
-    return {arch: write_tiny_model(example_files["corpus"], tmp_path_factory.mktemp(f"vllm-{arch}"), arch=arch,
-                                   heads=2, vocab_size=512, seed=1)
-            for arch in ("llama", "qwen2")}
-
-
 @pytest.fixture
 def engine():
     """Start engines with ``engine(folder, tokenizer)``; each is closed after the test."""

@@ -114,6 +114,34 @@ class WeightSyncConfig(EngineConfig):
 
 
 @dataclass
+class PlacementConfig:
+    """Where the roles of an RL run live (rlhfkit.train.placement): here, or as Ray actors on a cluster."""
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+
+    placement: str = option("local", "local: the trainer in this process (several under torchrun) with its "
+                                      "engine beside it; ray: a trainer group and vLLM engine actors placed by "
+                                      "Ray, on a cluster (--ray-address) or a local Ray started for the run.",
+                            choices=("local", "ray"))
+    ray_address: str | None = option(None, "ray: the cluster to join (the address `ray start --head` prints, or "
+                                           "'auto'); null: start a local Ray for the run.")
+    trainer_processes: int = option(1, "ray: trainer actors, one process group (gloo on CPUs, NCCL on GPUs; "
+                                       "sharded with --fsdp).", minimum=1)
+    engine_actors: int = option(1, "ray: vLLM engine actors; trainer process r samples with engine r mod N.",
+                                minimum=1)
+    trainer_cpus: float = option(1.0, "ray: CPUs each trainer actor reserves.", minimum=0)
+    trainer_gpus: float = option(0.0, "ray: GPUs each trainer actor reserves (1 on a GPU cluster).", minimum=0)
+    engine_cpus: float = option(1.0, "ray: CPUs each engine actor reserves.", minimum=0)
+    engine_gpus: float = option(0.0, "ray: GPUs each engine actor reserves (its --tensor-parallel-size on a GPU "
+                                     "cluster).", minimum=0)
+    async_steps: int = option(0, "ray: let the engines sample up to S policy versions ahead of the trainer, "
+                                 "overlapping rollouts with updates (0: synchronous). The update weighs "
+                                 "each token by the truncated importance ratio against the policy that "
+                                 "sampled it (--tis-cap, 2 unless set).", minimum=0)
+
+
+@dataclass
 class TrainConfig(ModelConfig):
     """The vocabulary every trainer shares (SFT, RM, PPO, DPO). Defaults suit real models."""
 
@@ -140,8 +168,9 @@ class TrainConfig(ModelConfig):
                                "weights on GPUs); checkpoints are sharded, the final model a plain HF folder.")
     fsdp_offload: bool = option(False, "--fsdp on a GPU: keep parameters and optimizer states in CPU memory "
                                        "between uses (slower; for models that do not fit otherwise).")
-    dist_timeout: int = option(600, "Seconds a process waits for the others in a collective before the run "
-                                    "fails (a dead or stuck process).", minimum=1)
+    dist_timeout: int = option(600, "Seconds a process waits for the others in a collective (or, with "
+                                    "--placement ray, for an engine actor's answer) before the run fails (a "
+                                    "dead or stuck process).", minimum=1)
     log_every: int = option(10, "Log metrics every N optimizer steps.", minimum=1)
     eval_every: int = option(0, "Evaluate on the held-out split every N steps (0: only at the end).", minimum=0)
     eval_split: float = option(0.05, "Fraction of the data held out for evaluation (0: none).", minimum=0, less_than=1)
@@ -216,7 +245,7 @@ class DPOConfig(TrainConfig, WeightSyncConfig):
 
 
 @dataclass
-class PPOConfig(TrainConfig, WeightSyncConfig):
+class PPOConfig(TrainConfig, WeightSyncConfig, PlacementConfig):
     """RL against a reward: PPO (GAE critic) or a critic-free estimator (GRPO, RLOO, REINFORCE++), with a
     KL penalty to the initial policy. One step = one rollout batch, then --ppo-epochs passes over it."""
 

@@ -5,7 +5,8 @@
 * :func:`model_sampler`: the engine of a stage that samples from a model folder it does not train
   (generate, eval, serve, revise).
 * :func:`policy_engine`: the engine of a trainer (PPO and its estimators, online DPO), with the
-  :class:`~rlhfkit.rollout.weight_sync.WeightSync` that keeps a vLLM engine on the trained weights.
+  :class:`~rlhfkit.rollout.weight_sync.WeightSync` that keeps a vLLM engine on the trained weights:
+  in the trainer's process, or with ``--placement ray`` vLLM engine actors (``ray_engine.py``).
 """
 
 from __future__ import annotations
@@ -39,12 +40,29 @@ def engine_dtype(config: EngineConfig, dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.") if config.engine_dtype == "auto" else config.engine_dtype
 
 
+def vllm_options(config: EngineConfig, dtype: torch.dtype, seed: int, *, beside_trainer: bool,
+                 max_model_len: int | None = None) -> dict:
+    """:class:`VLLMSampler`'s keyword arguments for an engine ``beside_trainer`` (sharing its devices) or alone."""
+    memory = config.gpu_memory_utilization or (BESIDE_TRAINER_MEMORY if beside_trainer else ALONE_MEMORY)
+    return dict(dtype=engine_dtype(config, dtype), max_model_len=config.engine_max_model_len or max_model_len,
+                gpu_memory_utilization=memory, tensor_parallel_size=config.tensor_parallel_size, seed=seed,
+                sleep=beside_trainer)
+
+
 def start_vllm(config: EngineConfig, model_dir: str | Path, tokenizer, dtype: torch.dtype, seed: int, *,
                beside_trainer: bool, max_model_len: int | None = None) -> VLLMSampler:
-    memory = config.gpu_memory_utilization or (BESIDE_TRAINER_MEMORY if beside_trainer else ALONE_MEMORY)
-    return VLLMSampler(model_dir, tokenizer, dtype=engine_dtype(config, dtype),
-                       max_model_len=config.engine_max_model_len or max_model_len, gpu_memory_utilization=memory,
-                       tensor_parallel_size=config.tensor_parallel_size, seed=seed, sleep=beside_trainer)
+    return VLLMSampler(model_dir, tokenizer, **vllm_options(config, dtype, seed, beside_trainer=beside_trainer,
+                                                            max_model_len=max_model_len))
+
+
+def start_engine_actors(config, folder: Path, tokenizer, dtype: torch.dtype, seed: int, max_model_len: int):
+    """The engine actors of a trainer placed by Ray (``--placement ray``): vLLM on their own devices."""
+    from rlhfkit.rollout.ray_engine import RemoteSampler, placed_run
+
+    options = vllm_options(config, dtype, seed, beside_trainer=False, max_model_len=max_model_len)
+    resources = {"num_cpus": config.engine_cpus, "num_gpus": config.engine_gpus}
+    return RemoteSampler.start(placed_run(), config.engine_actors, str(folder), tokenizer, options, resources,
+                               config.dist_timeout)
 
 
 def model_sampler(config: EngineConfig, model_dir: str, tokenizer, dtype: torch.dtype, device: torch.device,
@@ -80,11 +98,15 @@ def engine_start_folder(model: torch.nn.Module, tokenizer, source: str, workdir:
 
 def policy_engine(config: WeightSyncConfig, model: torch.nn.Module, tokenizer, source: str, dtype: torch.dtype,
                   device: torch.device, seed: int, probe_ids: list[list[int]], workdir: Path, max_model_len: int):
-    """``(sampler, weight sync or None)`` for a trainer of ``model`` (started from ``source``)."""
+    """``(sampler, weight sync or None)`` for a trainer of ``model`` (started from ``source``): the HF engine
+    on ``model`` itself, a vLLM engine in this process, or, with ``--placement ray``, engine actors."""
     if resolve_engine(config.engine, device) == "hf":
         return HFSampler(model, tokenizer), None
     folder = engine_start_folder(model, tokenizer, source, workdir)
-    sampler = start_vllm(config, folder, tokenizer, dtype, seed, beside_trainer=True, max_model_len=max_model_len)
+    if getattr(config, "placement", "local") == "ray":
+        sampler = start_engine_actors(config, folder, tokenizer, dtype, seed, max_model_len)
+    else:
+        sampler = start_vllm(config, folder, tokenizer, dtype, seed, beside_trainer=True, max_model_len=max_model_len)
     tolerance = config.sync_check_tolerance or default_tolerance(engine_dtype(config, dtype))
     sync = WeightSync(sampler, probe_ids[:PROBE_PROMPTS], tokenizer.pad_token_id, every=config.sync_every,
                       check_every=config.sync_check_every, tolerance=tolerance)

@@ -52,6 +52,7 @@ class Sample:
     text: str  # decoded without special tokens
     finished: bool  # ended with EOS (rather than running out of max_new_tokens)
     logprobs: list[float] | None = None  # the engine's log-prob of each token, when the engine reports them
+    version: int | None = None  # the policy version (updates done) that sampled it, when the engine knows
 
 
 def cut_after_eos(token_ids: list[int], eos_token_id: int) -> tuple[list[int], bool]:

@@ -45,8 +45,9 @@ class Sampler(Protocol):
         record, kept for the caller), in prompt order."""
         ...
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Take the policy's new weights, by parameter name (a full, unsharded tensor each)."""
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]], version: int | None = None) -> None:
+        """Take the policy's new weights, by parameter name (a full, unsharded tensor each); ``version``: the
+        updates they have had (engines that tag their answers with it keep it)."""
         ...
 
     def sleep(self) -> None:
@@ -76,7 +77,7 @@ class HFSampler:
                                 prompt_ids=prompt_ids)
 
     @torch.no_grad()
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]], version: int | None = None) -> None:
         """Copy ``weights`` into the sampling model, in place. A tensor that is already the model's own
         (the sampler shares the trained module) is skipped; an unknown name is an error."""
         own = dict(self.unwrap(self.model).named_parameters())

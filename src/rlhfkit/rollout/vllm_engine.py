@@ -207,7 +207,7 @@ class VLLMSampler:
     # -- weights and memory ----------------------------------------------------------------------------
 
     @torch.no_grad()
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]], version: int | None = None) -> None:
         """Put ``weights`` (HF checkpoint names, full tensors) into the live engine, in place, and drop
         the prefix cache computed with the old ones. A name the engine's model lacks is an
         :class:`EngineError` naming it."""
@@ -243,9 +243,16 @@ class VLLMSampler:
 
 
 def safetensors_bytes(tensors: list[tuple[str, torch.Tensor]]) -> bytes:
-    """``tensors`` as the bytes of a safetensors file (how they cross into a worker process)."""
+    """``tensors`` as the bytes of a safetensors file (how they cross into a worker process). A tensor that
+    shares memory with one before it (a tied output embedding) is copied: safetensors refuses shared ones."""
     from safetensors.torch import save
 
+    named, seen = {}, set()
+    for name, tensor in tensors:
+        tensor = tensor.contiguous().cpu()
+        pointer = tensor.untyped_storage().data_ptr()
+        named[name] = tensor.clone() if pointer in seen else tensor
+        seen.add(pointer)
     buffer = io.BytesIO()
-    buffer.write(save({name: tensor.contiguous().cpu() for name, tensor in tensors}))
+    buffer.write(save(named))
     return buffer.getvalue()

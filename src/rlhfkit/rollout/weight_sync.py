@@ -100,7 +100,7 @@ class WeightSync:
     def push(self, model: torch.nn.Module, step: int, check: bool = True) -> dict[str, float]:
         """Send ``model``'s weights now and, with ``check``, verify them; returns the sync's metrics."""
         started = time.perf_counter()
-        self.sampler.load_weights(policy_weights(model))
+        self.sampler.load_weights(policy_weights(model), version=step)
         metrics = {"sync_seconds": time.perf_counter() - started}
         if check and self.probe_ids:
             metrics.update(self.verify(model, step))

@@ -57,11 +57,13 @@ from rlhfkit.models import fit_max_length, load_tokenizer, resolve_device, resol
 from rlhfkit.rewards import RewardFunction, load_reward_function
 from rlhfkit.rl_losses import ADVANTAGE_ESTIMATORS, GROUP_ESTIMATORS, KLController, compute_advantages
 from rlhfkit.rollout.engines import policy_engine, resolve_engine
-from rlhfkit.rollout.logprobs import Rollout, in_chunks, response_logprobs
+from rlhfkit.rollout.logprobs import Rollout, in_chunks, response_logprobs, rollout_from_samples
+from rlhfkit.rollout.ray_engine import placed_run
 from rlhfkit.train.batches import BatchPlan, split_held_out
 from rlhfkit.train.checkpoints import interruption_note, resume_from_latest, save_checkpoint
 from rlhfkit.train.metrics import MetricsLog, tensorboard_writer
 from rlhfkit.train.optimizer import TrainingError, make_accelerator, make_optimizer
+from rlhfkit.train.placement import check_placement, run_placed
 from rlhfkit.train.ppo_experience import Experience, RewardScorer, make_experience, mean_over_processes
 from rlhfkit.train.ppo_models import (
     PPOModels,
@@ -71,7 +73,14 @@ from rlhfkit.train.ppo_models import (
     prompt_sharing,
     response_values,
 )
-from rlhfkit.train.ppo_sampling import extra_prompts, generate_rollout, sample_scored_batch, sampling_seed
+from rlhfkit.train.ppo_sampling import (
+    RolloutsAhead,
+    extra_prompts,
+    generate_rollout,
+    sample_scored_batch,
+    sampling_seed,
+    sampling_settings,
+)
 from rlhfkit.train.ppo_update import ppo_update
 from rlhfkit.train.run_record import run_record
 from rlhfkit.train.sharding import all_processes, is_sharded, save_final_model
@@ -88,6 +97,7 @@ def check_config(config: PPOConfig, num_processes: int) -> int:
     choices such as ``--estimator`` are checked when the config is built.)"""
     if config.grad_accum != 1:
         raise ConfigError("--grad-accum does not apply to ppo: use --num-minibatches and --batch-size")
+    check_placement(config)
     if config.max_length - config.max_new_tokens <= 0:
         raise ConfigError(f"--max-length {config.max_length} leaves no room for prompts after "
                           f"--max-new-tokens {config.max_new_tokens}")
@@ -162,7 +172,11 @@ class PPOTrainer:
         self.sampler, self.sync = policy_engine(config, self.models.unwrapped_policy(), self.tokenizer, config.policy,
                                                 dtype, accelerator.device, config.seed, self.prompt_ids,
                                                 Path(config.output) / "engine-start", config.max_length)
+        self.ahead = RolloutsAhead(self.sampler, config.async_steps, self.steps, self.rollout_request) \
+            if config.async_steps else None
         self.current_step = 0
+        self.versions: list[int | None] = []  # the policy versions that sampled the step's answers
+        self.waited = 0.0  # seconds the step waited for its answers
 
     def load_prompts(self) -> None:
         """The training and held-out prompts, as text and as token ids cut to the room left for answers."""
@@ -195,7 +209,7 @@ class PPOTrainer:
     def step(self, step: int) -> tuple[Rollout, Experience, dict[str, float]]:
         """Rollout -> score -> advantages -> update -> β; returns the rollout, its experience and the metrics."""
         config, accelerator, group = self.config, self.accelerator, self.samples_per_prompt
-        self.current_step = step
+        self.current_step, self.versions, self.waited = step, [], 0.0
         batch = sample_scored_batch(
             self.sample, self.plan.micro_batches(step, accelerator.process_index)[0], self.score, config, group,
             lambda round_: extra_prompts(config, step, round_, accelerator.process_index, len(self.prompts),
@@ -205,7 +219,10 @@ class PPOTrainer:
         rollout = batch.rollout
         experience, metrics = make_experience(self.models, rollout, batch.scores, batch.raw_scores, config,
                                               self.kl.beta, group)
-        metrics.update(batch.metrics)
+        metrics.update(batch.metrics, rollout_wait_seconds=self.waited)
+        if self.versions and None not in self.versions:  # engine actors tag each answer with its policy version
+            metrics.update(policy_lag=step - sum(self.versions) / len(self.versions),
+                           policy_lag_max=float(step - min(self.versions)))
         if self.track_fn is not None:
             metrics["track_score"] = sum(self.track_fn(rollout.prompts, rollout.texts)) / len(rollout)
         metrics = mean_over_processes(accelerator, metrics)
@@ -219,10 +236,25 @@ class PPOTrainer:
     def sample(self, indices: list[int], round_: int = 0) -> Rollout:
         """``samples_per_prompt`` answers to each of the training prompts ``indices`` from the current policy
         (``round_``: the dynamic-sampling round, for the engine's seeds)."""
-        seed = sampling_seed(self.config, self.current_step, round_, self.accelerator.process_index)
-        return generate_rollout(self.sampler, self.tokenizer, [self.prompts[i] for i in indices],
-                                [self.prompt_ids[i] for i in indices], self.samples_per_prompt, self.config,
-                                self.accelerator.device, self.share_prompts, seed)
+        started = time.perf_counter()
+        prompts, prompt_ids = [self.prompts[i] for i in indices], [self.prompt_ids[i] for i in indices]
+        if self.ahead is not None and round_ == 0:  # queued on the engines while an earlier step trained
+            samples = self.ahead.take(self.current_step, indices)
+        else:
+            seed = sampling_seed(self.config, self.current_step, round_, self.accelerator.process_index)
+            samples = self.sampler.sample(prompts, prompt_ids, self.samples_per_prompt,
+                                          sampling_settings(self.config, seed))
+        self.waited += time.perf_counter() - started
+        self.versions += [s.version for answers in samples for s in answers]
+        return rollout_from_samples(samples, prompts, prompt_ids, self.tokenizer.pad_token_id, self.accelerator.device,
+                                    self.share_prompts)
+
+    def rollout_request(self, step: int):
+        """What step ``step`` samples first: its prompts (indices and ids), answers per prompt, settings."""
+        indices = self.plan.micro_batches(step, self.accelerator.process_index)[0]
+        seed = sampling_seed(self.config, step, 0, self.accelerator.process_index)
+        return (list(indices), [self.prompt_ids[i] for i in indices], self.samples_per_prompt,
+                sampling_settings(self.config, seed))
 
     def run(self, on_step=None) -> Path:
         config = self.config
@@ -334,6 +366,10 @@ class PPOTrainer:
 def run_ppo(config: PPOConfig, on_step=None) -> Path:
     """Train ``config.policy`` against ``config.reward``; returns the output folder (an HF model).
 
-    ``on_step(step)`` is called after every step (tests use it to interrupt a run).
+    ``on_step(step)`` is called after every step (tests use it to interrupt a run). With ``--placement
+    ray`` this process is the driver of trainer and engine actors (``placement.py``).
     """
+    if config.placement == "ray" and placed_run() is None:
+        check_placement(config)
+        return run_placed("ppo", run_ppo, config)
     return PPOTrainer(config).run(on_step)

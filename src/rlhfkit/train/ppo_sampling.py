@@ -23,15 +23,43 @@ from rlhfkit.rollout.sampler import Sampler, SamplingSettings
 from rlhfkit.train.ppo_experience import RewardScorer
 
 
+def sampling_settings(config: PPOConfig, seed: int | None) -> SamplingSettings:
+    """How a PPO run draws its answers; ``seed`` seeds the draws of engines that seed each request (vLLM)."""
+    return SamplingSettings(config.max_new_tokens, config.temperature, config.top_p, config.generation_batch_size,
+                            seed)
+
+
 def generate_rollout(sampler: Sampler, tokenizer, prompts: list, prompt_ids: list[list[int]], num_samples: int,
                      config: PPOConfig, device: torch.device, share_prompts: tuple[str, ...] = (),
                      seed: int | None = None) -> Rollout:
-    """Sample ``num_samples`` answers per prompt; answer ``i*K + k`` is the k-th answer to prompt ``i``.
-    ``seed`` seeds the draws of engines that seed each request (vLLM)."""
-    settings = SamplingSettings(config.max_new_tokens, config.temperature, config.top_p,
-                                config.generation_batch_size, seed)
-    samples = sampler.sample(prompts, prompt_ids, num_samples, settings)
+    """Sample ``num_samples`` answers per prompt; answer ``i*K + k`` is the k-th answer to prompt ``i``."""
+    samples = sampler.sample(prompts, prompt_ids, num_samples, sampling_settings(config, seed))
     return rollout_from_samples(samples, prompts, prompt_ids, tokenizer.pad_token_id, device, share_prompts)
+
+
+class RolloutsAhead:
+    """``--async-steps S``: when step ``t`` takes its rollout, the rollouts of steps up to ``t + S`` are queued
+    on the engine actors, so the engine samples step ``t + S`` while the trainer updates on step ``t``, with
+    the weights it holds then (``t`` updates done). Step ``t + S`` is trained after ``t + S`` updates: its
+    answers come from a policy ``S`` versions old (its ``policy_lag``; the first ``S`` steps lag less).
+
+    ``request(step) -> (prompt indices, prompt ids, samples per prompt, settings)`` is the rollout request
+    of a step; ``steps`` is the run's number of steps (nothing is queued beyond the last)."""
+
+    def __init__(self, sampler, steps_ahead: int, steps: int, request):
+        self.sampler, self.steps_ahead, self.steps, self.request = sampler, steps_ahead, steps, request
+        self.queued: dict[int, tuple[list[int], object]] = {}
+
+    def take(self, step: int, indices: list[int]):
+        """The answers of ``step``'s rollout (its prompts ``indices``), queueing the steps ahead first."""
+        for ahead in range(step, min(step + self.steps_ahead, self.steps - 1) + 1):
+            if ahead not in self.queued:
+                wanted, prompt_ids, num_samples, settings = self.request(ahead)
+                self.queued[ahead] = (wanted, self.sampler.submit(prompt_ids, num_samples, settings))
+        wanted, pending = self.queued.pop(step)
+        if wanted != list(indices):
+            raise RuntimeError(f"step {step}: the rollout queued ahead was for other prompts")
+        return self.sampler.collect(pending)
 
 
 def sampling_seed(config: PPOConfig, step: int, round_: int, process: int) -> int:

@@ -1,0 +1,259 @@
+"""vLLM engines as Ray actors (``--placement ray``), reached through the same sampling interface as an
+engine in the trainer's process.
+
+:class:`EngineWorker` is the body of one engine actor: a :class:`~rlhfkit.rollout.vllm_engine.VLLMSampler`
+and one thread that runs the actor's jobs (sample, greedy probe, load weights) strictly in the order
+they were queued. Queueing a job returns at once with a ticket; its result is collected later. So a
+trainer can ask for a later step's rollouts, update on the current one while the engine samples, and
+collect them when it needs them (``--async-steps``). Every answer records the policy version (updates
+done) of the weights that sampled it.
+
+:class:`RemoteSampler` is the trainer side, one per trainer process: process ``r`` samples on engine
+``r mod N``. The order of jobs is what makes a run reproducible, and it follows the trainer group's own
+order: a process waits until its job is queued before it goes on, process 0 sends new weights to every
+engine after the update's collectives (so after every process queued its requests for the old
+weights), and every process passes a barrier once the weights are loaded (so no request for the new
+weights queues before them).
+
+Transport: the weights go through Ray's object store, put once and read by every engine (the CPU
+transport: tensors serialised, which a GPU cluster would replace with NCCL; not built yet).
+
+A dead engine actor, or one that does not answer within ``--dist-timeout`` seconds, is an
+:class:`EngineActorError` naming the engine, never a hang.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from rlhfkit.rollout.generate import Sample
+from rlhfkit.rollout.sampler import SamplingSettings
+
+NAMESPACE = "rlhfkit"  # the Ray namespace of rlhfkit's named actors
+RUN_VARIABLE = "RLHFKIT_RAY_RUN"  # set in trainer actors: the run's id (names its engine actors)
+RAY_INSTALL_HINT = "install it with `pip install 'rlhfkit[ray]'` (or `make install`, which includes it)"
+
+
+class EngineActorError(RuntimeError):
+    """An engine actor died, failed, or did not answer in time (the message names it)."""
+
+
+def ray_available() -> bool:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def placed_run() -> str | None:
+    """The id of the Ray run this process is a trainer of, or None outside one."""
+    return os.environ.get(RUN_VARIABLE)
+
+
+def engine_name(run: str, index: int) -> str:
+    return f"{run}-engine-{index}"
+
+
+class EngineWorker:
+    """One engine actor: a vLLM engine started from ``folder`` with ``options`` (VLLMSampler's keyword
+    arguments), and its job thread (see the module docstring)."""
+
+    def __init__(self, folder: str, tokenizer, options: dict):
+        self.jobs: queue.Queue = queue.Queue()
+        self.finished: dict[int, threading.Event] = {}
+        self.outcomes: dict[int, tuple[bool, object]] = {}
+        self.lock = threading.Lock()
+        self.tickets = 0
+        self.version = 0
+        self.started = threading.Event()
+        self.start_error: BaseException | None = None
+        threading.Thread(target=self.work, args=(folder, tokenizer, options), daemon=True,
+                         name="rlhfkit-engine").start()
+
+    def work(self, folder: str, tokenizer, options: dict) -> None:
+        """The job thread: start the engine, then run the queued jobs one by one."""
+        from rlhfkit.rollout.vllm_engine import VLLMSampler
+
+        try:
+            self.sampler = VLLMSampler(folder, tokenizer, **options)
+        except BaseException as error:  # reported by ready()
+            self.start_error = error
+            return
+        finally:
+            self.started.set()
+        while True:
+            ticket, kind, args = self.jobs.get()
+            try:
+                outcome = (True, getattr(self, f"run_{kind}")(*args))
+            except Exception as error:  # returned to the caller by result()
+                outcome = (False, error)
+            self.outcomes[ticket] = outcome
+            self.finished[ticket].set()
+
+    def ready(self) -> bool:
+        """Wait until the engine has started (its start's error, if it failed)."""
+        self.started.wait()
+        if self.start_error is not None:
+            raise self.start_error
+        return True
+
+    def submit(self, kind: str, *args) -> int:
+        """Queue a job (``sample``, ``greedy`` or ``load``); returns its ticket."""
+        with self.lock:
+            self.tickets += 1
+            ticket = self.tickets
+            self.finished[ticket] = threading.Event()
+        self.jobs.put((ticket, kind, args))
+        return ticket
+
+    def result(self, ticket: int):
+        """The result of job ``ticket`` (waiting for it), or the error it raised."""
+        self.finished[ticket].wait()
+        ok, value = self.outcomes.pop(ticket)
+        del self.finished[ticket]
+        if not ok:
+            raise value
+        return value
+
+    def run_sample(self, prompt_ids: list[list[int]], num_samples: int, settings: SamplingSettings):
+        answers = self.sampler.sample([None] * len(prompt_ids), prompt_ids, num_samples, settings)
+        for per_prompt in answers:
+            for sample in per_prompt:
+                sample.version = self.version
+        return answers
+
+    def run_greedy(self, prompt_ids: list[list[int]], max_new_tokens: int) -> list[Sample]:
+        return self.sampler.greedy(prompt_ids, max_new_tokens)
+
+    def run_load(self, weights: list[tuple[str, torch.Tensor]], version: int) -> int:
+        self.sampler.load_weights(weights)
+        self.version = version
+        return len(weights)
+
+
+@dataclass
+class Pending:
+    """A queued sampling job: which engine holds it, its ticket."""
+
+    engine: int
+    ticket: int
+
+
+def process_group() -> tuple[int, int]:
+    """``(rank, world size)`` of this trainer process (``(0, 1)`` without a process group)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if process_group()[1] > 1:
+        dist.barrier()
+
+
+class RemoteSampler:
+    """A :class:`~rlhfkit.rollout.sampler.Sampler` over engine actors (see the module docstring)."""
+
+    def __init__(self, engines: list, names: list[str], timeout: float):
+        self.engines, self.names, self.timeout = engines, names, timeout
+        self.rank, self.world = process_group()
+        self.mine = self.rank % len(engines)
+
+    @classmethod
+    def start(cls, run: str, count: int, folder: str, tokenizer, options: dict, resources: dict,
+              timeout: float) -> RemoteSampler:
+        """Process 0 starts ``count`` engine actors (each reserving ``resources``: num_cpus, num_gpus);
+        the other processes find them by name once they are up."""
+        import ray
+
+        names = [engine_name(run, i) for i in range(count)]
+        rank, _ = process_group()
+        if rank == 0:
+            actor = ray.remote(max_concurrency=4)(EngineWorker)  # threads: the job thread runs beside these
+            engines = [actor.options(name=name, namespace=NAMESPACE, **resources).remote(folder, tokenizer, options)
+                       for name in names]
+            sampler = cls(engines, names, timeout)
+            for index, engine in enumerate(engines):
+                sampler.wait(index, engine.ready.remote(), "its start")
+            barrier()
+            return sampler
+        barrier()
+        return cls([ray.get_actor(name, namespace=NAMESPACE) for name in names], names, timeout)
+
+    # -- talking to an engine ----------------------------------------------------------------------------
+
+    def wait(self, index: int, ref, what: str):
+        """``ray.get(ref)`` of engine ``index``'s answer, its failures as :class:`EngineActorError`."""
+        import ray
+        from ray import exceptions
+
+        role = f"engine actor {index} ({self.names[index]})"
+        try:
+            return ray.get(ref, timeout=self.timeout)
+        except exceptions.GetTimeoutError:
+            raise EngineActorError(f"{role} did not answer {what} within {self.timeout:g} s (--dist-timeout)") from None
+        except exceptions.RayActorError as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise EngineActorError(f"{role} died ({reason}); the run stops here: rerun it with --resume to "
+                                   "continue from its last checkpoint") from None
+        except exceptions.RayTaskError as error:  # the job raised in the engine: that error, as it is
+            raise error.cause from None
+
+    def queue(self, index: int, kind: str, *args) -> Pending:
+        return Pending(index, self.wait(index, self.engines[index].submit.remote(kind, *args), f"a {kind} job"))
+
+    def collect(self, pending: Pending):
+        return self.wait(pending.engine, self.engines[pending.engine].result.remote(pending.ticket), "with its result")
+
+    # -- the Sampler interface ---------------------------------------------------------------------------
+
+    def submit(self, prompt_ids: list[list[int]], num_samples: int, settings: SamplingSettings) -> Pending:
+        """Queue the answers to ``prompt_ids`` on this process's engine; :meth:`collect` gets them."""
+        return self.queue(self.mine, "sample", [list(ids) for ids in prompt_ids], num_samples, settings)
+
+    def sample(self, prompts: list, prompt_ids: list[list[int]], num_samples: int,
+               settings: SamplingSettings, show_progress: bool = False) -> list[list[Sample]]:
+        return self.collect(self.submit(prompt_ids, num_samples, settings))
+
+    def greedy(self, prompt_ids: list[list[int]], max_new_tokens: int) -> list[Sample]:
+        return self.collect(self.queue(self.mine, "greedy", [list(ids) for ids in prompt_ids], max_new_tokens))
+
+    @torch.no_grad()
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]], version: int | None = None) -> None:
+        """Every process iterates ``weights`` (under --fsdp each tensor is a gather); process 0 puts them in
+        the object store once and loads them into every engine; then all pass a barrier."""
+        import ray
+
+        tensors = [(name, tensor.detach().cpu()) for name, tensor in weights]
+        if self.rank == 0:
+            shared = ray.put(tensors)
+            jobs = [self.queue(index, "load", shared, version) for index in range(len(self.engines))]
+            for job in jobs:
+                self.collect(job)
+        barrier()
+
+    def sleep(self) -> None:
+        """Nothing to do: engine actors hold devices of their own."""
+
+    def wake_up(self) -> None:
+        """See :meth:`sleep`."""
+
+    def close(self) -> None:
+        """Stop the engine actors (process 0, once every process is done with them)."""
+        import ray
+
+        barrier()
+        if self.rank == 0:
+            for engine in self.engines:
+                ray.kill(engine)
