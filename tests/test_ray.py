@@ -97,12 +97,12 @@ def test_one_trainer_actor_and_an_engine_actor_equal_the_single_process_run(clus
     assert all(torch.allclose(weights[k], reference[k], atol=1e-4) for k in reference)
 
 
-def test_two_trainer_actors_on_two_nodes_raise_the_reward_as_one_process_does(cluster, single_process, tmp_path,
+def test_two_sharded_trainer_actors_on_two_nodes_raise_the_reward_as_one_process_does(cluster, single_process, tmp_path,
                                                                                vllm_families, rl_files):
     from rlhfkit.train.ppo import run_ppo
 
     output = run_ppo(settings(vllm_families["llama"], rl_files, tmp_path / "two", placement="ray",
-                              trainer_processes=2))
+                              trainer_processes=2, fsdp=True))  # FSDP2 over the two, gathered for each sync
     rows = history(output)
     assert all(r["sync_probe_logprob_diff"] < 1e-4 for r in rows)  # the probe passed every step
     assert mean_late_score(output) > max(0.5, 10 * rows[0]["score"])
@@ -164,3 +164,19 @@ def test_async_rollouts_lag_one_version_and_a_killed_engine_stops_the_run_which_
     assert after[0]["policy_lag"] == 0 and all(r["policy_lag"] == 1 for r in after[1:])
     assert all(r["policy_lag_max"] <= 1 for r in rows)
     assert mean_late_score(resumed) > max(0.5, 10 * rows[0]["score"])
+
+
+def test_online_dpo_samples_its_rounds_on_an_engine_actor(cluster, tmp_path, vllm_families, rl_files):
+    from rlhfkit.config import DPOConfig
+    from rlhfkit.train.dpo import run_dpo
+
+    output = run_dpo(DPOConfig(model=str(vllm_families["qwen2"]), online=True, reward=f"{rl_files / 'rewards.py'}:blue",
+                               prompts=str(rl_files / "prompts.jsonl"), output=str(tmp_path / "online"), device="cpu",
+                               rounds=2, samples_per_prompt=4, max_new_tokens=8, learning_rate=1e-3, batch_size=8,
+                               max_steps=4, eval_split=0.0, save_every=0, warmup_ratio=0.0, max_length=128,
+                               engine="vllm", placement="ray"))
+    rounds = [json.loads(line) for line in (output / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1, 2, "final"] and rounds[0]["pairs"] > 0
+    # each round sampled from its own policy on the engine actor, checked by the probe
+    assert all(r["sync_probe_logprob_diff"] < 1e-4 for r in rounds[:2])
+    assert (output / "model.safetensors").exists() and not (output / "engine-start").exists()

@@ -204,7 +204,7 @@ class RMConfig(TrainConfig):
 
 
 @dataclass
-class DPOConfig(TrainConfig, WeightSyncConfig):
+class DPOConfig(TrainConfig, WeightSyncConfig, PlacementConfig):
     """Direct preference optimisation (DPO, IPO, cDPO, robust DPO, SimPO, ORPO, KTO) against a frozen
     reference, without a reward model; or online DPO, which labels its own samples with a reward."""
 

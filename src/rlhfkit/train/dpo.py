@@ -39,11 +39,13 @@ from pathlib import Path
 from rlhfkit.config import ConfigError, DPOConfig
 from rlhfkit.models.loading import fit_max_length
 from rlhfkit.rollout.logprobs import sequence_logps, supports_logit_mask
+from rlhfkit.rollout.ray_engine import placed_run
 from rlhfkit.train.dpo_batch import LOSS_NAMES, PAIR_LOSSES, LikelihoodWatch, needs_reference, training_loss
 from rlhfkit.train.dpo_data import PreferenceExample, collate_examples, tokenize_pairs
 from rlhfkit.train.dpo_offline import train_dpo_offline
 from rlhfkit.train.dpo_reference import Reference, precompute_reference
 from rlhfkit.train.online_dpo import best_and_worst_pairs, run_online_dpo
+from rlhfkit.train.placement import check_placement, run_placed
 
 # names tests, benchmarks and callers import from here
 __all__ = ["LOSS_NAMES", "PAIR_LOSSES", "LikelihoodWatch", "PreferenceExample", "Reference", "best_and_worst_pairs",
@@ -63,7 +65,16 @@ def check_config(config: DPOConfig) -> None:
                               "label in one process; shard offline dpo, or ppo")
     elif not config.data:
         raise ConfigError("missing required setting: --data (or --online with --prompts and --reward)")
-
+    if config.placement == "ray":
+        if not config.online:
+            raise ConfigError("--placement ray places the engine actors of an online run; offline dpo samples "
+                              "nothing: scale it with torchrun and --fsdp")
+        if config.trainer_processes > 1:
+            raise ConfigError("dpo --online trains each round in one process: --trainer-processes must be 1")
+    if config.async_steps and config.online:
+        raise ConfigError("dpo --online: each round samples from the policy the round before trained, so "
+                          "there is nothing to sample ahead: --async-steps does not apply")
+    check_placement(config)
 
 
 def run_dpo(config: DPOConfig, on_step: Callable[[int], None] | None = None) -> Path:
@@ -71,6 +82,8 @@ def run_dpo(config: DPOConfig, on_step: Callable[[int], None] | None = None) -> 
     model). ``--online`` runs :func:`~rlhfkit.train.online_dpo.run_online_dpo` instead. ``on_step(step)``
     is called after every optimizer step (tests use it to interrupt a run)."""
     check_config(config)
+    if config.placement == "ray" and placed_run() is None:  # this process drives a trainer and engine actors
+        return run_placed("dpo", run_dpo, config)
     config.max_length = fit_max_length(config.max_length, config.model)
     if config.online:
         return run_online_dpo(config)

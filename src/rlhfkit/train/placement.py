@@ -1,4 +1,5 @@
-"""``--placement ray``: the roles of an RL run as Ray actors, on a cluster or a local Ray started for it.
+"""``--placement ray``: the roles of an RL run (``ppo``, ``dpo --online``) as Ray actors, on a cluster or a
+local Ray started for it.
 
 The process that runs ``rlhfkit ppo`` becomes the driver (:func:`run_placed`). It joins the cluster
 (``--ray-address``) or starts a local Ray, checks that the roles' resources exist, and starts the
@@ -38,7 +39,7 @@ from rlhfkit.train.optimizer import TrainingError
 ASYNC_TIS_CAP = 2.0  # the truncated-IS cap of --async-steps when --tis-cap is not set (Yao et al. 2025's C)
 
 
-def check_placement(config: PPOConfig) -> None:
+def check_placement(config) -> None:
     """Refuse settings that cannot be placed; fill in what ``--placement ray`` implies."""
     if config.placement != "ray":
         if config.async_steps:
@@ -52,7 +53,7 @@ def check_placement(config: PPOConfig) -> None:
     if not vllm_available():
         raise ConfigError(f"--placement ray: the engine actors run vLLM, which is not installed; {INSTALL_HINT}")
     config.engine = "vllm"
-    if config.async_steps and config.tis_cap is None:
+    if config.async_steps and getattr(config, "tis_cap", 0) is None:
         config.tis_cap = ASYNC_TIS_CAP
         console.print(f"ppo: --async-steps {config.async_steps}: tokens weighed by the truncated importance ratio "
                       f"against the policy that sampled them, cap {ASYNC_TIS_CAP:g} (--tis-cap)")
