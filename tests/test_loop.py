@@ -29,6 +29,7 @@ from rlhfkit.iterate import (
     section_values,
     wait_for_quota,
 )
+from rlhfkit.iterate.settings import stage_config
 
 JUDGES = '''
 def more_e(prompts, responses):
@@ -207,6 +208,13 @@ def test_unknown_or_loop_owned_section_keys_are_errors_naming_section_and_key(tm
         read_yaml_config(write(tmp_path / "bad.yaml", "dpo: 3\n"), LoopConfig)
     with pytest.raises(ConfigError, match="--labels people needs --db"):
         run_loop(loop_config("p", loop_files, tmp_path / "x", labels="people"))
+    with pytest.raises(ConfigError, match="section 'dpo': placement ray places the engines of online DPO"):
+        run_loop(loop_config("p", loop_files, tmp_path / "x", optimizer="dpo", dpo={"placement": "ray"}))
+    # the PPO step of a round takes its placement from the ppo section (run_ppo then drives Ray's actors)
+    ppo = stage_config(loop_config("p", loop_files, tmp_path / "x", ppo={"placement": "ray", "trainer_processes": 2,
+                                                                         "async_steps": 1}), "ppo", {},
+                       policy="p", reward="r", prompts="p.jsonl", output="o")
+    assert (ppo.placement, ppo.trainer_processes, ppo.async_steps) == ("ray", 2, 1)
 
 
 def test_sections_can_be_given_as_flags():

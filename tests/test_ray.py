@@ -97,12 +97,13 @@ def test_one_trainer_actor_and_an_engine_actor_equal_the_single_process_run(clus
     assert all(torch.allclose(weights[k], reference[k], atol=1e-4) for k in reference)
 
 
-def test_two_sharded_trainer_actors_on_two_nodes_raise_the_reward_as_one_process_does(cluster, single_process, tmp_path,
+def test_two_sharded_trainer_actors_and_a_reward_actor_raise_the_reward_as_one_process_does(cluster, single_process, tmp_path,
                                                                                vllm_families, rl_files):
     from rlhfkit.train.ppo import run_ppo
 
     output = run_ppo(settings(vllm_families["llama"], rl_files, tmp_path / "two", placement="ray",
-                              trainer_processes=2, fsdp=True))  # FSDP2 over the two, gathered for each sync
+                              trainer_processes=2, fsdp=True,  # FSDP2 over the two, gathered for each sync
+                              reward_actors=1, reward_cpus=0))  # the reward scores on an actor of its own
     rows = history(output)
     assert all(r["sync_probe_logprob_diff"] < 1e-4 for r in rows)  # the probe passed every step
     assert mean_late_score(output) > max(0.5, 10 * rows[0]["score"])
@@ -113,13 +114,13 @@ def test_two_sharded_trainer_actors_on_two_nodes_raise_the_reward_as_one_process
     assert AutoModelForCausalLM.from_pretrained(output) is not None
 
 
-def kill_engine_after(output: Path, step: int, deadline_s: float = 300) -> bool:
+def kill_engine_after(output: Path, step: int, driver: threading.Thread, deadline_s: float = 300) -> bool:
     """Once the run's step-``step`` checkpoint exists, kill its engine actor; whether it got there."""
     import ray
 
     checkpoint = output / "checkpoints" / f"step-{step:07d}" / "trainer_state.json"
     deadline = time.monotonic() + deadline_s
-    while not checkpoint.exists() and time.monotonic() < deadline:
+    while not checkpoint.exists() and driver.is_alive() and time.monotonic() < deadline:
         time.sleep(0.2)
     engines = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].endswith("-engine-0")]
     if not checkpoint.exists() or not engines:
@@ -130,7 +131,7 @@ def kill_engine_after(output: Path, step: int, deadline_s: float = 300) -> bool:
 
 def test_async_rollouts_lag_one_version_and_a_killed_engine_stops_the_run_which_resumes(cluster, tmp_path,
                                                                                         vllm_families, rl_files):
-    from rlhfkit.rollout.ray_engine import EngineActorError
+    from rlhfkit.rollout.ray_engine import ActorError
     from rlhfkit.train.ppo import run_ppo
 
     config = settings(vllm_families["llama"], rl_files, tmp_path / "async", placement="ray", async_steps=1,
@@ -145,10 +146,10 @@ def test_async_rollouts_lag_one_version_and_a_killed_engine_stops_the_run_which_
 
     driver = threading.Thread(target=run)
     driver.start()
-    assert kill_engine_after(tmp_path / "async", 3), "the run never reached its step-3 checkpoint"
+    assert kill_engine_after(tmp_path / "async", 3, driver), f"the run never reached its step-3 checkpoint: {failure}"
     driver.join(timeout=120)
     assert not driver.is_alive(), "the run did not stop after its engine died"
-    assert failure and isinstance(failure[0], EngineActorError), failure
+    assert failure and isinstance(failure[0], ActorError), failure
     assert "engine actor 0" in str(failure[0]) and "died" in str(failure[0])
     assert not (tmp_path / "async" / "model.safetensors").exists()
 
@@ -180,3 +181,30 @@ def test_online_dpo_samples_its_rounds_on_an_engine_actor(cluster, tmp_path, vll
     # each round sampled from its own policy on the engine actor, checked by the probe
     assert all(r["sync_probe_logprob_diff"] < 1e-4 for r in rounds[:2])
     assert (output / "model.safetensors").exists() and not (output / "engine-start").exists()
+
+
+def test_a_dead_trainer_stops_the_run_naming_it_and_missing_resources_are_refused(cluster, tmp_path, vllm_families,
+                                                                                    rl_files):
+    import ray
+
+    from rlhfkit.config import ConfigError
+    from rlhfkit.train.optimizer import TrainingError
+    from rlhfkit.train.placement import wait_for_trainers
+    from rlhfkit.train.ppo import run_ppo
+
+    @ray.remote(num_cpus=0)
+    class Trainer:
+        def run(self, seconds: float, die: bool) -> str:
+            time.sleep(seconds)
+            if die:
+                os._exit(1)
+            return "done"
+
+    alive, doomed = Trainer.remote(), Trainer.remote()
+    started = time.monotonic()
+    with pytest.raises(TrainingError, match="trainer process 1 died .* rerun it with --resume"):
+        wait_for_trainers({alive.run.remote(600, False): 0, doomed.run.remote(0.5, True): 1})
+    assert time.monotonic() - started < 60  # the first death ends the wait; trainer 0 is not waited for
+    ray.kill(alive)
+    with pytest.raises(ConfigError, match="the roles reserve 5 CPUs .* the Ray cluster has 3"):
+        run_ppo(settings(vllm_families["llama"], rl_files, tmp_path / "big", placement="ray", trainer_processes=4))

@@ -135,6 +135,11 @@ class PlacementConfig:
     engine_cpus: float = option(1.0, "ray: CPUs each engine actor reserves.", minimum=0)
     engine_gpus: float = option(0.0, "ray: GPUs each engine actor reserves (its --tensor-parallel-size on a GPU "
                                      "cluster).", minimum=0)
+    reward_actors: int = option(0, "ray, ppo: reward actors that score the answers (a reward-model folder or a "
+                                   "Python function); trainer process r asks actor r mod N. 0: each trainer "
+                                   "process scores its own answers.", minimum=0)
+    reward_cpus: float = option(1.0, "ray: CPUs each reward actor reserves.", minimum=0)
+    reward_gpus: float = option(0.0, "ray: GPUs each reward actor reserves.", minimum=0)
     async_steps: int = option(0, "ray: let the engines sample up to S policy versions ahead of the trainer, "
                                  "overlapping rollouts with updates (0: synchronous). The update weighs "
                                  "each token by the truncated importance ratio against the policy that "

@@ -98,3 +98,7 @@ def check_config(config: LoopConfig) -> None:
         raise ConfigError(f"loop: --guidelines {config.guidelines}: no such file")
     for section in SECTIONS:
         section_values(config, section)
+    if section_values(config, "dpo").get("placement") == "ray":
+        raise ConfigError("loop, section 'dpo': placement ray places the engines of online DPO; the loop's DPO "
+                          "trains offline on the round's labels (put placement: ray in the ppo section, or "
+                          "launch the loop under torchrun with fsdp)")

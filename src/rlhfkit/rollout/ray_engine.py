@@ -1,5 +1,5 @@
-"""vLLM engines as Ray actors (``--placement ray``), reached through the same sampling interface as an
-engine in the trainer's process.
+"""vLLM engines (and rewards) as Ray actors (``--placement ray``), reached through the same sampling
+interface as an engine in the trainer's process.
 
 :class:`EngineWorker` is the body of one engine actor: a :class:`~rlhfkit.rollout.vllm_engine.VLLMSampler`
 and one thread that runs the actor's jobs (sample, greedy probe, load weights) strictly in the order
@@ -18,8 +18,12 @@ weights queues before them).
 Transport: the weights go through Ray's object store, put once and read by every engine (the CPU
 transport: tensors serialised, which a GPU cluster would replace with NCCL; not built yet).
 
-A dead engine actor, or one that does not answer within ``--dist-timeout`` seconds, is an
-:class:`EngineActorError` naming the engine, never a hang.
+:class:`RewardWorker` and :class:`RemoteReward` do the same for the reward (``--reward-actors``): a
+reward-model folder or a Python function scoring on actors of its own, process ``r`` asking actor
+``r mod N``.
+
+A dead actor, or one that does not answer within ``--dist-timeout`` seconds, is an :class:`ActorError`
+naming it, never a hang.
 """
 
 from __future__ import annotations
@@ -40,16 +44,14 @@ RUN_VARIABLE = "RLHFKIT_RAY_RUN"  # set in trainer actors: the run's id (names i
 RAY_INSTALL_HINT = "install it with `pip install 'rlhfkit[ray]'` (or `make install`, which includes it)"
 
 
-class EngineActorError(RuntimeError):
-    """An engine actor died, failed, or did not answer in time (the message names it)."""
+class ActorError(RuntimeError):
+    """An engine or reward actor died, failed, or did not answer in time (the message names it)."""
 
 
 def ray_available() -> bool:
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+
+    return importlib.util.find_spec("ray") is not None
 
 
 def placed_run() -> str | None:
@@ -162,6 +164,50 @@ def barrier() -> None:
         dist.barrier()
 
 
+def answer(ref, role: str, what: str, timeout: float):
+    """``ray.get(ref)``: an actor's answer, its failures as :class:`ActorError` naming ``role``."""
+    import ray
+    from ray import exceptions
+
+    try:
+        return ray.get(ref, timeout=timeout)
+    except exceptions.GetTimeoutError:
+        raise ActorError(f"{role} did not answer {what} within {timeout:g} s (--dist-timeout)") from None
+    except exceptions.RayActorError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ActorError(f"{role} died ({reason}); the run stops here: rerun it with --resume to "
+                               "continue from its last checkpoint") from None
+    except exceptions.RayTaskError as error:  # the job raised in the actor: that error, as it is
+        raise error.cause from None
+
+
+def start_actors(worker: type, role: str, names: list[str], args: tuple, resources: dict, timeout: float,
+                 max_concurrency: int = 1) -> list:
+    """The named actors ``names`` of class ``worker`` (each built with ``args``, reserving ``resources``;
+    ``role`` names them in errors): started by process 0 and waited for, then found by name by the others."""
+    import ray
+
+    if process_group()[0] == 0:
+        actor = ray.remote(max_concurrency=max_concurrency)(worker)
+        handles = [actor.options(name=name, namespace=NAMESPACE, **resources).remote(*args) for name in names]
+        for name, handle in zip(names, handles, strict=True):
+            answer(handle.ready.remote(), f"{role} {name}", "after its start", timeout)
+        barrier()
+        return handles
+    barrier()
+    return [ray.get_actor(name, namespace=NAMESPACE) for name in names]
+
+
+def stop_actors(handles: list) -> None:
+    """Process 0 stops ``handles``, once every process is done with them."""
+    import ray
+
+    barrier()
+    if process_group()[0] == 0:
+        for handle in handles:
+            ray.kill(handle)
+
+
 class RemoteSampler:
     """A :class:`~rlhfkit.rollout.sampler.Sampler` over engine actors (see the module docstring)."""
 
@@ -173,42 +219,14 @@ class RemoteSampler:
     @classmethod
     def start(cls, run: str, count: int, folder: str, tokenizer, options: dict, resources: dict,
               timeout: float) -> RemoteSampler:
-        """Process 0 starts ``count`` engine actors (each reserving ``resources``: num_cpus, num_gpus);
-        the other processes find them by name once they are up."""
-        import ray
-
+        """``count`` engine actors started from ``folder`` (``options``: VLLMSampler's), each reserving
+        ``resources`` (num_cpus, num_gpus). Four threads: the job thread runs beside the calls."""
         names = [engine_name(run, i) for i in range(count)]
-        rank, _ = process_group()
-        if rank == 0:
-            actor = ray.remote(max_concurrency=4)(EngineWorker)  # threads: the job thread runs beside these
-            engines = [actor.options(name=name, namespace=NAMESPACE, **resources).remote(folder, tokenizer, options)
-                       for name in names]
-            sampler = cls(engines, names, timeout)
-            for index, engine in enumerate(engines):
-                sampler.wait(index, engine.ready.remote(), "its start")
-            barrier()
-            return sampler
-        barrier()
-        return cls([ray.get_actor(name, namespace=NAMESPACE) for name in names], names, timeout)
-
-    # -- talking to an engine ----------------------------------------------------------------------------
+        return cls(start_actors(EngineWorker, "engine actor", names, (folder, tokenizer, options), resources, timeout, 4), names,
+                   timeout)
 
     def wait(self, index: int, ref, what: str):
-        """``ray.get(ref)`` of engine ``index``'s answer, its failures as :class:`EngineActorError`."""
-        import ray
-        from ray import exceptions
-
-        role = f"engine actor {index} ({self.names[index]})"
-        try:
-            return ray.get(ref, timeout=self.timeout)
-        except exceptions.GetTimeoutError:
-            raise EngineActorError(f"{role} did not answer {what} within {self.timeout:g} s (--dist-timeout)") from None
-        except exceptions.RayActorError as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise EngineActorError(f"{role} died ({reason}); the run stops here: rerun it with --resume to "
-                                   "continue from its last checkpoint") from None
-        except exceptions.RayTaskError as error:  # the job raised in the engine: that error, as it is
-            raise error.cause from None
+        return answer(ref, f"engine actor {index} ({self.names[index]})", what, self.timeout)
 
     def queue(self, index: int, kind: str, *args) -> Pending:
         return Pending(index, self.wait(index, self.engines[index].submit.remote(kind, *args), f"a {kind} job"))
@@ -250,10 +268,42 @@ class RemoteSampler:
         """See :meth:`sleep`."""
 
     def close(self) -> None:
-        """Stop the engine actors (process 0, once every process is done with them)."""
-        import ray
+        """Stop the engine actors."""
+        stop_actors(self.engines)
 
-        barrier()
-        if self.rank == 0:
-            for engine in self.engines:
-                ray.kill(engine)
+
+class RewardWorker:
+    """One reward actor: the reward ``spec`` (a reward-model folder or a Python function) loaded with
+    ``options`` (load_reward_function's)."""
+
+    def __init__(self, spec: str, options: dict):
+        from rlhfkit.rewards import load_reward_function
+
+        self.reward = load_reward_function(spec, **options)
+
+    def ready(self) -> bool:
+        return True
+
+    def score(self, prompts: list, responses: list[str]) -> list[float]:
+        return [float(x) for x in self.reward(prompts, responses)]
+
+
+class RemoteReward:
+    """A reward function that scores on reward actors (``--reward-actors``): process ``r`` asks actor
+    ``r mod N``. Scores come back as the reward computes them; the caller checks and shapes them."""
+
+    def __init__(self, actors: list, names: list[str], timeout: float):
+        self.actors, self.names, self.timeout = actors, names, timeout
+        self.mine = process_group()[0] % len(actors)
+
+    @classmethod
+    def start(cls, run: str, count: int, spec: str, options: dict, resources: dict, timeout: float) -> RemoteReward:
+        names = [f"{run}-reward-{i}" for i in range(count)]
+        return cls(start_actors(RewardWorker, "reward actor", names, (spec, options), resources, timeout), names, timeout)
+
+    def __call__(self, prompts: list, responses: list[str]) -> list[float]:
+        ref = self.actors[self.mine].score.remote(list(prompts), list(responses))
+        return answer(ref, f"reward actor {self.mine} ({self.names[self.mine]})", "with its scores", self.timeout)
+
+    def close(self) -> None:
+        stop_actors(self.actors)

@@ -71,6 +71,9 @@ def check_config(config: DPOConfig) -> None:
                               "nothing: scale it with torchrun and --fsdp")
         if config.trainer_processes > 1:
             raise ConfigError("dpo --online trains each round in one process: --trainer-processes must be 1")
+        if config.reward_actors:
+            raise ConfigError("dpo --online scores its answers in the trainer's process: --reward-actors is "
+                              "for ppo")
     if config.async_steps and config.online:
         raise ConfigError("dpo --online: each round samples from the policy the round before trained, so "
                           "there is nothing to sample ahead: --async-steps does not apply")

@@ -8,7 +8,8 @@ GPUs; the rendezvous address is trainer 0's node) and each run the stage's own t
 under torchrun (``--fsdp`` shards over them). Trainer 0 starts ``--engine-actors`` vLLM engine actors
 from the policy (``rollout/ray_engine.py``); every trainer samples through them, and the weights go
 to every engine after each update, checked by the probe as with an engine in the trainer's process.
-The reward (a reward-model folder or a Python function) and the reference live with the trainers.
+The reference lives with the trainers; the reward (a reward-model folder or a Python function) too, or
+on ``--reward-actors`` actors of its own.
 
 The driver waits for the trainers. When one fails or dies (or an engine does, which its trainers
 report), the driver stops every actor and raises the first error, naming the role: no process is left
@@ -29,7 +30,7 @@ from rlhfkit.rollout.ray_engine import (
     NAMESPACE,
     RAY_INSTALL_HINT,
     RUN_VARIABLE,
-    EngineActorError,
+    ActorError,
     ray_available,
 )
 from rlhfkit.rollout.vllm_engine import INSTALL_HINT, EngineError, vllm_available
@@ -91,8 +92,7 @@ def connect(config: PPOConfig) -> bool:
     if config.ray_address:
         ray.init(address=config.ray_address, namespace=NAMESPACE, log_to_driver=True)
     else:  # a local Ray with room for every role, even on a machine with fewer cores (they share them)
-        wanted = config.trainer_processes * config.trainer_cpus + config.engine_actors * config.engine_cpus
-        ray.init(num_cpus=max(os.cpu_count() or 1, int(wanted + 0.999)), namespace=NAMESPACE,
+        ray.init(num_cpus=max(os.cpu_count() or 1, int(reserved(config, "cpus") + 0.999)), namespace=NAMESPACE,
                  include_dashboard=False)
     return True
 
@@ -102,14 +102,20 @@ def check_resources(config: PPOConfig) -> None:
     import ray
 
     have = ray.cluster_resources()
-    for kind, per_trainer, per_engine in (("CPU", config.trainer_cpus, config.engine_cpus),
-                                          ("GPU", config.trainer_gpus, config.engine_gpus)):
-        wanted = config.trainer_processes * per_trainer + config.engine_actors * per_engine
+    for kind in ("CPU", "GPU"):
+        wanted = reserved(config, f"{kind.lower()}s")
         if wanted > have.get(kind, 0) + 1e-9:
             raise ConfigError(
-                f"--placement ray: the roles reserve {wanted:g} {kind}s ({config.trainer_processes} trainer(s) x "
-                f"{per_trainer:g} + {config.engine_actors} engine(s) x {per_engine:g}) but the Ray cluster has "
-                f"{have.get(kind, 0):g}: lower --trainer-{kind.lower()}s / --engine-{kind.lower()}s or add nodes")
+                f"--placement ray: the roles reserve {wanted:g} {kind}s ({config.trainer_processes} trainer(s), "
+                f"{config.engine_actors} engine(s), {config.reward_actors} reward actor(s): --*-{kind.lower()}s) "
+                f"but the Ray cluster has {have.get(kind, 0):g}: reserve less or add nodes")
+
+
+def reserved(config: PPOConfig, kind: str) -> float:
+    """The ``cpus`` or ``gpus`` every role together reserves."""
+    return (config.trainer_processes * getattr(config, f"trainer_{kind}")
+            + config.engine_actors * getattr(config, f"engine_{kind}")
+            + config.reward_actors * getattr(config, f"reward_{kind}"))
 
 
 def run_placed(stage: str, train, config: PPOConfig) -> Path:
@@ -161,7 +167,7 @@ def wait_for_trainers(runs: dict) -> None:
                                 "rerun it with --resume to continue from its last checkpoint") from None
         except exceptions.RayTaskError as error:
             cause = error.cause
-            if isinstance(cause, (ConfigError, TrainingError, EngineActorError, SyncError, EngineError)):
+            if isinstance(cause, (ConfigError, TrainingError, ActorError, SyncError, EngineError)):
                 raise cause from None
             raise TrainingError(f"--placement ray: trainer process {rank} failed: {type(cause).__name__}: "
                                 f"{cause}") from None

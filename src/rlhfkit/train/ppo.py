@@ -33,6 +33,11 @@ after every ``--sync-every`` updates, checked by a greedy probe (``rollout/weigh
 log-probs of the sampled tokens are compared with the trainer's every step (``engine_logprob_diff``,
 ``engine_kl``) and can correct the update (``--tis-cap``).
 
+With ``--placement ray`` the process that calls :func:`run_ppo` drives Ray actors instead
+(``placement.py``): trainer actors run this same trainer as one process group, their sampler is the
+vLLM engine actors (``rollout/ray_engine.py``), and ``--async-steps`` queues later steps' rollouts on them
+(:class:`~rlhfkit.train.ppo_sampling.RolloutsAhead`) so that sampling overlaps the update.
+
 Simplifications, said plainly: whitening statistics are per process; the critic is a separate model
 (no shared trunk with the policy).
 """
@@ -58,7 +63,7 @@ from rlhfkit.rewards import RewardFunction, load_reward_function
 from rlhfkit.rl_losses import ADVANTAGE_ESTIMATORS, GROUP_ESTIMATORS, KLController, compute_advantages
 from rlhfkit.rollout.engines import policy_engine, resolve_engine
 from rlhfkit.rollout.logprobs import Rollout, in_chunks, response_logprobs, rollout_from_samples
-from rlhfkit.rollout.ray_engine import placed_run
+from rlhfkit.rollout.ray_engine import RemoteReward, placed_run
 from rlhfkit.train.batches import BatchPlan, split_held_out
 from rlhfkit.train.checkpoints import interruption_note, resume_from_latest, save_checkpoint
 from rlhfkit.train.metrics import MetricsLog, tensorboard_writer
@@ -148,7 +153,7 @@ class PPOTrainer:
         self.load_prompts()
         dtype = resolve_dtype(config.dtype, resolve_device(config.device))
         policy, reference, critic = load_ppo_models(config, self.tokenizer, dtype, accelerator.device)
-        self.score = RewardScorer(load_reward(config.reward, config), config)
+        self.score = RewardScorer(self.reward_function(), config)
         self.track_fn = load_reward(config.track_reward, config) if config.track_reward else None
         self.kl = KLController(config.beta, config.target_kl, config.kl_horizon)
         groups = [{"params": [p for p in policy.parameters() if p.requires_grad], "lr": config.learning_rate}]
@@ -177,6 +182,17 @@ class PPOTrainer:
         self.current_step = 0
         self.versions: list[int | None] = []  # the policy versions that sampled the step's answers
         self.waited = 0.0  # seconds the step waited for its answers
+
+    def reward_function(self):
+        """The reward: loaded in this process, or with ``--reward-actors`` scoring on Ray actors."""
+        config = self.config
+        if config.placement == "ray" and config.reward_actors:
+            return RemoteReward.start(placed_run(), config.reward_actors, config.reward,
+                                      dict(device=config.device, dtype=config.dtype, batch_size=config.batch_size,
+                                           max_length=config.max_length),
+                                      {"num_cpus": config.reward_cpus, "num_gpus": config.reward_gpus},
+                                      config.dist_timeout)
+        return load_reward(config.reward, config)
 
     def load_prompts(self) -> None:
         """The training and held-out prompts, as text and as token ids cut to the room left for answers."""
@@ -358,6 +374,8 @@ class PPOTrainer:
         if writer is not None:
             writer.close()
         accelerator.wait_for_everyone()
+        if isinstance(self.score.reward_fn, RemoteReward):
+            self.score.reward_fn.close()
         if self.sync is not None:  # last: closing an in-process vLLM engine ends torch.distributed's group
             self.sampler.close()
             shutil.rmtree(output / "engine-start", ignore_errors=True)
