@@ -60,8 +60,7 @@ def start_engine_actors(config, folder: Path, tokenizer, dtype: torch.dtype, see
     from rlhfkit.rollout.ray_engine import RemoteSampler, placed_run
 
     options = vllm_options(config, dtype, seed, beside_trainer=False, max_model_len=max_model_len)
-    resources = {"num_cpus": config.engine_cpus, "num_gpus": config.engine_gpus}
-    return RemoteSampler.start(placed_run(), config.engine_actors, str(folder), tokenizer, options, resources,
+    return RemoteSampler.start(placed_run(), config.engine_actors, str(folder), tokenizer, options,
                                config.dist_timeout)
 
 

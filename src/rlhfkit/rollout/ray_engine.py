@@ -2,8 +2,10 @@
 interface as an engine in the trainer's process.
 
 :class:`EngineWorker` is the body of one engine actor: a :class:`~rlhfkit.rollout.vllm_engine.VLLMSampler`
-and one thread that runs the actor's jobs (sample, greedy probe, load weights) strictly in the order
-they were queued. Queueing a job returns at once with a ticket; its result is collected later. So a
+and one thread that runs the actor's jobs (start the engine, sample, greedy probe, load weights)
+strictly in the order they were queued. The driver places the engine actors when the run starts
+(:func:`place_engines`), so they import vLLM while the trainers load their models; trainer 0 starts
+their engines from the policy's folder. Queueing a job returns at once with a ticket; its result is collected later. So a
 trainer can ask for a later step's rollouts, update on the current one while the engine samples, and
 collect them when it needs them (``--async-steps``). Every answer records the policy version (updates
 done) of the weights that sampled it.
@@ -28,6 +30,7 @@ naming it, never a hang.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -64,32 +67,22 @@ def engine_name(run: str, index: int) -> str:
 
 
 class EngineWorker:
-    """One engine actor: a vLLM engine started from ``folder`` with ``options`` (VLLMSampler's keyword
-    arguments), and its job thread (see the module docstring)."""
+    """One engine actor: its job thread, and the vLLM engine that its first job starts (see the module
+    docstring). The thread imports vLLM as soon as the actor exists, while the trainers load their models."""
 
-    def __init__(self, folder: str, tokenizer, options: dict):
+    def __init__(self):
         self.jobs: queue.Queue = queue.Queue()
         self.finished: dict[int, threading.Event] = {}
         self.outcomes: dict[int, tuple[bool, object]] = {}
         self.lock = threading.Lock()
         self.tickets = 0
         self.version = 0
-        self.started = threading.Event()
-        self.start_error: BaseException | None = None
-        threading.Thread(target=self.work, args=(folder, tokenizer, options), daemon=True,
-                         name="rlhfkit-engine").start()
+        threading.Thread(target=self.work, daemon=True, name="rlhfkit-engine").start()
 
-    def work(self, folder: str, tokenizer, options: dict) -> None:
-        """The job thread: start the engine, then run the queued jobs one by one."""
-        from rlhfkit.rollout.vllm_engine import VLLMSampler
-
-        try:
-            self.sampler = VLLMSampler(folder, tokenizer, **options)
-        except BaseException as error:  # reported by ready()
-            self.start_error = error
-            return
-        finally:
-            self.started.set()
+    def work(self) -> None:
+        """The job thread: import vLLM, then run the queued jobs one by one."""
+        with contextlib.suppress(ImportError):  # the start job reports it
+            import vllm  # noqa: F401 - seconds of imports, done before the first job needs them
         while True:
             ticket, kind, args = self.jobs.get()
             try:
@@ -99,15 +92,15 @@ class EngineWorker:
             self.outcomes[ticket] = outcome
             self.finished[ticket].set()
 
-    def ready(self) -> bool:
-        """Wait until the engine has started (its start's error, if it failed)."""
-        self.started.wait()
-        if self.start_error is not None:
-            raise self.start_error
+    def run_start(self, folder: str, tokenizer, options: dict) -> bool:
+        """Start the engine from the model folder ``folder`` (``options``: VLLMSampler's keyword arguments)."""
+        from rlhfkit.rollout.vllm_engine import VLLMSampler
+
+        self.sampler = VLLMSampler(folder, tokenizer, **options)
         return True
 
     def submit(self, kind: str, *args) -> int:
-        """Queue a job (``sample``, ``greedy`` or ``load``); returns its ticket."""
+        """Queue a job (``start``, ``sample``, ``greedy`` or ``load``); returns its ticket."""
         with self.lock:
             self.tickets += 1
             ticket = self.tickets
@@ -208,6 +201,15 @@ def stop_actors(handles: list) -> None:
             ray.kill(handle)
 
 
+def place_engines(run: str, count: int, resources: dict) -> list:
+    """The driver places the run's ``count`` engine actors (each reserving ``resources``: num_cpus,
+    num_gpus); their engines start when trainer 0 has the model folder (:meth:`RemoteSampler.start`)."""
+    import ray
+
+    actor = ray.remote(max_concurrency=4)(EngineWorker)  # threads: the job thread runs beside the calls
+    return [actor.options(name=engine_name(run, i), namespace=NAMESPACE, **resources).remote() for i in range(count)]
+
+
 class RemoteSampler:
     """A :class:`~rlhfkit.rollout.sampler.Sampler` over engine actors (see the module docstring)."""
 
@@ -217,13 +219,18 @@ class RemoteSampler:
         self.mine = self.rank % len(engines)
 
     @classmethod
-    def start(cls, run: str, count: int, folder: str, tokenizer, options: dict, resources: dict,
-              timeout: float) -> RemoteSampler:
-        """``count`` engine actors started from ``folder`` (``options``: VLLMSampler's), each reserving
-        ``resources`` (num_cpus, num_gpus). Four threads: the job thread runs beside the calls."""
+    def start(cls, run: str, count: int, folder: str, tokenizer, options: dict, timeout: float) -> RemoteSampler:
+        """Start the vLLM engines of the run's ``count`` engine actors (which the driver placed, see
+        :func:`place_engines`) from ``folder``; ``options``: VLLMSampler's keyword arguments."""
+        import ray
+
         names = [engine_name(run, i) for i in range(count)]
-        return cls(start_actors(EngineWorker, "engine actor", names, (folder, tokenizer, options), resources, timeout, 4), names,
-                   timeout)
+        sampler = cls([ray.get_actor(name, namespace=NAMESPACE) for name in names], names, timeout)
+        if sampler.rank == 0:
+            for job in [sampler.queue(i, "start", folder, tokenizer, options) for i in range(count)]:
+                sampler.collect(job)
+        barrier()
+        return sampler
 
     def wait(self, index: int, ref, what: str):
         return answer(ref, f"engine actor {index} ({self.names[index]})", what, self.timeout)

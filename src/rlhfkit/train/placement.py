@@ -31,6 +31,7 @@ from rlhfkit.rollout.ray_engine import (
     RAY_INSTALL_HINT,
     RUN_VARIABLE,
     ActorError,
+    place_engines,
     ray_available,
 )
 from rlhfkit.rollout.vllm_engine import INSTALL_HINT, EngineError, vllm_available
@@ -125,9 +126,11 @@ def run_placed(stage: str, train, config: PPOConfig) -> Path:
 
     started = connect(config)
     run = f"rlhfkit-{uuid.uuid4().hex[:8]}"
-    trainers = []
+    trainers, engines = [], []
     try:
         check_resources(config)
+        engines = place_engines(run, config.engine_actors, {"num_cpus": config.engine_cpus,
+                                                             "num_gpus": config.engine_gpus})
         actor = ray.remote(TrainerWorker)
         world = config.trainer_processes
         trainers = [actor.options(name=f"{run}-trainer-{rank}", namespace=NAMESPACE, num_cpus=config.trainer_cpus,
@@ -143,8 +146,8 @@ def run_placed(stage: str, train, config: PPOConfig) -> Path:
                 for rank, trainer in enumerate(trainers)}
         wait_for_trainers(runs)
     finally:
-        for trainer in trainers:
-            ray.kill(trainer)  # and, with trainer 0, the engine actors it started
+        for actor in trainers + engines:  # (trainer 0's reward actors end with it)
+            ray.kill(actor)
         if started:
             ray.shutdown()
     return Path(config.output)
