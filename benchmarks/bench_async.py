@@ -2,7 +2,7 @@
 
 Run by hand (never part of the test suite); needs Ray and vLLM (``make install-vllm``)::
 
-    python benchmarks/bench_async.py [--steps 20 --layers 4 --width 256 --max-new-tokens 48]
+    python benchmarks/bench_async.py [--steps 20 --layers 4 --width 256 --max-new-tokens 96 --ppo-epochs 1]
 
 Three ``rlhfkit ppo`` runs on the same model, prompts and seeds, each a real launch: ``--engine vllm``
 in one process (the peer: engine and trainer take turns), and ``--placement ray`` with one trainer
@@ -43,8 +43,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--width", type=int, default=256)
-    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--prompts-per-step", type=int, default=16)
+    parser.add_argument("--ppo-epochs", type=int, default=1, help="GRPO's usual single update per rollout")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-async-"))
     files = write_example(work / "example")
@@ -56,7 +57,8 @@ def main() -> None:
             handle.write(json.dumps({"prompt": [{"role": "user", "content": f"Tell me about number {i}."}]}) + "\n")
     common = ["--policy", str(model), "--reward", f"{work / 'rewards.py'}:blue", "--prompts", str(work / "prompts.jsonl"),
               "--device", "cpu", "--estimator", "grpo", "--prompts-per-step", str(args.prompts_per_step),
-              "--samples-per-prompt", "4", "--max-new-tokens", str(args.max_new_tokens), "--learning-rate", "1e-4",
+              "--samples-per-prompt", "4", "--max-new-tokens", str(args.max_new_tokens),
+              "--ppo-epochs", str(args.ppo_epochs), "--learning-rate", "1e-4",
               "--batch-size", "16", "--log-every", "1", "--eval-split", "0", "--save-every", "0",
               "--sample-every", "0", "--max-steps", str(args.steps), "--max-length", "256", "--engine", "vllm"]
     runs = {"one process, --engine vllm": [],
@@ -71,7 +73,7 @@ def main() -> None:
         results[name] = timings(output, args.warmup)
     peer = results["ray, synchronous"][0]
     print(f"ppo grpo, llama {args.layers}x{args.width}, {args.prompts_per_step} prompts x 4 answers x "
-          f"{args.max_new_tokens} tokens, {args.steps} steps")
+          f"{args.max_new_tokens} tokens, {args.ppo_epochs} update(s) per rollout, {args.steps} steps")
     for name, (step, waiting) in results.items():
         print(f"  {name:28s} {step:6.2f} s/step ({peer / step:4.2f}x ray synchronous), "
               f"waiting for rollouts {waiting:4.0%} of the step")

@@ -260,9 +260,11 @@ class RemoteSampler:
         the object store once and loads them into every engine; then all pass a barrier."""
         import ray
 
-        tensors = [(name, tensor.detach().cpu()) for name, tensor in weights]
-        if self.rank == 0:
-            shared = ray.put(tensors)
+        if self.rank != 0:
+            for _ in weights:  # under --fsdp each tensor is a gather every process takes part in
+                pass
+        else:
+            shared = ray.put([(name, tensor.detach().cpu()) for name, tensor in weights])
             jobs = [self.queue(index, "load", shared, version) for index in range(len(self.engines))]
             for job in jobs:
                 self.collect(job)
