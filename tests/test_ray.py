@@ -39,7 +39,7 @@ def cluster():
 
     nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     nodes.add_node(num_cpus=2)
-    ray.init(address=nodes.address, namespace=NAMESPACE)
+    ray.init(address=nodes.address, namespace=NAMESPACE, log_to_driver=False)  # the actors print their progress
     yield nodes
     ray.shutdown()
     nodes.shutdown()
@@ -82,38 +82,6 @@ def single_process(tmp_path_factory, vllm_families, rl_files) -> Path:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = saved
 
 
-def test_one_trainer_actor_and_an_engine_actor_equal_the_single_process_run(cluster, single_process, tmp_path,
-                                                                             vllm_families, rl_files):
-    from rlhfkit.train.ppo import run_ppo
-
-    output = run_ppo(settings(vllm_families["llama"], rl_files, tmp_path / "placed", placement="ray"))
-    placed, alone = history(output), history(single_process)
-    assert len(placed) == len(alone) == STEPS
-    for a, b in zip(placed, alone, strict=True):
-        for name in ("score", "kl_k1", "policy_loss", "engine_logprob_diff"):
-            assert a[name] == pytest.approx(b[name], abs=1e-4), (a["step"], name)
-        assert a["sync_probe_logprob_diff"] < 1e-4 and a["policy_lag"] == 0
-    weights, reference = load_file(output / "model.safetensors"), load_file(single_process / "model.safetensors")
-    assert all(torch.allclose(weights[k], reference[k], atol=1e-4) for k in reference)
-
-
-def test_two_sharded_trainer_actors_and_a_reward_actor_raise_the_reward_as_one_process_does(cluster, single_process, tmp_path,
-                                                                               vllm_families, rl_files):
-    from rlhfkit.train.ppo import run_ppo
-
-    output = run_ppo(settings(vllm_families["llama"], rl_files, tmp_path / "two", placement="ray",
-                              trainer_processes=2, fsdp=True,  # FSDP2 over the two, gathered for each sync
-                              reward_actors=1, reward_cpus=0))  # the reward scores on an actor of its own
-    rows = history(output)
-    assert all(r["sync_probe_logprob_diff"] < 1e-4 for r in rows)  # the probe passed every step
-    assert mean_late_score(output) > max(0.5, 10 * rows[0]["score"])
-    assert mean_late_score(output) > 0.5 * mean_late_score(single_process)  # same seeds, within noise
-    assert rows[-1]["kl_k1"] < 35
-    from transformers import AutoModelForCausalLM
-
-    assert AutoModelForCausalLM.from_pretrained(output) is not None
-
-
 def kill_engine_after(output: Path, step: int, driver: threading.Thread, deadline_s: float = 300) -> bool:
     """Once the run's step-``step`` checkpoint exists, kill its engine actor; whether it got there."""
     import ray
@@ -129,13 +97,14 @@ def kill_engine_after(output: Path, step: int, driver: threading.Thread, deadlin
     return True
 
 
-def test_async_rollouts_lag_one_version_and_a_killed_engine_stops_the_run_which_resumes(cluster, tmp_path,
-                                                                                        vllm_families, rl_files):
+def test_a_trainer_and_an_engine_actor_equal_one_process_through_a_killed_engine_and_resume(
+        cluster, single_process, tmp_path, vllm_families, rl_files):
+    """Synchronous: every step's metrics and the final weights equal the single-process run's, with the
+    engine actor killed after the step-6 checkpoint (the run stops naming it) and the run resumed."""
     from rlhfkit.rollout.ray_engine import ActorError
     from rlhfkit.train.ppo import run_ppo
 
-    config = settings(vllm_families["llama"], rl_files, tmp_path / "async", placement="ray", async_steps=1,
-                      save_every=3, max_steps=STEPS)
+    config = settings(vllm_families["llama"], rl_files, tmp_path / "placed", placement="ray", save_every=6)
     failure: list[BaseException] = []
 
     def run() -> None:
@@ -146,25 +115,47 @@ def test_async_rollouts_lag_one_version_and_a_killed_engine_stops_the_run_which_
 
     driver = threading.Thread(target=run)
     driver.start()
-    assert kill_engine_after(tmp_path / "async", 3, driver), f"the run never reached its step-3 checkpoint: {failure}"
+    assert kill_engine_after(tmp_path / "placed", 6, driver), f"the run never reached its step-6 checkpoint: {failure}"
     driver.join(timeout=120)
     assert not driver.is_alive(), "the run did not stop after its engine died"
     assert failure and isinstance(failure[0], ActorError), failure
     assert "engine actor 0" in str(failure[0]) and "died" in str(failure[0])
-    assert not (tmp_path / "async" / "model.safetensors").exists()
+    assert not (tmp_path / "placed" / "model.safetensors").exists()
 
-    resumed = run_ppo(settings(vllm_families["llama"], rl_files, tmp_path / "async", placement="ray", async_steps=1,
-                               save_every=3, max_steps=STEPS, resume=True))
-    rows = history(resumed)
-    assert (resumed / "model.safetensors").exists() and rows[-1]["step"] == STEPS
-    first_resumed = max(i for i, r in enumerate(rows) if r["step"] == 4)  # continued from the step-3 checkpoint
-    before, after = rows[:3], rows[first_resumed:]
-    assert [r["step"] for r in after] == list(range(4, STEPS + 1))
-    # each step's answers came from the policy one update older, except the first of each run
-    assert [r["policy_lag"] for r in before[:3]] == [0, 1, 1]
-    assert after[0]["policy_lag"] == 0 and all(r["policy_lag"] == 1 for r in after[1:])
+    output = run_ppo(settings(vllm_families["llama"], rl_files, tmp_path / "placed", placement="ray", save_every=6,
+                              resume=True))
+    placed = {r["step"]: r for r in history(output)}  # the resumed run's rows replace the killed run's last ones
+    alone = history(single_process)
+    assert sorted(placed) == [r["step"] for r in alone] == list(range(1, STEPS + 1))
+    for b in alone:
+        a = placed[b["step"]]
+        for name in ("score", "kl_k1", "policy_loss", "engine_logprob_diff"):
+            assert a[name] == pytest.approx(b[name], abs=1e-4), (a["step"], name)
+        assert a["sync_probe_logprob_diff"] < 1e-4 and a["policy_lag"] == 0
+    weights, reference = load_file(output / "model.safetensors"), load_file(single_process / "model.safetensors")
+    assert all(torch.allclose(weights[k], reference[k], atol=1e-4) for k in reference)
+
+
+def test_two_sharded_trainers_a_reward_actor_and_async_rollouts_raise_the_reward(cluster, single_process, tmp_path,
+                                                                                 vllm_families, rl_files):
+    """Two trainer actors sharded with FSDP2 across the two nodes (the weights gathered for every sync), the
+    reward on an actor of its own, and the engine sampling one policy version ahead."""
+    from transformers import AutoModelForCausalLM
+
+    from rlhfkit.train.ppo import run_ppo
+
+    output = run_ppo(settings(vllm_families["llama"], rl_files, tmp_path / "two", placement="ray",
+                              trainer_processes=2, fsdp=True, reward_actors=1, reward_cpus=0, async_steps=1))
+    rows = history(output)
+    assert all(r["sync_probe_logprob_diff"] < 1e-4 for r in rows)  # the probe passed every step
+    # each step's answers came from the policy one update older, except the first step's
+    assert [r["policy_lag"] for r in rows] == [0] + [1] * (STEPS - 1)
     assert all(r["policy_lag_max"] <= 1 for r in rows)
-    assert mean_late_score(resumed) > max(0.5, 10 * rows[0]["score"])
+    assert mean_late_score(output) > max(0.5, 10 * rows[0]["score"])
+    # near the single process (1.68 vs 2.71 here: other per-rank draws, one version behind)
+    assert mean_late_score(output) > 0.4 * mean_late_score(single_process)
+    assert rows[-1]["kl_k1"] < 35
+    assert AutoModelForCausalLM.from_pretrained(output) is not None
 
 
 def test_online_dpo_samples_its_rounds_on_an_engine_actor(cluster, tmp_path, vllm_families, rl_files):
