@@ -151,6 +151,8 @@ def test_two_sharded_trainers_a_reward_actor_and_async_rollouts_raise_the_reward
     # each step's answers came from the policy one update older, except the first step's
     assert [r["policy_lag"] for r in rows] == [0] + [1] * (STEPS - 1)
     assert all(r["policy_lag_max"] <= 1 for r in rows)
+    # the behaviour policy's log-probs come from the engine, one version old: the gap the TIS weights correct
+    assert rows[0]["engine_logprob_diff"] < 1e-4 and all(r["engine_logprob_diff"] > 1e-3 for r in rows[1:])
     assert mean_late_score(output) > max(0.5, 10 * rows[0]["score"])
     # near the single process (1.68 vs 2.71 here: other per-rank draws, one version behind)
     assert mean_late_score(output) > 0.4 * mean_late_score(single_process)

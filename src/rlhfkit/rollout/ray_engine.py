@@ -157,6 +157,12 @@ def barrier() -> None:
         dist.barrier()
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (Ray's carry a whole traceback), or its type's name."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def answer(ref, role: str, what: str, timeout: float):
     """``ray.get(ref)``: an actor's answer, its failures as :class:`ActorError` naming ``role``."""
     import ray
@@ -167,8 +173,7 @@ def answer(ref, role: str, what: str, timeout: float):
     except exceptions.GetTimeoutError:
         raise ActorError(f"{role} did not answer {what} within {timeout:g} s (--dist-timeout)") from None
     except exceptions.RayActorError as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ActorError(f"{role} died ({reason}); the run stops here: rerun it with --resume to "
+        raise ActorError(f"{role} died ({first_line(error)}); the run stops here: rerun it with --resume to "
                                "continue from its last checkpoint") from None
     except exceptions.RayTaskError as error:  # the job raised in the actor: that error, as it is
         raise error.cause from None
@@ -215,7 +220,7 @@ class RemoteSampler:
 
     def __init__(self, engines: list, names: list[str], timeout: float):
         self.engines, self.names, self.timeout = engines, names, timeout
-        self.rank, self.world = process_group()
+        self.rank = process_group()[0]
         self.mine = self.rank % len(engines)
 
     @classmethod

@@ -31,6 +31,7 @@ from rlhfkit.rollout.ray_engine import (
     RAY_INSTALL_HINT,
     RUN_VARIABLE,
     ActorError,
+    first_line,
     place_engines,
     ray_available,
 )
@@ -165,8 +166,7 @@ def wait_for_trainers(runs: dict) -> None:
         try:
             ray.get(done[0])
         except exceptions.RayActorError as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise TrainingError(f"--placement ray: trainer process {rank} died ({reason}); the run stops here: "
+            raise TrainingError(f"--placement ray: trainer process {rank} died ({first_line(error)}); the run stops here: "
                                 "rerun it with --resume to continue from its last checkpoint") from None
         except exceptions.RayTaskError as error:
             cause = error.cause

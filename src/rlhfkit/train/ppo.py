@@ -133,9 +133,13 @@ def truncate_prompt(ids: list[int], limit: int) -> list[int]:
     return ids[-limit:] if len(ids) > limit else ids
 
 
+def reward_options(config: PPOConfig) -> dict:
+    """How a reward model is loaded for this run (``load_reward_function``'s keyword arguments)."""
+    return dict(device=config.device, dtype=config.dtype, batch_size=config.batch_size, max_length=config.max_length)
+
+
 def load_reward(spec: str, config: PPOConfig) -> RewardFunction:
-    return load_reward_function(spec, device=config.device, dtype=config.dtype, batch_size=config.batch_size,
-                                max_length=config.max_length)
+    return load_reward_function(spec, **reward_options(config))
 
 
 class PPOTrainer:
@@ -187,9 +191,7 @@ class PPOTrainer:
         """The reward: loaded in this process, or with ``--reward-actors`` scoring on Ray actors."""
         config = self.config
         if config.placement == "ray" and config.reward_actors:
-            return RemoteReward.start(placed_run(), config.reward_actors, config.reward,
-                                      dict(device=config.device, dtype=config.dtype, batch_size=config.batch_size,
-                                           max_length=config.max_length),
+            return RemoteReward.start(placed_run(), config.reward_actors, config.reward, reward_options(config),
                                       {"num_cpus": config.reward_cpus, "num_gpus": config.reward_gpus},
                                       config.dist_timeout)
         return load_reward(config.reward, config)
