@@ -53,3 +53,24 @@ def test_data_check_reports_valid_records(tmp_path, capsys):
     data.write_text(json.dumps({"prompt": "p", "responses": ["a", "b", "c"], "ranks": [2, 1, 3]}) + "\n")
     main(["data", "check", str(data), "--kind", "preferences"])
     assert "3 valid preferences records" in " ".join(capsys.readouterr().err.split())
+
+
+def test_tiny_model_builds_a_folder_that_transformers_loads(tmp_path, example_files):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    main(["tiny-model", "--corpus", str(example_files["corpus"]), "--output", str(tmp_path / "qwen"),
+          "--arch", "qwen2", "--vocab-size", "300", "--width", "32", "--heads", "2"])
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "qwen")
+    assert model.config.model_type == "qwen2" and model.config.hidden_size == 32
+    assert len(AutoTokenizer.from_pretrained(tmp_path / "qwen")) == model.get_input_embeddings().num_embeddings
+
+
+def test_a_wrong_tiny_model_arch_names_the_option_and_the_choices(tmp_path, example_files, capsys):
+    from rlhfkit.models.tiny import ARCHITECTURES
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tiny-model", "--corpus", str(example_files["corpus"]), "--output", str(tmp_path / "m"),
+              "--arch", "gpt5"])
+    assert exit_info.value.code == 2
+    assert f"--arch 'gpt5': expected one of {', '.join(ARCHITECTURES)}" in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "m").exists()

@@ -13,8 +13,11 @@ from rlhfkit.rollout.generate_command import run_generate
 
 
 def test_cut_after_eos():
-    assert cut_after_eos([5, 6, 0, 7, 0], eos_token_id=0) == ([5, 6, 0], True)
-    assert cut_after_eos([5, 6, 7], eos_token_id=0) == ([5, 6, 7], False)
+    assert cut_after_eos([5, 6, 0, 7, 0], [0]) == ([5, 6, 0], True)
+    assert cut_after_eos([5, 6, 7], [0]) == ([5, 6, 7], False)
+    # several stop tokens: cut after the first of any of them, which stays the answer's last token
+    assert cut_after_eos([5, 9, 6, 0], [0, 9]) == ([5, 9], True)
+    assert cut_after_eos([5, 6, 0, 9], [9, 0]) == ([5, 6, 0], True)
 
 
 def test_pad_batch_both_sides():

@@ -22,8 +22,10 @@ from rlhfkit.data.chat import (
     end_of_turn_token,
     render_messages,
     tokenize_demonstration,
+    tokenize_demonstration_examples,
     tokenize_prompt_response,
 )
+from rlhfkit.data.stop_tokens import stop_token_ids
 from rlhfkit.losses import sft_loss
 from rlhfkit.models import load_tokenizer
 from rlhfkit.models.tiny import tiny_config
@@ -250,6 +252,97 @@ MISTRAL = (
 )
 
 
+# mistralai/Mistral-7B-Instruct-v0.3 (the system message opens the last user turn, and only when that turn is
+# the last message: a conversation ending with an answer has none; no generation prompt)
+MISTRAL_V03 = """{%- if messages[0]["role"] == "system" %}
+    {%- set system_message = messages[0]["content"] %}
+    {%- set loop_messages = messages[1:] %}
+{%- else %}
+    {%- set loop_messages = messages %}
+{%- endif %}
+{%- if not tools is defined %}
+    {%- set tools = none %}
+{%- endif %}
+{%- set user_messages = loop_messages | selectattr("role", "equalto", "user") | list %}
+
+{#- This block checks for alternating user/assistant messages, skipping tool calling messages #}
+{%- set ns = namespace() %}
+{%- set ns.index = 0 %}
+{%- for message in loop_messages %}
+    {%- if not (message.role == "tool" or message.role == "tool_results" or (message.tool_calls is defined and message.tool_calls is not none)) %}
+        {%- if (message["role"] == "user") != (ns.index % 2 == 0) %}
+            {{- raise_exception("After the optional system message, conversation roles must alternate user/assistant/user/assistant/...") }}
+        {%- endif %}
+        {%- set ns.index = ns.index + 1 %}
+    {%- endif %}
+{%- endfor %}
+
+{{- bos_token }}
+{%- for message in loop_messages %}
+    {%- if message["role"] == "user" %}
+        {%- if tools is not none and (message == user_messages[-1]) %}
+            {{- "[AVAILABLE_TOOLS] [" }}
+            {%- for tool in tools %}
+                {%- set tool = tool.function %}
+                {{- '{"type": "function", "function": {' }}
+                {%- for key, val in tool.items() if key != "return" %}
+                    {%- if val is string %}
+                        {{- '"' + key + '": "' + val + '"' }}
+                    {%- else %}
+                        {{- '"' + key + '": ' + val|tojson }}
+                    {%- endif %}
+                    {%- if not loop.last %}
+                        {{- ", " }}
+                    {%- endif %}
+                {%- endfor %}
+                {{- "}}" }}
+                {%- if not loop.last %}
+                    {{- ", " }}
+                {%- else %}
+                    {{- "]" }}
+                {%- endif %}
+            {%- endfor %}
+            {{- "[/AVAILABLE_TOOLS]" }}
+            {%- endif %}
+        {%- if loop.last and system_message is defined %}
+            {{- "[INST] " + system_message + "\\n\\n" + message["content"] + "[/INST]" }}
+        {%- else %}
+            {{- "[INST] " + message["content"] + "[/INST]" }}
+        {%- endif %}
+    {%- elif message.tool_calls is defined and message.tool_calls is not none %}
+        {{- "[TOOL_CALLS] [" }}
+        {%- for tool_call in message.tool_calls %}
+            {%- set out = tool_call.function|tojson %}
+            {{- out[:-1] }}
+            {%- if not tool_call.id is defined or tool_call.id|length != 9 %}
+                {{- raise_exception("Tool call IDs should be alphanumeric strings with length 9!") }}
+            {%- endif %}
+            {{- ', "id": "' + tool_call.id + '"}' }}
+            {%- if not loop.last %}
+                {{- ", " }}
+            {%- else %}
+                {{- "]" + eos_token }}
+            {%- endif %}
+        {%- endfor %}
+    {%- elif message["role"] == "assistant" %}
+        {{- " " + message["content"]|trim + eos_token}}
+    {%- elif message["role"] == "tool_results" or message["role"] == "tool" %}
+        {%- if message.content is defined and message.content.content is defined %}
+            {%- set content = message.content.content %}
+        {%- else %}
+            {%- set content = message.content %}
+        {%- endif %}
+        {{- '[TOOL_RESULTS] {"content": ' + content|string + ", " }}
+        {%- if not message.tool_call_id is defined or message.tool_call_id|length != 9 %}
+            {{- raise_exception("Tool call IDs should be alphanumeric strings with length 9!") }}
+        {%- endif %}
+        {{- '"call_id": "' + message.tool_call_id + '"}[/TOOL_RESULTS]' }}
+    {%- else %}
+        {{- raise_exception("Only user and assistant roles are supported, with the exception of an initial optional system message!") }}
+    {%- endif %}
+{%- endfor %}
+"""
+
 @functools.cache
 def _family(name: str):
     """(template, special tokens, bos, eos, pad, end-of-turn token, system messages supported); the EOS is
@@ -265,10 +358,15 @@ def _family(name: str):
         "gemma2": (GEMMA2, gemma, "<bos>", "<eos>", "<pad>", "<end_of_turn>", False),
         "gemma3": (GEMMA3, gemma, "<bos>", "<eos>", "<pad>", "<end_of_turn>", True),
         "mistral": (MISTRAL, ["<unk>", "<s>", "</s>"], "<s>", "</s>", None, "</s>", False),
+        "mistral-v0.3": (MISTRAL_V03, ["<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[TOOL_CALLS]", "[AVAILABLE_TOOLS]",
+                                       "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]", "[/TOOL_RESULTS]"],
+                         "<s>", "</s>", None, "</s>", True),
     }[name]
 
 
-FAMILIES = ("llama3", "qwen2.5", "qwen3", "gemma2", "gemma3", "mistral")
+FAMILIES = ("llama3", "qwen2.5", "qwen3", "gemma2", "gemma3", "mistral", "mistral-v0.3")
+PER_TURN = {"mistral-v0.3"}  # the system message moves to the last user turn: each answer is its own sequence
+ANSWER_PREFIX = {"qwen3": "<think>\n\n</think>\n\n", "mistral-v0.3": " "}  # written before an answer's text
 
 CHAT = [
     {"role": "user", "content": "What is the capital of France?"},
@@ -330,30 +428,42 @@ def test_the_end_of_turn_token_is_the_eos(name, family_tokenizer):
     end = _family(name)[5]
     assert end_of_turn_token(tokenizer) == end
     assert tokenizer.eos_token == end
+    # sampling stops at the end of turn first, then at the EOS the tokenizer came with (Llama 3, Gemma)
+    assert stop_token_ids(tokenizer) == list(dict.fromkeys(tokenizer.convert_tokens_to_ids([end, _family(name)[3]])))
     assert tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id
 
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_multi_turn_labels_are_the_assistant_turns_after_the_sampling_prompts(name, family_tokenizer):
+    """One sequence, or one per assistant turn where the template writes a turn's context differently once
+    an answer follows (Mistral v0.3's system message): either way each turn follows its sampling prompt."""
     tokenizer = family_tokenizer(name)
     messages = _conversation(name)
     first, second = (i for i, m in enumerate(messages) if m["role"] == "assistant")
     end = _family(name)[5]
-    thinking = "<think>\n\n</think>\n\n" if name == "qwen3" else ""  # Qwen 3 opens the final turn with one
-    example = tokenize_demonstration(tokenizer, Demonstration(messages=messages, trainable=[True] * len(messages)),
-                                     max_length=512)
-    assert all(label in (IGNORE_INDEX, token) for label, token in zip(example.labels, example.input_ids, strict=True))
-    spans = _spans(tokenizer, example)
-    assert [text for _, text in spans] == [f"The capital of France is Paris.{end}", f"{thinking}Tokyo.{end}"]
-    for (start, _), turn in zip(spans, (first, second), strict=True):
+    lead = {"mistral-v0.3": " "}.get(name, "")  # written before every answer's text
+    last = ANSWER_PREFIX.get(name, "")  # Qwen 3 opens the final turn with an empty reasoning block
+    demo = Demonstration(messages=messages, trainable=[True] * len(messages))
+    examples = tokenize_demonstration_examples(tokenizer, demo, max_length=512)
+    assert len(examples) == (2 if name in PER_TURN else 1)
+    spans = [(example, start, text) for example in examples for start, text in _spans(tokenizer, example)]
+    assert [text for *_, text in spans] == [f"{lead}The capital of France is Paris.{end}", f"{last}Tokyo.{end}"]
+    for example in examples:
+        assert all(label in (IGNORE_INDEX, token) for label, token in zip(example.labels, example.input_ids,
+                                                                          strict=True))
+    for (example, start, _), turn in zip(spans, (first, second), strict=True):
         # each assistant turn comes right after the tokens sampling would be prompted with
         assert example.input_ids[:start] == encode_prompt(tokenizer, messages[:turn])
-    assert tokenizer.decode(example.input_ids) == render_messages(tokenizer, messages, add_generation_prompt=False)
+    if name in PER_TURN:  # each sequence ends with its answer's end of turn, as a sampled answer does
+        assert all(example.labels[-1] == tokenizer.eos_token_id for example in examples)
+    else:
+        assert tokenizer.decode(examples[0].input_ids) == render_messages(tokenizer, messages,
+                                                                          add_generation_prompt=False)
 
-    last_only = tokenize_demonstration(tokenizer, Demonstration(messages=messages, trainable=[False] * second + [True]),
-                                       max_length=512)
-    assert last_only.input_ids == example.input_ids
-    assert [text for _, text in _spans(tokenizer, last_only)] == [f"{thinking}Tokyo.{end}"]
+    last_only = tokenize_demonstration_examples(
+        tokenizer, Demonstration(messages=messages, trainable=[False] * second + [True]), max_length=512)
+    assert [e.input_ids for e in last_only] == [examples[-1].input_ids]
+    assert [text for _, text in _spans(tokenizer, last_only[0])] == [f"{last}Tokyo.{end}"]
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -368,11 +478,12 @@ def test_prompt_and_answer_split_is_the_sampling_prompt_then_the_answer(name, fa
     assert example.labels == [IGNORE_INDEX] * len(prompt_ids) + example.input_ids[len(prompt_ids):]
     assert example.input_ids[-1] == tokenizer.eos_token_id
     answer = tokenizer.decode(example.input_ids[len(prompt_ids):], skip_special_tokens=True)
-    assert answer == ("<think>\n\n</think>\n\n" if name == "qwen3" else "") + "Tokyo, I believe."
+    assert answer == ANSWER_PREFIX.get(name, "") + "Tokyo, I believe."
     # the generation prompt is part of the prompt, not of the answer
     generation_prompt = {"llama3": "<|start_header_id|>assistant<|end_header_id|>\n\n", "qwen2.5": "<|im_start|>assistant\n",
                          "qwen3": "<|im_start|>assistant\n", "gemma2": "<start_of_turn>model\n",
-                         "gemma3": "<start_of_turn>model\n", "mistral": " [/INST]"}[name]
+                         "gemma3": "<start_of_turn>model\n", "mistral": " [/INST]",
+                         "mistral-v0.3": "Be brief.\n\nAnd of Japan?[/INST]"}[name]  # the system text moved here
     assert tokenizer.decode(prompt_ids).endswith(generation_prompt)
 
 
@@ -406,21 +517,45 @@ def test_a_template_without_an_end_of_turn_token_is_refused(tokenizer):
         tokenize_prompt_response(plain, [{"role": "user", "content": "Hi"}], "Hello", max_length=64)
 
 
-def test_a_template_that_rewrites_earlier_turns_is_refused(tokenizer):
-    """A template that writes the system message into the last user turn only (as some do): the
-    conversation before the first answer differs from the prompt sampling would use, so no training
-    sequence can match it."""
+def _rewriting(tokenizer, user_turn: str):
+    """``tokenizer`` with a template that writes the system message into the last user turn only, when
+    that turn is the last message (as Mistral v0.3 does), the user turn written by ``user_turn``."""
     from copy import deepcopy
 
     moving = deepcopy(tokenizer)
     moving.chat_template = (
         "{% set system = messages[0]['content'] if messages[0]['role'] == 'system' else '' %}"
-        "{% for m in messages if m['role'] != 'system' %}{% if m['role'] == 'user' %}{{ '<|user|>' }}"
-        "{% if loop.last %}{{ system }}{% endif %}{{ m['content'] }}{% else %}{{ m['content'] + eos_token }}{% endif %}"
-        "{% endfor %}")
+        "{% for m in messages if m['role'] != 'system' %}{% if m['role'] == 'user' %}" + user_turn +
+        "{% else %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}")
+    return moving
+
+
+def test_a_template_that_rewrites_earlier_turns_trains_each_turn_after_its_sampling_prompt(tokenizer):
+    """The system message opens the last user turn: no one sequence has every turn's sampling prompt
+    (the first prompt has the system text, the whole conversation has it nowhere), so each assistant turn
+    is its own sequence, its prompt the very tokens sampling starts from."""
+    moving = _rewriting(tokenizer, "{{ '<|user|>' }}{% if loop.last %}{{ system }}{% endif %}{{ m['content'] }}")
+    messages = [SYSTEM, *CHAT]
+    examples = tokenize_demonstration_examples(moving, Demonstration(messages=messages, trainable=[True] * 5), 128)
+    for example, turn in zip(examples, (2, 4), strict=True):
+        prompt = encode_prompt(moving, messages[:turn])
+        assert moving.decode(prompt).startswith("<|user|>Be brief.") == (turn == 2)
+        assert example.input_ids[: len(prompt)] == prompt and set(example.labels[: len(prompt)]) == {IGNORE_INDEX}
+        answer = example.input_ids[len(prompt):]
+        assert example.labels[len(prompt):] == answer
+        assert moving.decode(answer) == messages[turn]["content"] + moving.eos_token
+    with pytest.raises(ValueError, match="one sequence per assistant turn: use tokenize_demonstration_examples"):
+        tokenize_demonstration(moving, Demonstration(messages=messages, trainable=[True] * 5), 128)
+
+
+def test_a_template_that_rewrites_the_answered_turn_too_is_refused(tokenizer):
+    """The system message after the last user message's text: the turn the answer follows in the whole
+    conversation is not the one sampling's prompt ends with, so not even a sequence per turn can match it."""
+    moving = _rewriting(tokenizer, "{{ '<|user|>' + m['content'] }}{% if loop.last %}{{ ' ' + system }}{% endif %}")
     messages = [SYSTEM, *CHAT[:2]]
-    with pytest.raises(ValueError, match="renders the conversation before message 2 differently"):
-        tokenize_demonstration(moving, Demonstration(messages=messages, trainable=[False, False, True]), 64)
+    with pytest.raises(ValueError, match="renders the conversation before message 2 differently.*the message it "
+                                         "answers too"):
+        tokenize_demonstration_examples(moving, Demonstration(messages=messages, trainable=[False, False, True]), 64)
 
 
 def test_the_saved_policy_stops_plain_hf_generate_at_the_end_of_turn_too(family_tokenizer, tmp_path):
@@ -433,3 +568,23 @@ def test_the_saved_policy_stops_plain_hf_generate_at_the_end_of_turn_too(family_
     save_model(AutoModelForCausalLM.from_config(config), tokenizer, tmp_path)
     stops = load_causal_lm(str(tmp_path), tokenizer).generation_config.eos_token_id
     assert stops == [tokenizer.convert_tokens_to_ids("<end_of_turn>"), tokenizer.convert_tokens_to_ids("<eos>")]
+
+
+def test_the_generation_configs_stop_ids_are_stop_ids_too(family_tokenizer, tmp_path):
+    """Qwen 2.5's folders stop at ``<|im_end|>`` (the tokenizer's EOS) and, by their generation config,
+    at ``<|endoftext|>`` too, which is also their pad token; a folder rlhfkit saves keeps both."""
+    import json
+
+    from rlhfkit.models import load_causal_lm, save_model
+
+    tokenizer = family_tokenizer("qwen2.5")
+    im_end, endoftext = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    config = tiny_config("llama", vocab_size=len(tokenizer), bos_token_id=None, eos_token_id=im_end,
+                         pad_token_id=tokenizer.pad_token_id, layers=1, width=32)
+    model = AutoModelForCausalLM.from_config(config)
+    model.generation_config.eos_token_id = [im_end, endoftext]
+    save_model(model, tokenizer, tmp_path / "qwen")
+    loaded = load_tokenizer(str(tmp_path / "qwen"))
+    assert stop_token_ids(loaded) == [im_end, endoftext] and loaded.pad_token_id == endoftext
+    save_model(load_causal_lm(str(tmp_path / "qwen"), loaded), loaded, tmp_path / "saved")
+    assert json.loads((tmp_path / "saved" / "generation_config.json").read_text())["eos_token_id"] == [im_end, endoftext]

@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 
 from rlhfkit.config import EngineConfig
 from rlhfkit.data.chat import encode_prompt
+from rlhfkit.data.stop_tokens import stop_token_ids
 from rlhfkit.rollout.sampler import HFSampler, SamplingSettings
 
 # at most this many log-prob values ([answers, tokens, vocabulary]) per teacher-forced pass: 512 MiB in fp32
@@ -128,7 +129,7 @@ class ChatEngine:
                                     self.max_batch)
         samples = self.sampler.sample([jobs[i].messages for i in flat_prompts], [prompt_ids[i] for i in flat_prompts],
                                       1, settings)
-        eos = self.tokenizer.eos_token_id
+        stops = set(stop_token_ids(self.tokenizer))
         position = 0
         scored = []  # (choice, prompt ids, answer tokens, top) for the log-prob pass
         for index, job in enumerate(jobs):
@@ -137,7 +138,7 @@ class ChatEngine:
                 [sample] = samples[position]
                 position += 1
                 tokens = sample.token_ids[: job.max_tokens]
-                finished = bool(tokens) and tokens[-1] == eos
+                finished = bool(tokens) and tokens[-1] in stops
                 choice = {"index": k, "message": {"role": "assistant",
                                                   "content": self.tokenizer.decode(tokens, skip_special_tokens=True)},
                           "finish_reason": "stop" if finished else "length", "logprobs": None,

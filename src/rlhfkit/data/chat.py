@@ -21,10 +21,15 @@ Tokenization keeps generation and training consistent:
   ``<|eot_id|>``, ChatML's ``<|im_end|>``, Gemma's ``<end_of_turn>``, Mistral's ``</s>``:
   :func:`end_of_turn_token`), and on nothing the template writes after it (ChatML's and Gemma's
   newline), so an answer ends where sampling stops; ``models.load_tokenizer`` makes that token the
-  tokenizer's EOS (:func:`use_end_of_turn_as_eos`), the one sampling stops at;
-- a template that ends assistant turns with no special token, or that renders earlier turns
-  differently once later ones follow (so no one sequence can match what generation sees), is refused
-  with the reason.
+  tokenizer's EOS (:func:`use_end_of_turn_as_eos`), the one sampling stops at first (the EOS it
+  replaces stops it too: :mod:`rlhfkit.data.stop_tokens`);
+- a template that renders earlier turns differently once later ones follow (Mistral v0.3 writes the
+  system message into the last user turn only), so that no one sequence matches every turn's
+  sampling prompt, trains each assistant turn as its own sequence: its sampling prompt, then the turn
+  (:func:`encode_chat_examples`);
+- a template that ends assistant turns with no special token, or that writes even the message a turn
+  answers differently once the turn follows (so not even that turn alone can follow its sampling
+  prompt), is refused with the reason.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedTokenizerBase
+
+from rlhfkit.data.stop_tokens import add_stop_token_ids
 
 DEFAULT_CHAT_TEMPLATE = (
     # HF renders templates with trim_blocks, which eats a newline right after a tag: newlines are
@@ -131,12 +138,15 @@ def end_of_turn_token(tokenizer: PreTrainedTokenizerBase) -> str | None:
 
 def use_end_of_turn_as_eos(tokenizer: PreTrainedTokenizerBase) -> None:
     """Make the template's end-of-turn token the tokenizer's EOS (a chat model's answer ends there: it is
-    the token training teaches and sampling stops at), logging the change."""
+    the token training teaches and sampling stops at first), logging the change. The EOS it replaces
+    stays a stop token (:func:`~rlhfkit.data.stop_tokens.stop_token_ids`): the model may still write it."""
     token = end_of_turn_token(tokenizer)
     if token is not None and token != tokenizer.eos_token:
         log.info("the chat template ends assistant turns with %s: it becomes the EOS (was %s) that answers are "
-                 "trained to end with and sampling stops at", token, tokenizer.eos_token)
+                 "trained to end with; sampling stops at either", token, tokenizer.eos_token)
+        original = tokenizer.eos_token_id
         tokenizer.eos_token = token
+        add_stop_token_ids(tokenizer, original)
 
 
 def _generation_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> str:
@@ -148,33 +158,45 @@ def _generation_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict])
         return ""
 
 
-def encode_chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict], trainable: list[bool], *,
-                keep_trailing: bool) -> TokenizedExample:
+def encode_chat_examples(tokenizer: PreTrainedTokenizerBase, messages: list[dict], trainable: list[bool], *,
+                         keep_trailing: bool) -> list[TokenizedExample]:
     """Tokenize a conversation with labels on its trainable assistant turns, each through its
-    end-of-turn token (:func:`end_of_turn_token`), and on nothing else.
+    end-of-turn token (:func:`end_of_turn_token`), and on nothing else: one sequence, or one per turn
+    for a template that rewrites earlier turns.
 
     Each such turn comes after the tokens that :func:`encode_prompt` gives the messages before it (what
-    sampling would continue); the turn's text is taken from the whole conversation's rendering. With
-    ``keep_trailing`` the text the template writes after the last labelled turn (later messages, a
-    newline) ends the sequence unlabelled; without it the sequence ends with the turn's end-of-turn
-    token, as a sampled answer does."""
+    sampling would continue). Where every such prompt starts the whole conversation's rendering, that
+    rendering is the one sequence (:func:`_one_sequence`). A template that writes the conversation
+    before a turn differently once later messages follow (Mistral v0.3 writes the system message into
+    the last user turn only, so a prompt has it where the whole conversation has not) gives one
+    sequence per trainable turn instead: its sampling prompt, then the turn (:func:`_turn_example`),
+    exactly what sampling sees and what it must write."""
     end_text = end_of_turn_token(tokenizer)
     if end_text is None:
         raise ValueError("the chat template ends assistant turns with no special token, so a model trained with "
                          "it could never learn to stop: give it one (e.g. {{ eos_token }} after assistant messages)")
+    turns = [i for i, message in enumerate(messages) if trainable[i] and message["role"] == "assistant"]
+    prompts = {i: _generation_prompt(tokenizer, messages[:i]) for i in turns}
     full = render_messages(tokenizer, messages, add_generation_prompt=False)
+    example = _one_sequence(tokenizer, full, prompts, end_text, keep_trailing)
+    if example is not None:
+        return [example]
+    return [_turn_example(tokenizer, messages, i, prompts[i], end_text) for i in turns]
+
+
+def _one_sequence(tokenizer: PreTrainedTokenizerBase, full: str, prompts: dict[int, str], end_text: str,
+                  keep_trailing: bool) -> TokenizedExample | None:
+    """The whole rendering ``full`` with labels on the turns after ``prompts`` (message index -> its
+    sampling prompt), or None when a prompt does not start ``full`` past the turn before it. The turn's
+    text is taken from ``full``. With ``keep_trailing`` the text the template writes after the last
+    labelled turn (later messages, a newline) ends the sequence unlabelled; without it the sequence
+    ends with the turn's end-of-turn token, as a sampled answer does."""
     ids: list[int] = []
     labels: list[int] = []
     done = 0  # characters of ``full`` already tokenized
-    for i, message in enumerate(messages):
-        if not (trainable[i] and message["role"] == "assistant"):
-            continue
-        before = _generation_prompt(tokenizer, messages[:i])
+    for i, before in prompts.items():
         if len(before) < done or not full.startswith(before):
-            raise ValueError(
-                f"the chat template renders the conversation before message {i} differently once the later "
-                "messages follow (e.g. it moves the system message or drops reasoning), so the assistant "
-                "turn cannot follow the prompt that sampling would use")
+            return None
         context = _encode_text(tokenizer, before, True, True)
         if context[: len(ids)] == ids:
             gap = context[len(ids):]
@@ -195,6 +217,44 @@ def encode_chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict], traina
         ids += trailing
         labels += [IGNORE_INDEX] * len(trailing)
     return TokenizedExample(ids, labels)
+
+
+def _turn_example(tokenizer: PreTrainedTokenizerBase, messages: list[dict], i: int, prompt: str,
+                  end_text: str) -> TokenizedExample:
+    """Assistant message ``i`` as its own sequence: its sampling prompt ``prompt``, then the turn as the
+    template writes it after the message it answers, labelled through its end-of-turn token."""
+    through = render_messages(tokenizer, messages[: i + 1], add_generation_prompt=False)
+    start = _answer_start(through, prompt, messages[:i], end_text)
+    if start is None:
+        raise ValueError(
+            f"the chat template renders the conversation before message {i} differently once the later messages "
+            "follow, and the message it answers too, so not even the turn alone can follow the prompt that "
+            "sampling would use (rlhfkit trains a turn after its exact sampling prompt)")
+    end = through.find(end_text, start)
+    if end < 0:
+        raise ValueError(f"assistant message {i} does not end with the template's end-of-turn token {end_text}")
+    context = _encode_text(tokenizer, prompt, True, True)
+    answer = _encode_text(tokenizer, through[start : end + len(end_text)], not context, True)
+    return TokenizedExample(context + answer, [IGNORE_INDEX] * len(context) + answer)
+
+
+def _answer_start(through: str, prompt: str, earlier: list[dict], end_text: str) -> int | None:
+    """Where the answer starts in ``through`` (the rendering that ends with it), for it to follow
+    ``prompt`` (the ``earlier`` messages with the generation prompt) as sampling sees it: right after
+    ``prompt`` when ``through`` starts with it; otherwise right after the last place, before the
+    answer's end-of-turn token, where ``through`` writes what ``prompt`` ends with from the text of the
+    message the answer replies to on (that text, its turn's closing, the generation prompt: what the
+    answer directly follows). None when ``through`` writes none of that as ``prompt`` does."""
+    if through.startswith(prompt):
+        return len(prompt)
+    answered = next((m for m in reversed(earlier) if m["role"] != "assistant"), None)
+    text = answered["content"].strip() if answered is not None and isinstance(answered.get("content"), str) else ""
+    at = prompt.rfind(text) if text else -1
+    if at < 0:
+        return None
+    tail = prompt[at:]
+    found = through.rfind(tail, 0, max(through.rfind(end_text), 0))
+    return None if found < 0 else found + len(tail)
 
 
 @functools.cache
@@ -227,13 +287,26 @@ def truncate(example: TokenizedExample, max_length: int) -> TokenizedExample:
 
 
 def tokenize_demonstration(tokenizer: PreTrainedTokenizerBase, demo, max_length: int) -> TokenizedExample:
-    """Tokenize a :class:`~rlhfkit.data.records.Demonstration` with loss on the answer tokens only."""
+    """Tokenize a :class:`~rlhfkit.data.records.Demonstration` as one sequence with loss on the answer
+    tokens only (a ValueError for a conversation that needs one per turn: see
+    :func:`tokenize_demonstration_examples`)."""
+    examples = tokenize_demonstration_examples(tokenizer, demo, max_length)
+    if len(examples) > 1:
+        raise ValueError("the chat template renders earlier turns differently once later ones follow, so this "
+                         "conversation trains as one sequence per assistant turn: use tokenize_demonstration_examples")
+    return examples[0]
+
+
+def tokenize_demonstration_examples(tokenizer: PreTrainedTokenizerBase, demo, max_length: int) -> list[TokenizedExample]:
+    """A :class:`~rlhfkit.data.records.Demonstration` as training sequences with loss on the answer
+    tokens only, each cut to ``max_length``: one, or one per trainable assistant turn where the chat
+    template rewrites earlier turns (:func:`encode_chat_examples`)."""
     if demo.is_chat:
-        example = encode_chat(tokenizer, demo.messages, demo.trainable, keep_trailing=True)
+        examples = encode_chat_examples(tokenizer, demo.messages, demo.trainable, keep_trailing=True)
     else:
         segments = [(demo.prompt, False), (demo.completion, True)]
-        example = encode_segments(tokenizer, segments, from_template=False, append_eos=True)
-    return truncate(example, max_length)
+        examples = [encode_segments(tokenizer, segments, from_template=False, append_eos=True)]
+    return [truncate(example, max_length) for example in examples]
 
 
 def _prompt_length(example: TokenizedExample) -> int:
@@ -269,7 +342,11 @@ def tokenize_prompt_response(
         )
         messages = prompt_messages + response_messages
         trainable = [False] * len(prompt_messages) + [True] * len(response_messages)
-        example = encode_chat(tokenizer, messages, trainable, keep_trailing=False)
+        examples = encode_chat_examples(tokenizer, messages, trainable, keep_trailing=False)
+        if len(examples) > 1:
+            raise ValueError("the chat template renders earlier turns differently once later ones follow, so a "
+                             "response of several assistant turns cannot be one sequence after its prompt")
+        [example] = examples
     return truncate_prompt_first(example, max_length)
 
 

@@ -5,8 +5,9 @@ Guarantees made here, relied on by every stage:
   the model never learns to stop); one is added, and the embeddings resized, when needed;
 - the tokenizer has a chat template: its own, or :data:`rlhfkit.data.chat.DEFAULT_CHAT_TEMPLATE`;
 - its EOS is the token the template ends assistant turns with (``<|im_end|>``, ``<|eot_id|>``,
-  ``<end_of_turn>``, ...), so answers are trained to end, and sampling stops, where a chat model's
-  turn ends; the model's generation config stops there too;
+  ``<end_of_turn>``, ...), so answers are trained to end where a chat model's turn ends; sampling
+  stops there, at the EOS the tokenizer came with and at the ids of the folder's generation config
+  (:func:`rlhfkit.data.stop_tokens.stop_token_ids`), and the model's generation config lists them all;
 - dropout is off (see ``disable_dropout``);
 - the model's family gives a left-padded sequence the outputs it gives it alone (``check_family``),
   or it is refused at load with the reason.
@@ -22,6 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from rlhfkit.config import ConfigError
 from rlhfkit.data.chat import ensure_chat_template, use_end_of_turn_as_eos
+from rlhfkit.data.stop_tokens import add_stop_token_ids, stop_token_ids
 
 PAD_TOKEN = "<|pad|>"
 
@@ -124,13 +126,28 @@ def resolve_dtype(name: str = "auto", device: torch.device | None = None) -> tor
     return names[name]
 
 
+def generation_stop_ids(name_or_path: str) -> int | list[int] | None:
+    """``eos_token_id`` of the model's ``generation_config.json`` (an int or a list), None when it has
+    none (a folder without the file, a tokenizer alone)."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(name_or_path).eos_token_id
+    except (OSError, ValueError):
+        return None
+
+
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """Load a tokenizer and give it a chat template, the template's end-of-turn token as EOS (see
-    :func:`rlhfkit.data.chat.use_end_of_turn_as_eos`) and a pad token distinct from EOS."""
+    :func:`rlhfkit.data.chat.use_end_of_turn_as_eos`) and a pad token distinct from EOS. Sampling
+    stops at that EOS, at the EOS the tokenizer came with, and at the ids the model's generation
+    config stops at (:func:`rlhfkit.data.stop_tokens.stop_token_ids`): a folder rlhfkit saved has the
+    end-of-turn token as its tokenizer's EOS and the others in its generation config."""
     check_model_source(name_or_path, model=False)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     ensure_chat_template(tokenizer)
     use_end_of_turn_as_eos(tokenizer)
+    add_stop_token_ids(tokenizer, generation_stop_ids(name_or_path))
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer of {name_or_path} has no EOS token: answers could never end")
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
@@ -245,10 +262,12 @@ def load_causal_lm(
     model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-        stop = model.generation_config.eos_token_id
-        stop = [] if stop is None else [stop] if isinstance(stop, int) else list(stop)
-        if tokenizer.eos_token_id not in stop:  # plain HF generate on a saved folder stops where rlhfkit does
-            model.generation_config.eos_token_id = [tokenizer.eos_token_id, *stop] if stop else tokenizer.eos_token_id
+        # plain HF generate on a saved folder stops where rlhfkit does (and a later load_tokenizer of it
+        # finds every stop id there)
+        own = model.generation_config.eos_token_id
+        own = [] if own is None else [own] if isinstance(own, int) else list(own)
+        stop = list(dict.fromkeys([*stop_token_ids(tokenizer), *own]))
+        model.generation_config.eos_token_id = stop if len(stop) > 1 else stop[0]
     disable_dropout(model)
     if device is not None:
         model.to(device)

@@ -17,6 +17,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, LlamaConfig, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
 
+from rlhfkit.config import TINY_ARCHITECTURES
 from rlhfkit.models.loading import PAD_TOKEN
 
 EOS_TOKEN = "<|endoftext|>"
@@ -111,8 +112,9 @@ def tiny_config(arch: str, *, vocab_size: int, bos_token_id: int | None, eos_tok
     raise ValueError(f"unknown arch '{arch}': expected one of {', '.join(ARCHITECTURES)}")
 
 
-ARCHITECTURES = ("gpt2", "llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "phi3", "olmo2", "gpt-neox")
-"""The families :func:`tiny_config` builds: transformers config classes, nothing downloaded."""
+ARCHITECTURES = TINY_ARCHITECTURES
+"""The families :func:`tiny_config` builds: transformers config classes, nothing downloaded. One list,
+kept in :mod:`rlhfkit.config`, where ``rlhfkit tiny-model --arch`` offers it (config sits below models)."""
 
 
 def build_tiny_model(

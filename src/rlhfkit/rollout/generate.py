@@ -1,8 +1,10 @@
 """Batched sampling of K answers per prompt (HF ``generate`` with the KV cache).
 
 Prompts are encoded exactly as training encodes them (``encode_prompt``), left-padded, and sorted by
-length so each batch wastes little padding. Every answer is cut after its first EOS; answers that hit
-``max_new_tokens`` without EOS are flagged (``finished=False``) so RL can penalise them.
+length so each batch wastes little padding. Every answer is cut after its first stop token (the EOS, or
+another end of an answer the tokenizer records: :func:`~rlhfkit.data.stop_tokens.stop_token_ids`),
+which it keeps; answers that hit ``max_new_tokens`` without one are flagged (``finished=False``) so RL
+can penalise them.
 
 The prompts are read in one forward pass, each distinct prompt once (a batch holds a prompt's K
 answers together), and the key/value cache is repeated for each answer, into buffers with room for
@@ -22,6 +24,7 @@ all but the prompts' last tokens. Models whose cache is not HF's ``DynamicCache`
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +43,7 @@ from transformers.cache_utils import DynamicLayer
 
 from rlhfkit.console import progress_bar
 from rlhfkit.data.chat import encode_prompt, pad_batch
+from rlhfkit.data.stop_tokens import stop_token_ids
 from rlhfkit.models.loading import accepts_logits_to_keep
 from rlhfkit.models.prefix import MASK_IMPLEMENTATIONS, prompt_cache, unwrap_hf_model
 from rlhfkit.models.sharded import all_done, inference, sharded
@@ -48,19 +52,21 @@ from rlhfkit.models.sharded import all_done, inference, sharded
 @dataclass
 class Sample:
     prompt_index: int
-    token_ids: list[int]  # the answer's tokens, through the first EOS when there is one
+    token_ids: list[int]  # the answer's tokens, through the first stop token (EOS) when there is one
     text: str  # decoded without special tokens
-    finished: bool  # ended with EOS (rather than running out of max_new_tokens)
+    finished: bool  # ended with a stop token (rather than running out of max_new_tokens)
     logprobs: list[float] | None = None  # the engine's log-prob of each token, when the engine reports them
     version: int | None = None  # the policy version (updates done) that sampled it, when the engine knows
 
 
-def cut_after_eos(token_ids: list[int], eos_token_id: int) -> tuple[list[int], bool]:
-    """Tokens through the first EOS, and whether there was one."""
-    if eos_token_id in token_ids:
-        end = token_ids.index(eos_token_id)
-        return token_ids[: end + 1], True
-    return token_ids, False
+def cut_after_eos(token_ids: list[int], stop_ids: Collection[int]) -> tuple[list[int], bool]:
+    """Tokens through the first stop token (any of ``stop_ids``: the EOS and the other ends of an answer),
+    which stays the answer's last token, and whether there was one."""
+    stops = set(stop_ids)
+    end = next((i for i, token in enumerate(token_ids) if token in stops), None)
+    if end is None:
+        return token_ids, False
+    return token_ids[: end + 1], True
 
 
 @inference
@@ -91,8 +97,9 @@ def sample_responses(
     )
     results: list[list[Sample]] = [[] for _ in prompts]
     greedy = temperature <= 0
+    stops = stop_token_ids(tokenizer)
     options = dict(max_new_tokens=max_new_tokens, do_sample=not greedy, pad_token_id=tokenizer.pad_token_id,
-                   eos_token_id=tokenizer.eos_token_id, use_cache=True)
+                   eos_token_id=stops, use_cache=True)
     if not greedy:
         options.update(temperature=temperature, top_p=top_p, top_k=0)
     processors = decoding_processors(model, options, device)
@@ -106,7 +113,7 @@ def sample_responses(
                                         room=max_new_tokens, whole=whole)
             if whole and prefilled is not None:
                 new_tokens = decode(model, *prefilled, input_ids, attention_mask, processors, greedy=greedy,
-                                    max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                                    max_new_tokens=max_new_tokens, stop_ids=stops,
                                     pad_token_id=tokenizer.pad_token_id).tolist()
             else:
                 cache = prefilled[0] if prefilled is not None else None
@@ -114,7 +121,7 @@ def sample_responses(
                                      synced_gpus=sharded(model), **options)
                 new_tokens = out[:, input_ids.shape[1] :].tolist()
             for (prompt_index, _), tokens in zip(batch, new_tokens, strict=True):
-                answer, finished = cut_after_eos(tokens, tokenizer.eos_token_id)
+                answer, finished = cut_after_eos(tokens, stops)
                 text = tokenizer.decode(answer, skip_special_tokens=True)
                 results[prompt_index].append(Sample(prompt_index, answer, text, finished))
             advance(len(batch))
@@ -218,10 +225,10 @@ def sample_tokens(scores: torch.Tensor, uniform: torch.Tensor | None = None) -> 
 
 def decode(model, cache: DynamicCache, next_logits: torch.Tensor, input_ids: torch.Tensor,
            attention_mask: torch.Tensor, processors: LogitsProcessorList, *, greedy: bool, max_new_tokens: int,
-           eos_token_id: int, pad_token_id: int) -> torch.Tensor:
+           stop_ids: list[int], pad_token_id: int) -> torch.Tensor:
     """Answers ``[N, <= max_new_tokens]`` to the left-padded prompts ``input_ids``, which are in
-    ``cache``, with ``next_logits`` ``[N, vocab]`` after them: padding after each answer's EOS, and no
-    more columns than the longest answer needs. ``generate``'s sampling loop for the settings of
+    ``cache``, with ``next_logits`` ``[N, vocab]`` after them: padding after each answer's stop token
+    (any of ``stop_ids``), and no more columns than the longest answer needs. ``generate``'s sampling loop for the settings of
     :func:`decoding_processors`."""
     rows, width = input_ids.shape
     sequences = torch.full((rows, width + max_new_tokens), pad_token_id, dtype=input_ids.dtype,
@@ -236,13 +243,14 @@ def decode(model, cache: DynamicCache, next_logits: torch.Tensor, input_ids: tor
             mask[:, None, None, :] == 0, torch.finfo(dtype).min)
     positions = attention_mask.long().sum(1, keepdim=True)  # of the first answer token
     done = torch.zeros(rows, dtype=torch.bool, device=input_ids.device)
+    stops = torch.tensor(stop_ids, dtype=input_ids.dtype, device=input_ids.device)
     keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
     logits, end = next_logits, width
     while end < width + max_new_tokens:
         scores = processors(sequences[:, :end], logits.float())
         tokens = scores.argmax(-1) if greedy else sample_tokens(scores)
         sequences[:, end] = tokens.masked_fill(done, pad_token_id)
-        done |= tokens == eos_token_id
+        done |= torch.isin(tokens, stops)
         end += 1
         if end == width + max_new_tokens or all_done(model, done):
             break

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from rlhfkit.data.chat import IGNORE_INDEX, pad_batch
+from rlhfkit.data.stop_tokens import stop_token_ids
 from rlhfkit.losses import token_logprobs
 from rlhfkit.models.loading import accepts_logits_to_keep
 from rlhfkit.models.prefix import TreeBatch, continue_from_cache, prompt_cache, tree_forward
@@ -42,7 +43,7 @@ class Rollout:
     query_mask: torch.Tensor  # [N, P]
     response: torch.Tensor  # [N, R] answer tokens, padded after the first EOS
     mask: torch.Tensor  # [N, R] float: 1 through the first EOS, 0 after
-    finished: torch.Tensor  # [N] bool: the answer ended with EOS
+    finished: torch.Tensor  # [N] bool: the answer ended with a stop token (EOS)
     prompts: list  # [N] the prompt of each answer (K consecutive answers share one)
     texts: list[str]  # [N] decoded answers
     # the ways the forward passes may run each prompt once for its K consecutive answers, those the models
@@ -111,13 +112,16 @@ def join_rollouts(parts: list[Rollout], pad_token_id: int) -> Rollout:
 
 def answer_rollout(prompt_ids: list[list[int]], answer_ids: list[list[int]], tokenizer,
                    device: torch.device) -> Rollout:
-    """Encoded prompts and their answers' tokens (through the EOS when there is one) as a Rollout."""
+    """Encoded prompts and their answers' tokens (through the stop token when there is one) as a Rollout;
+    an answer is finished when it ends with one of the tokenizer's stop tokens (the EOS or another:
+    :func:`~rlhfkit.data.stop_tokens.stop_token_ids`), as a sampler decides it."""
     query, query_mask = pad_batch(prompt_ids, tokenizer.pad_token_id, side="left")
     if any(answer_ids):
         response, mask = pad_batch(answer_ids, tokenizer.pad_token_id, side="right")
     else:  # no answer has a token: a zero-width answer block
         response, mask = (torch.zeros((len(answer_ids), 0), dtype=torch.long) for _ in range(2))
-    finished = torch.tensor([bool(a) and a[-1] == tokenizer.eos_token_id for a in answer_ids])
+    stops = set(stop_token_ids(tokenizer))
+    finished = torch.tensor([bool(a) and a[-1] in stops for a in answer_ids])
     return Rollout(query.to(device), query_mask.to(device), response.to(device), mask.float().to(device),
                    finished.to(device), [None] * len(answer_ids), [""] * len(answer_ids))
 

@@ -6,14 +6,15 @@ beside the trainer on the same devices: weights pass to it as tensors, without s
 weights go as one safetensors blob instead.
 
 Answers mean what they mean with the HF engine: the prompts are the trainer's own token ids (no second
-tokenisation), sampling stops at the tokenizer's EOS only (``ignore_eos`` with ``stop_token_ids``, so
-a generation config's extra EOS ids do not stop it where the HF engine would not), the EOS is kept in
-the tokens, and the text is decoded by the trainer's tokenizer. Each answer carries the engine's
-log-prob of each of its tokens at the sampling temperature (``logprobs_mode="processed_logprobs"``:
-``log_softmax(logits / T)``; with ``top_p < 1`` after the nucleus cut, which the trainer's log-probs
-do not apply). Every request gets its own seed, derived from the call's seed and the answer's place,
-so a resumed run asks for the same draws (whether vLLM then returns the same tokens depends on its
-kernels being batch-invariant on the platform: see the README).
+tokenisation), sampling stops at the ids the HF engine stops at and only those (``ignore_eos`` with
+``stop_token_ids`` set to :func:`~rlhfkit.data.stop_tokens.stop_token_ids` of the trainer's tokenizer,
+which carries them into a Ray actor as plain ints), the stop token is kept in the tokens, and the text
+is decoded by the trainer's tokenizer. Each answer carries the engine's log-prob of each of its
+tokens at the sampling temperature (``logprobs_mode="processed_logprobs"``: ``log_softmax(logits /
+T)``; with ``top_p < 1`` after the nucleus cut, which the trainer's log-probs do not apply). Every
+request gets its own seed, derived from the call's seed and the answer's place, so a resumed run asks
+for the same draws (whether vLLM then returns the same tokens depends on its kernels being
+batch-invariant on the platform: see the README).
 
 Sleep mode (weights offloaded, KV cache freed while the trainer updates) exists only on GPUs; on CPU
 :meth:`VLLMSampler.sleep` does nothing.
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from rlhfkit.data.stop_tokens import stop_token_ids
 from rlhfkit.models.loading import position_limit
 from rlhfkit.rollout.generate import Sample, cut_after_eos
 from rlhfkit.rollout.sampler import SamplingSettings
@@ -115,7 +117,7 @@ def check_cpu_head_size(model_dir: str | Path) -> None:
 class VLLMSampler:
     """Samples with a vLLM engine started from the HF model folder ``model_dir``.
 
-    ``tokenizer`` is the trainer's (its EOS ends answers, it decodes them). ``dtype``: a torch dtype
+    ``tokenizer`` is the trainer's (its stop tokens end answers, it decodes them). ``dtype``: a torch dtype
     name; ``max_model_len``: the longest prompt + answer (None: the model's); ``gpu_memory_utilization``
     and ``tensor_parallel_size`` as vLLM's; ``sleep``: offload the engine between rollouts (GPU only).
     """
@@ -133,6 +135,7 @@ class VLLMSampler:
         from vllm import LLM
 
         self.tokenizer, self.platform = tokenizer, platform
+        self.stop_ids = stop_token_ids(tokenizer)
         self.in_process = os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and tensor_parallel_size == 1
         self.can_sleep = sleep and platform == "cuda"
         options = dict(model=str(model_dir), dtype=dtype, seed=seed, tensor_parallel_size=tensor_parallel_size,
@@ -167,7 +170,7 @@ class VLLMSampler:
         greedy = temperature <= 0
         return SamplingParams(n=1, temperature=0.0 if greedy else temperature, top_p=1.0 if greedy else top_p,
                               top_k=0, max_tokens=max_new_tokens, seed=seed, logprobs=0, detokenize=False,
-                              ignore_eos=True, stop_token_ids=[self.tokenizer.eos_token_id])
+                              ignore_eos=True, stop_token_ids=list(self.stop_ids))
 
     def sample(self, prompts: list, prompt_ids: list[list[int]], num_samples: int,
                settings: SamplingSettings, show_progress: bool = False) -> list[list[Sample]]:
@@ -199,7 +202,7 @@ class VLLMSampler:
         return [[output.outputs[0].logprobs[0][token].logprob for token in choices] for output in outputs]
 
     def to_sample(self, prompt_index: int, completion) -> Sample:
-        tokens, finished = cut_after_eos(list(completion.token_ids), self.tokenizer.eos_token_id)
+        tokens, finished = cut_after_eos(list(completion.token_ids), self.stop_ids)
         logprobs = [position[token].logprob for position, token in zip(completion.logprobs, tokens, strict=False)]
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         return Sample(prompt_index, tokens, text, finished, logprobs)

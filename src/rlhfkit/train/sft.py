@@ -25,7 +25,7 @@ import torch
 from rlhfkit.config import SFTConfig
 from rlhfkit.console import console
 from rlhfkit.data import load_demonstrations
-from rlhfkit.data.chat import IGNORE_INDEX, TokenizedExample, tokenize_demonstration
+from rlhfkit.data.chat import IGNORE_INDEX, TokenizedExample, tokenize_demonstration_examples
 from rlhfkit.losses import sft_loss
 from rlhfkit.models import (
     fit_max_length,
@@ -45,18 +45,20 @@ log = logging.getLogger("rlhfkit.sft")
 
 
 def tokenize_demonstrations(tokenizer, demos, max_length: int, what: str) -> list[TokenizedExample]:
-    """Tokenize, report truncation, and leave out (with a warning naming them) examples that have no
-    answer token left after truncation."""
+    """Tokenize (one example per demonstration, or one per assistant turn where the chat template
+    rewrites earlier turns: :func:`~rlhfkit.data.chat.tokenize_demonstration_examples`), report
+    truncation, and leave out (with a warning naming them) examples that have no answer token left
+    after truncation."""
     examples, empty = [], []
     for demo in demos:
-        example = tokenize_demonstration(tokenizer, demo, max_length)
-        if example.num_target_tokens == 0:
-            empty.append(demo.location)
-        else:
-            examples.append(example)
+        for example in tokenize_demonstration_examples(tokenizer, demo, max_length):
+            if example.num_target_tokens == 0:
+                empty.append(demo.location)
+            else:
+                examples.append(example)
     truncated = sum(e.truncated for e in examples)
     if truncated:
-        log.warning("%s: %d of %d examples truncated to --max-length %d", what, truncated, len(demos), max_length)
+        log.warning("%s: %d of %d examples truncated to --max-length %d", what, truncated, len(examples) + len(empty), max_length)
     if empty:
         shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
         log.warning("%s: %d examples have no answer tokens within --max-length %d and are left out: %s",
