@@ -58,6 +58,38 @@ def test_rollouts_queued_ahead_are_sampled_by_the_policy_steps_ahead_versions_ol
         RolloutsAhead(engine, 1, steps, lambda step: ([0], [[1]], 1, SamplingSettings())).take(0, [5])
 
 
+@pytest.mark.parametrize("steps_ahead", [1, 2])
+def test_a_checkpoint_keeps_the_rollouts_queued_ahead_so_a_resumed_run_takes_what_the_stopped_run_would(
+        steps_ahead, tmp_path):
+    steps, stop = 8, 3
+
+    def run(engine, ahead, first, last, kept=None):
+        taken = []
+        for step in range(first, last):
+            answer = ahead.take(step, [step])[0][0]
+            taken.append((answer.token_ids[0], answer.version))
+            engine.load_weights([], version=step + 1)
+        if kept is not None:
+            ahead.save(kept)  # the checkpoint after step last - 1: its update and sync are queued
+        return taken
+
+    def request(step):
+        return [step], [[1]], 1, SamplingSettings(seed=step)
+
+    uninterrupted = QueueingEngine()
+    whole = run(uninterrupted, RolloutsAhead(uninterrupted, steps_ahead, steps, request), 0, steps)
+
+    engine = QueueingEngine()
+    first = run(engine, RolloutsAhead(engine, steps_ahead, steps, request), 0, stop, kept=tmp_path / "ahead.pt")
+    restarted = QueueingEngine()  # a new engine actor, started on the checkpoint's weights
+    restarted.load_weights([], version=stop)
+    resumed = RolloutsAhead(restarted, steps_ahead, steps, request)
+    resumed.restore(tmp_path / "ahead.pt")
+    assert sorted(resumed.ready) == list(range(stop, stop + steps_ahead))
+    assert first + run(restarted, resumed, stop, steps) == whole  # same answers, same policy versions
+    assert [stop - version for _, version in whole[stop:stop + 1]] == [steps_ahead]
+
+
 def ppo_config(tmp_path, **overrides) -> PPOConfig:
     return PPOConfig(policy=str(tmp_path), reward="x:y", prompts="p.jsonl", output=str(tmp_path / "out"), **overrides)
 

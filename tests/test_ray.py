@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -144,8 +145,9 @@ def test_two_sharded_trainers_a_reward_actor_and_async_rollouts_raise_the_reward
 
     from rlhfkit.train.ppo import run_ppo
 
-    output = run_ppo(settings(vllm_families["llama"], rl_files, tmp_path / "two", placement="ray",
-                              trainer_processes=2, fsdp=True, reward_actors=1, reward_cpus=0, async_steps=1))
+    two = dict(placement="ray", trainer_processes=2, fsdp=True, reward_actors=1, reward_cpus=0, async_steps=1,
+               save_every=12)
+    output = run_ppo(settings(vllm_families["llama"], rl_files, tmp_path / "two", **two))
     rows = history(output)
     assert all(r["sync_probe_logprob_diff"] < 1e-4 for r in rows)  # the probe passed every step
     # each step's answers came from the policy one update older, except the first step's
@@ -158,6 +160,17 @@ def test_two_sharded_trainers_a_reward_actor_and_async_rollouts_raise_the_reward
     assert mean_late_score(output) > 0.4 * mean_late_score(single_process)
     assert rows[-1]["kl_k1"] < 35
     assert AutoModelForCausalLM.from_pretrained(output) is not None
+
+    # resumed from the step-12 checkpoint with new actors: step 13 trains on the answers the checkpoint kept
+    # (sampled one version behind, as in the run itself), so the last steps are the uninterrupted run's
+    shutil.rmtree(output / "checkpoints" / f"step-{STEPS:07d}")
+    rerun = run_ppo(settings(vllm_families["llama"], rl_files, tmp_path / "two", resume=True, **two))
+    resumed = history(rerun)[STEPS:]  # the resumed run's rows, after the whole run's
+    assert [r["step"] for r in resumed] == list(range(13, STEPS + 1))
+    for a, b in zip(resumed, rows[12:], strict=True):
+        assert a["policy_lag"] == 1
+        for name in ("score", "kl_k1", "policy_loss", "engine_logprob_diff"):
+            assert a[name] == pytest.approx(b[name], abs=1e-4), (a["step"], name)
 
 
 def test_online_dpo_samples_its_rounds_on_an_engine_actor(cluster, tmp_path, vllm_families, rl_files):
@@ -201,3 +214,32 @@ def test_a_dead_trainer_stops_the_run_naming_it_and_missing_resources_are_refuse
     ray.kill(alive)
     with pytest.raises(ConfigError, match="the roles reserve 5 CPUs .* the Ray cluster has 3"):
         run_ppo(settings(vllm_families["llama"], rl_files, tmp_path / "big", placement="ray", trainer_processes=4))
+
+
+def test_the_trainer_group_is_placed_as_trainer_packing_asks(cluster, tmp_path, vllm_families, rl_files):
+    """One placement group for the trainer group: strict_pack puts both processes on the node with room for
+    both, spread on two nodes; a packing the nodes cannot hold fails within --dist-timeout, named."""
+    import ray
+
+    from rlhfkit.train.optimizer import TrainingError
+    from rlhfkit.train.placement import place_trainers
+
+    def nodes(packing: str, processes: int = 2, timeout: int = 60) -> list[str]:
+        config = settings(vllm_families["llama"], rl_files, tmp_path / packing, placement="ray",
+                          trainer_processes=processes, trainer_packing=packing, dist_timeout=timeout)
+        trainers, group = place_trainers(f"test-{packing}", config)
+        try:
+            return ray.get([t.node.remote() for t in trainers], timeout=60)
+        finally:
+            for trainer in trainers:
+                ray.kill(trainer)
+            ray.util.remove_placement_group(group)
+
+    two_cpus = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU") == 2)
+    assert nodes("strict_pack") == [two_cpus, two_cpus]
+    assert len(set(nodes("spread"))) == 2
+    started = time.monotonic()
+    with pytest.raises(TrainingError, match=r"trainer group \(3 x \{'CPU': 1.0\}, --trainer-packing strict_spread\) "
+                                            "was not placed within 5 s"):
+        nodes("strict_spread", processes=3, timeout=5)  # 3 CPUs in all, on 2 nodes
+    assert time.monotonic() - started < 30

@@ -128,6 +128,12 @@ class PlacementConfig:
                                            "'auto'); null: start a local Ray for the run.")
     trainer_processes: int = option(1, "ray: trainer actors, one process group (gloo on CPUs, NCCL on GPUs; "
                                        "sharded with --fsdp).", minimum=1)
+    trainer_packing: str = option("pack", "ray: how the trainer group's processes are placed, as one Ray "
+                                          "placement group (a bundle of --trainer-cpus/--trainer-gpus each): pack "
+                                          "(fill a node before the next, so NCCL stays within nodes where it can), "
+                                          "strict_pack (all on one node, or refuse), spread (one per node where it "
+                                          "can), strict_spread (one per node, or refuse).",
+                                  choices=("pack", "strict_pack", "spread", "strict_spread"))
     engine_actors: int = option(1, "ray: vLLM engine actors; trainer process r samples with engine r mod N.",
                                 minimum=1)
     trainer_cpus: float = option(1.0, "ray: CPUs each trainer actor reserves.", minimum=0)
@@ -521,6 +527,11 @@ class LoopConfig(ModelConfig):
                                       "loop's.")
 
 
+TINY_ARCHITECTURES = ("gpt2", "llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "phi3", "olmo2", "gpt-neox")
+"""The families ``rlhfkit tiny-model --arch`` offers: those ``models/tiny.py`` builds (its ``ARCHITECTURES``
+is this tuple). Declared here, beside the option, because config sits below models in the layers."""
+
+
 @dataclass
 class TinyModelConfig:
     """Train a byte-level BPE tokenizer on a corpus and write a small randomly initialised model."""
@@ -531,8 +542,7 @@ class TinyModelConfig:
     corpus: str = option("", "Plain-text corpus to train the tokenizer on (one document per line).", required=True)
     output: str = option("", "Output folder (a normal HF model folder).", required=True)
     arch: str = option("gpt2", "Architecture: a family's transformers config class with random weights.",
-                       choices=("gpt2", "llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "phi3", "olmo2",
-                                "gpt-neox"))
+                       choices=TINY_ARCHITECTURES)
     layers: int = option(2, "Transformer layers.", minimum=1)
     width: int = option(64, "Hidden size.", minimum=1)
     heads: int = option(4, "Attention heads.", minimum=1)

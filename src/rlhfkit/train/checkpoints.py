@@ -41,14 +41,19 @@ def latest_checkpoint(output: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
-def save_checkpoint(accelerator: Accelerator, output: str | Path, step: int, scheduler, extra: dict) -> Path:
-    """Write a resumable checkpoint atomically: into ``step-N.tmp``, renamed when complete."""
+def save_checkpoint(accelerator: Accelerator, output: str | Path, step: int, scheduler, extra: dict,
+                    per_process: Callable[[Path], None] | None = None) -> Path:
+    """Write a resumable checkpoint atomically: into ``step-N.tmp``, renamed when complete.
+    ``per_process(folder)``, when given, writes what each process adds (all of them, before the rename)."""
     final = checkpoint_dir(output, step)
     tmp = final.with_name(final.name + ".tmp")
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    if per_process is not None:
+        per_process(tmp)
+        accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **extra}, indent=2))

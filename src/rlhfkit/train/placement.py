@@ -74,6 +74,12 @@ class TrainerWorker:
             port = s.getsockname()[1]
         return ray.util.get_node_ip_address(), port
 
+    def node(self) -> str:
+        """The Ray node this actor runs on."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
     def run(self, train, config, rank: int, world: int, master: tuple[str, int], run: str) -> str:
         """Join the process group as ``rank`` of ``world`` (as torchrun's processes do; a group of one runs as
         a plain process, exactly like ``rlhfkit ppo`` without Ray) and run ``train(config)``, the stage's
@@ -127,15 +133,13 @@ def run_placed(stage: str, train, config: PPOConfig) -> Path:
 
     started = connect(config)
     run = f"rlhfkit-{uuid.uuid4().hex[:8]}"
-    trainers, engines = [], []
+    trainers, engines, group = [], [], None
     try:
         check_resources(config)
         engines = place_engines(run, config.engine_actors, {"num_cpus": config.engine_cpus,
                                                              "num_gpus": config.engine_gpus})
-        actor = ray.remote(TrainerWorker)
         world = config.trainer_processes
-        trainers = [actor.options(name=f"{run}-trainer-{rank}", namespace=NAMESPACE, num_cpus=config.trainer_cpus,
-                                  num_gpus=config.trainer_gpus).remote() for rank in range(world)]
+        trainers, group = place_trainers(run, config)
         try:
             master = ray.get(trainers[0].address.remote(), timeout=config.dist_timeout)
         except ray.exceptions.GetTimeoutError:
@@ -149,9 +153,36 @@ def run_placed(stage: str, train, config: PPOConfig) -> Path:
     finally:
         for actor in trainers + engines:  # (trainer 0's reward actors end with it)
             ray.kill(actor)
+        if group is not None:
+            ray.util.remove_placement_group(group)
         if started:
             ray.shutdown()
     return Path(config.output)
+
+
+def place_trainers(run: str, config: PPOConfig) -> tuple[list, object]:
+    """The trainer actors of run ``run``, rank by rank in the bundles of one placement group placed with
+    ``--trainer-packing`` (none when a trainer reserves nothing: Ray's bundles cannot be empty); returns them
+    and the group, which the caller removes. A group that cannot be placed fails after ``--dist-timeout`` s."""
+    import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    world = config.trainer_processes
+    bundle = {k: v for k, v in (("CPU", config.trainer_cpus), ("GPU", config.trainer_gpus)) if v > 0}
+    group = ray.util.placement_group([bundle] * world, strategy=config.trainer_packing.upper(),
+                                     name=f"{run}-trainers") if bundle else None
+    if group is not None and not group.wait(timeout_seconds=config.dist_timeout):
+        ray.util.remove_placement_group(group)
+        raise TrainingError(f"--placement ray: the trainer group ({world} x {bundle}, --trainer-packing "
+                            f"{config.trainer_packing}) was not placed within {config.dist_timeout} s (--dist-timeout): "
+                            "the cluster's nodes do not hold it that way; choose another --trainer-packing or add nodes")
+    actor = ray.remote(TrainerWorker)
+    trainers = []
+    for rank in range(world):
+        strategy = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=rank) if group else None
+        trainers.append(actor.options(name=f"{run}-trainer-{rank}", namespace=NAMESPACE, num_cpus=config.trainer_cpus,
+                                      num_gpus=config.trainer_gpus, scheduling_strategy=strategy).remote())
+    return trainers, group
 
 
 def wait_for_trainers(runs: dict) -> None:

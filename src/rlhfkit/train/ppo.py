@@ -65,7 +65,12 @@ from rlhfkit.rollout.engines import policy_engine, resolve_engine
 from rlhfkit.rollout.logprobs import Rollout, in_chunks, response_logprobs, rollout_from_samples
 from rlhfkit.rollout.ray_engine import RemoteReward, placed_run
 from rlhfkit.train.batches import BatchPlan, split_held_out
-from rlhfkit.train.checkpoints import interruption_note, resume_from_latest, save_checkpoint
+from rlhfkit.train.checkpoints import (
+    interruption_note,
+    latest_checkpoint,
+    resume_from_latest,
+    save_checkpoint,
+)
 from rlhfkit.train.metrics import MetricsLog, tensorboard_writer
 from rlhfkit.train.optimizer import TrainingError, make_accelerator, make_optimizer
 from rlhfkit.train.placement import check_placement, run_placed
@@ -300,7 +305,8 @@ class PPOTrainer:
                 if self.eval_prompts and config.eval_every and done % config.eval_every == 0:
                     log.write({"step": done, **self.evaluate()})
                 if config.save_every and done % config.save_every == 0 and done != self.steps:
-                    save_checkpoint(self.accelerator, output, done, self.scheduler, {"beta": self.kl.beta, **self.record})
+                    save_checkpoint(self.accelerator, output, done, self.scheduler, {"beta": self.kl.beta, **self.record},
+                                    per_process=self.save_rollouts_ahead if self.ahead is not None else None)
                 if on_step is not None:
                     on_step(done)
         if self.eval_prompts:
@@ -321,6 +327,8 @@ class PPOTrainer:
         start = 0
         if state is not None:
             start, self.kl.beta = state["step"], state["beta"]
+            if self.ahead is not None:
+                self.restore_rollouts_ahead(latest_checkpoint(output))
         if accelerator.is_main_process and start == 0:
             (output / "samples.jsonl").unlink(missing_ok=True)
             console.print(f"ppo ({config.estimator}): {len(self.prompts)} prompts, {config.prompts_per_step} "
@@ -331,6 +339,24 @@ class PPOTrainer:
             console.print(f"ppo: vLLM engine on the policy's weights (probe |Δ log p| "
                           f"{probe['sync_probe_logprob_diff']:.2g}, greedy agreement {probe['sync_probe_agreement']:.0%})")
         return start
+
+    def rollouts_ahead_file(self, checkpoint: Path) -> Path:
+        return checkpoint / f"rollouts-ahead-{self.accelerator.process_index}.pt"
+
+    def save_rollouts_ahead(self, checkpoint: Path) -> None:
+        """``--async-steps``: keep this process's rollouts queued ahead in the checkpoint (see RolloutsAhead)."""
+        self.ahead.save(self.rollouts_ahead_file(checkpoint))
+
+    def restore_rollouts_ahead(self, checkpoint: Path) -> None:
+        """``--async-steps`` resumed: train the next steps on the rollouts the checkpoint kept, sampled by the
+        policies that sampled them in the stopped run."""
+        path = self.rollouts_ahead_file(checkpoint)
+        if path.exists():
+            self.ahead.restore(path)
+        else:
+            console.print(f"[yellow]ppo: {checkpoint} kept no rollouts queued ahead for process "
+                          f"{self.accelerator.process_index}: the next {self.config.async_steps} step(s) are sampled "
+                          "by the resumed policy (they lag less than in the stopped run)[/]")
 
     @staticmethod
     def log(log: MetricsLog, writer, step: int, metrics: dict[str, float]) -> None:

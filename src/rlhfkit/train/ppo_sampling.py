@@ -11,13 +11,16 @@ batch of the same size.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from rlhfkit.config import PPOConfig
 from rlhfkit.rl_losses import uniform_groups
+from rlhfkit.rollout.generate import Sample
 from rlhfkit.rollout.logprobs import Rollout, join_rollouts, rollout_from_samples
 from rlhfkit.rollout.sampler import Sampler, SamplingSettings
 from rlhfkit.train.ppo_experience import RewardScorer
@@ -44,22 +47,51 @@ class RolloutsAhead:
     answers come from a policy ``S`` versions old (its ``policy_lag``; the first ``S`` steps lag less).
 
     ``request(step) -> (prompt indices, prompt ids, samples per prompt, settings)`` is the rollout request
-    of a step; ``steps`` is the run's number of steps (nothing is queued beyond the last)."""
+    of a step; ``steps`` is the run's number of steps (nothing is queued beyond the last).
+
+    A checkpoint keeps the rollouts queued at that moment (:meth:`settle` waits for them; the file is
+    :meth:`save`'s): a resumed run trains its next ``S`` steps on those answers, sampled by the older
+    policies as in the run that was stopped, instead of asking the restarted engine (which holds the
+    newest weights) for them, so it continues exactly as the uninterrupted run."""
 
     def __init__(self, sampler, steps_ahead: int, steps: int, request):
         self.sampler, self.steps_ahead, self.steps, self.request = sampler, steps_ahead, steps, request
-        self.queued: dict[int, tuple[list[int], object]] = {}
+        self.queued: dict[int, tuple[list[int], object]] = {}  # step -> (its prompts, the engine's ticket)
+        self.ready: dict[int, tuple[list[int], list]] = {}  # step -> (its prompts, its answers): settled
 
     def take(self, step: int, indices: list[int]):
         """The answers of ``step``'s rollout (its prompts ``indices``), queueing the steps ahead first."""
         for ahead in range(step, min(step + self.steps_ahead, self.steps - 1) + 1):
-            if ahead not in self.queued:
+            if ahead not in self.queued and ahead not in self.ready:
                 wanted, prompt_ids, num_samples, settings = self.request(ahead)
                 self.queued[ahead] = (wanted, self.sampler.submit(prompt_ids, num_samples, settings))
-        wanted, pending = self.queued.pop(step)
+        if step in self.ready:
+            wanted, samples = self.ready.pop(step)
+        else:
+            wanted, pending = self.queued.pop(step)
+            samples = self.sampler.collect(pending)
         if wanted != list(indices):
             raise RuntimeError(f"step {step}: the rollout queued ahead was for other prompts")
-        return self.sampler.collect(pending)
+        return samples
+
+    def settle(self) -> dict[int, tuple[list[int], list]]:
+        """Wait for every queued rollout; returns them all (step -> (prompts, answers)), kept for :meth:`take`."""
+        for step, (wanted, pending) in sorted(self.queued.items()):
+            self.ready[step] = (wanted, self.sampler.collect(pending))
+        self.queued.clear()
+        return dict(self.ready)
+
+    def save(self, path: Path) -> None:
+        """Write the rollouts queued now (settled) to ``path``."""
+        torch.save({step: (wanted, [[dataclasses.asdict(s) for s in answers] for answers in samples])
+                    for step, (wanted, samples) in self.settle().items()}, path)
+
+    def restore(self, path: Path) -> None:
+        """Take the rollouts a checkpoint kept (:meth:`save`) as the ones queued ahead."""
+        saved = torch.load(path, weights_only=True)
+        self.queued.clear()
+        self.ready = {int(step): (list(wanted), [[Sample(**s) for s in answers] for answers in samples])
+                      for step, (wanted, samples) in saved.items()}
 
 
 def sampling_seed(config: PPOConfig, step: int, round_: int, process: int) -> int:
