@@ -75,16 +75,19 @@ def offline_command(stage: str, model, data, output, batch: int, *extra: str) ->
             *extra]
 
 
-@pytest.mark.parametrize("stage", ["sft", "rm", "dpo"])
+@pytest.mark.parametrize("stage", ["sft", "rm", "dpo", "dpo-lora"])
 def test_two_sharded_processes_match_one_process(tmp_path, tiny_llama_dir, example_files, pair_file, stage):
+    stage, _, lora = stage.partition("-")
     data = example_files["demonstrations"] if stage == "sft" else pair_file
     one, two = tmp_path / "one", tmp_path / "two"
     from rlhfkit.cli import main
 
-    main(offline_command(stage, tiny_llama_dir, data, one, 4))  # in this process: no launch
+    # LoRA: the adapters trained in the shards, the reference the policy with them disabled
+    adapters = ("--lora-r", "8") if lora else ()
+    main(offline_command(stage, tiny_llama_dir, data, one, 4, *adapters))  # in this process: no launch
     # sft also recomputes activations in the sharded run: the same curve
     extra = ("--gradient-checkpointing",) if stage == "sft" else ()
-    result = run([*TORCHRUN, *offline_command(stage, tiny_llama_dir, data, two, 2, "--fsdp", *extra)])
+    result = run([*TORCHRUN, *offline_command(stage, tiny_llama_dir, data, two, 2, "--fsdp", *extra, *adapters)])
     assert "2 processes" in result.stdout + result.stderr
     one_curve, two_curve = losses(one), losses(two)
     assert len(one_curve) == len(two_curve) == 10
@@ -97,6 +100,18 @@ def test_two_sharded_processes_match_one_process(tmp_path, tiny_llama_dir, examp
     with torch.no_grad():
         a, b = auto.from_pretrained(one)(input_ids=ids).logits, auto.from_pretrained(two)(input_ids=ids).logits
     assert torch.allclose(a, b, atol=1e-4)
+    if stage == "dpo":  # every process's share of the cached reference log-probs was gathered
+        cached = json.loads((two / "reference_logps.json").read_text())
+        assert all(values is not None for values in cached["train"] + cached["held_out"])
+    if lora:  # the merged weights above, and the adapter as peft writes it
+        from peft import PeftModel
+
+        a, b = load_file(one / "adapter" / "adapter_model.safetensors"), load_file(two / "adapter" / "adapter_model.safetensors")
+        assert a.keys() == b.keys() and len(a) > 0
+        assert_same_weights(a, b, 1e-4)
+        assert isinstance(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir),
+                                                    two / "adapter"), PeftModel)
+        return  # the frozen base is not halved by the shards' trained state
     # each process held about half the parameters and AdamW states (the tensors' bytes)
     held = json.loads(next((two / "checkpoints").glob("step-*/sharding.json")).read_text())["bytes_per_process"]
     whole = sum(t.numel() * t.element_size() for t in weights(one).values())
@@ -207,7 +222,9 @@ def test_a_nan_on_one_rank_stops_every_rank(tmp_path, mode):
 
 
 def test_sharded_ppo_syncs_the_gathered_weights_into_vllm(tmp_path, rl_files, example_files):
-    """Each process's vLLM engine gets the full weights gathered from the shards, checked by the probe."""
+    """Each process's vLLM engine gets the full weights gathered from the shards, with the LoRA adapters
+    (sharded too) merged into copies, checked by the probe. (Full fine-tuning's gathered sync is
+    tests/test_ray.py's two sharded trainers.)"""
     if not os.environ.get("RLHFKIT_REQUIRE_VLLM"):  # CI requires it (tests/test_vllm.py)
         pytest.importorskip("vllm")
     from rlhfkit.models.tiny import write_tiny_model
@@ -215,12 +232,13 @@ def test_sharded_ppo_syncs_the_gathered_weights_into_vllm(tmp_path, rl_files, ex
     model = write_tiny_model(example_files["corpus"], tmp_path / "model", arch="llama", heads=2, vocab_size=512,
                              seed=1)  # head size 32: vLLM's CPU attention has no kernel for 16
     output = tmp_path / "out"
-    run([*TORCHRUN, *ppo_command(model, rl_files, output, "grpo", "--fsdp", "--engine", "vllm", "--max-length", "128")],
-        timeout=600)
+    run([*TORCHRUN, *ppo_command(model, rl_files, output, "grpo", "--fsdp", "--engine", "vllm", "--max-length", "128",
+                                 "--lora-r", "8", "--learning-rate", "1e-2")], timeout=600)
     history = [r for r in map(json.loads, (output / "metrics.jsonl").read_text().splitlines()) if "score" in r]
     assert len(history) == 5
     assert all(r["sync_probe_logprob_diff"] < 1e-4 and r["sync_probe_agreement"] == 1.0 for r in history)
     assert all(r["engine_logprob_diff"] < 1e-4 for r in history)
+    assert history[-1]["kl_k1"] > 1e-3  # the adapters moved the policy: the engine followed it
 
 
 def test_the_gathered_folder_in_several_files_loads_with_plain_hf(tmp_path, tiny_llama_dir):
@@ -241,3 +259,29 @@ def test_the_gathered_folder_in_several_files_loads_with_plain_hf(tmp_path, tiny
     ids = torch.tensor([[5, 9, 11, 3, 7]])
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, loaded(input_ids=ids).logits)
+
+
+def test_a_collective_whose_peer_died_fails_with_a_clear_message(tmp_path):
+    """A process whose peer died mid-run says so, naming itself and --resume (the CLI prints it instead of
+    gloo's traceback); any other RuntimeError is left alone."""
+    script = tmp_path / "peer.py"
+    script.write_text(
+        "import datetime, os\n"
+        "import torch, torch.distributed as dist\n"
+        "from rlhfkit.cli import collective_failure\n"
+        "dist.init_process_group('gloo', timeout=datetime.timedelta(seconds=10))\n"
+        "assert collective_failure(RuntimeError('a bug of our own')) is None\n"
+        "if dist.get_rank() == 1:\n"
+        "    os._exit(0)  # dies without a word\n"
+        "try:\n"
+        "    dist.all_reduce(torch.ones(1))\n"
+        "    print('MESSAGE: none')\n"
+        "except RuntimeError as error:\n"
+        "    print('MESSAGE:', collective_failure(error))\n"
+        "os._exit(0)\n")
+    result = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
+                 timeout=120)
+    message = next(line for line in result.stdout.splitlines() if line.startswith("MESSAGE:"))
+    assert message.startswith("MESSAGE: process 0 of 2: a collective with the other processes failed (")
+    assert "Another process died, failed or is stuck" in message and "--resume" in message
+    assert "pytorch/third_party" not in message

@@ -7,6 +7,7 @@ Every stage takes ``--config FILE.yaml`` plus flags named after the config field
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from rlhfkit import __version__
@@ -188,6 +189,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def collective_failure(error: RuntimeError) -> str | None:
+    """What to say when ``error`` is a collective of a multi-process run (torchrun, --fsdp, Ray trainers)
+    that failed because another process died or stopped answering; None for any other error."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return None
+    text = str(error)
+    if not (isinstance(error, dist.DistError) or any(s in text for s in ("Timed out", "timed out", "Connection closed",
+                                                                          "Connection reset", "NCCL", "gloo"))):
+        return None
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
+    first = re.split(r"(?<=\.)\s", re.sub(r"^\[[^\]]*\]\s*", "", first))[0]  # gloo's source position, its advice
+    return (f"process {dist.get_rank()} of {dist.get_world_size()}: a collective with the other processes failed "
+            f"({first[:300]}). Another process died, failed or is stuck (a collective waits --dist-timeout "
+            "seconds): see its own error above. The run stops here: rerun it with --resume to continue from its "
+            "last checkpoint.")
+
+
 def main(argv: list[str] | None = None) -> None:
     from rlhfkit.console import console, setup_logging
     from rlhfkit.data import DataError
@@ -214,6 +234,12 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, DataError, EngineError, FileNotFoundError, JudgeRequestError, RewardSpecError, SyncError,
             TrainingError) as err:
         console.print(f"[red]error:[/] {err}", soft_wrap=True)
+        sys.exit(2)
+    except RuntimeError as err:
+        stopped = collective_failure(err)
+        if stopped is None:
+            raise
+        console.print(f"[red]error:[/] {stopped}", soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt as interrupt:  # Ctrl-C: what the trainer noted (how far, how to resume), no traceback
         notes = getattr(interrupt, "__notes__", None) or ["interrupted"]

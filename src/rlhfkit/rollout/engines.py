@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from rlhfkit.config import ConfigError, EngineConfig, WeightSyncConfig
 from rlhfkit.rollout.sampler import HFSampler
@@ -90,7 +91,11 @@ def engine_start_folder(model: torch.nn.Module, tokenizer, source: str, workdir:
             return folder
     workdir.mkdir(parents=True, exist_ok=True)
     target = Path(tempfile.mkdtemp(prefix="engine-start-", dir=workdir))
-    base.save_pretrained(target, state_dict=dict(policy_weights(model)))
+    # written by every process for its own engine (HF's save_pretrained writes on rank 0 only); under
+    # --fsdp every process gathers each weight in turn
+    weights = {name: tensor.detach().cpu().contiguous() for name, tensor in policy_weights(model, every_name=False)}
+    save_file(weights, target / "model.safetensors", metadata={"format": "pt"})
+    base.config.save_pretrained(target)
     tokenizer.save_pretrained(target)
     return target
 

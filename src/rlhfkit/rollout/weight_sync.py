@@ -35,36 +35,43 @@ def unwrap_peft(model: torch.nn.Module):
     return model, False
 
 
-def lora_deltas(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """``ΔW`` of every LoRA-adapted module of ``model`` (an HF model inside peft), by module name: the sum
-    over its active adapters, in the weight's own layout."""
+def lora_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """The LoRA-adapted modules of ``model`` (an HF model inside peft) with an active, unmerged adapter, by
+    module name."""
     from peft.tuners.lora import LoraLayer
 
-    deltas = {}
-    for name, module in model.named_modules():
-        if isinstance(module, LoraLayer) and not module.disable_adapters and not module.merged:
-            active = [a for a in module.active_adapters if a in module.lora_A or a in module.lora_embedding_A]
-            if active:
-                deltas[name] = sum(module.get_delta_weight(adapter) for adapter in active)
-    return deltas
+    return {name: module for name, module in model.named_modules()
+            if isinstance(module, LoraLayer) and not module.disable_adapters and not module.merged
+            and any(a in module.lora_A or a in module.lora_embedding_A for a in module.active_adapters)}
+
+
+def lora_delta(module: torch.nn.Module) -> torch.Tensor:
+    """``ΔW`` of a LoRA-adapted ``module``: the sum over its active adapters of peft's own
+    ``get_delta_weight``, in the weight's layout; gathered whole under ``--fsdp`` (a collective)."""
+    active = [a for a in module.active_adapters if a in module.lora_A or a in module.lora_embedding_A]
+    delta = sum(module.get_delta_weight(adapter) for adapter in active)
+    return delta.full_tensor() if isinstance(delta, DTensor) else delta
 
 
 @torch.no_grad()
-def policy_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+def policy_weights(model: torch.nn.Module, every_name: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
     """The weights of ``model`` (an HF causal LM, or a peft model around one) in HF checkpoint names,
-    LoRA merged into copies, tied weights under each of their names; under ``--fsdp`` each gathered whole
-    in turn (every process iterates, each gather being a collective)."""
+    LoRA merged into copies, tied weights under each of their names (under the first only, as HF
+    checkpoints store them, without ``every_name``); under ``--fsdp`` each gathered whole in turn (every
+    process iterates, each gather being a collective)."""
     base, is_peft = unwrap_peft(model)
-    deltas = lora_deltas(base) if is_peft else {}
+    adapted = lora_layers(base) if is_peft else {}
+    seen: set[int] = set()
     for name, parameter in base.named_parameters(remove_duplicate=False):
-        if ".lora_" in name or ".original_module." in name:
+        if ".lora_" in name or ".original_module." in name or (not every_name and id(parameter) in seen):
             continue
+        seen.add(id(parameter))
         if isinstance(parameter, DTensor):  # --fsdp: gathered from every process's shard (a collective)
             parameter = parameter.full_tensor()
         clean = name.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")
         module_name, _, leaf = clean.rpartition(".")
-        delta = deltas.get(module_name) if leaf == "weight" else None
-        yield clean, (parameter + delta.to(parameter.dtype)) if delta is not None else parameter.detach()
+        module = adapted.get(module_name) if leaf == "weight" else None
+        yield clean, (parameter + lora_delta(module).to(parameter.dtype)) if module is not None else parameter.detach()
 
 
 @torch.no_grad()

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from accelerate.utils import gather_object
 
 from rlhfkit.config import ConfigError, DPOConfig
 from rlhfkit.models import (
@@ -23,6 +22,7 @@ from rlhfkit.models import (
 )
 from rlhfkit.rollout.logprobs import sequence_logps
 from rlhfkit.train.dpo_data import PreferenceExample, collate_examples
+from rlhfkit.train.sharding import gather_objects
 
 
 class Reference:
@@ -83,8 +83,7 @@ def precompute_reference(examples: list[PreferenceExample], reference: Reference
             logps = reference.logps(batch, logit_mask=logit_mask).cpu().tolist()
             values.extend(zip(mine[start : start + batch_size], logps[: len(chunk)], logps[len(chunk) :],
                               strict=True))
-    if accelerator.num_processes > 1:
-        values = gather_object(values)
+    values = gather_objects(values, accelerator)
     for index, first, second in values:
         examples[index].reference = (first, second)
 

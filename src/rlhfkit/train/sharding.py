@@ -42,6 +42,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from accelerate.utils import gather_object
 from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     get_optimizer_state_dict,
@@ -105,9 +106,6 @@ class ShardedAccelerator:
     sharded = True
 
     def __init__(self, config: TrainConfig, device: torch.device):
-        if config.lora_r:
-            raise ConfigError("--fsdp with --lora-r is not supported yet: LoRA already keeps the trained "
-                              "state small; use one or the other")
         if config.fsdp_offload and device.type != "cuda":
             raise ConfigError("--fsdp-offload moves a GPU's parameters and optimizer states to CPU memory; "
                               f"this run is on {device.type}")
@@ -252,9 +250,13 @@ def full_weights(model: torch.nn.Module, dtype: torch.dtype | None = None) -> It
 
 def save_gathered(accelerator, model: torch.nn.Module, tokenizer, output: str | Path,
                   max_shard_bytes: int = 2 * 2**30) -> None:
-    """Write sharded ``model`` (an HF model) as a plain HF folder on rank 0, streamed: full tensors are
-    gathered one at a time and written in safetensors files of at most ``max_shard_bytes``."""
+    """Write sharded ``model`` (an HF model, or a peft model around one) as a plain HF folder on rank 0,
+    streamed: full tensors are gathered one at a time and written in safetensors files of at most
+    ``max_shard_bytes``. LoRA is merged into copies of the weights, and the adapter is kept in
+    ``adapter/``, as :func:`rlhfkit.models.save_model` writes an unsharded one."""
     from safetensors.torch import save_file
+
+    from rlhfkit.rollout.weight_sync import policy_weights, unwrap_peft
 
     output = Path(output)
     main = accelerator.is_main_process
@@ -262,7 +264,17 @@ def save_gathered(accelerator, model: torch.nn.Module, tokenizer, output: str | 
         output.mkdir(parents=True, exist_ok=True)
         for old in output.glob("model*.safetensors*"):
             old.unlink()
+    peft_model, (model, is_peft) = model, unwrap_peft(model)
+    if is_peft:  # the adapter's tensors (small) gathered whole, written by peft itself
+        adapter = {n: p.full_tensor() if isinstance(p, DTensor) else p.detach()
+                   for n, p in peft_model.named_parameters() if ".lora_" in n}
+        if main:
+            peft_model.save_pretrained(output / "adapter", state_dict={n: t.cpu() for n, t in adapter.items()})
+        del adapter
     dtype = getattr(model.config, "dtype", None) or getattr(model.config, "torch_dtype", None)
+    dtype = dtype if isinstance(dtype, torch.dtype) else None
+    weights = (((n, t.to(dtype) if dtype is not None and t.is_floating_point() else t)
+                for n, t in policy_weights(peft_model, every_name=False)) if is_peft else full_weights(model, dtype))
     parts: list[list[str]] = []  # the tensor names of each file written
 
     def write(tensors: dict[str, torch.Tensor]) -> None:
@@ -271,7 +283,7 @@ def save_gathered(accelerator, model: torch.nn.Module, tokenizer, output: str | 
 
     current: dict[str, torch.Tensor] = {}
     size = 0
-    for name, tensor in full_weights(model, dtype if isinstance(dtype, torch.dtype) else None):
+    for name, tensor in weights:
         if not main:  # every process takes part in each gather; rank 0 keeps the tensors
             continue
         nbytes = tensor.numel() * tensor.element_size()
@@ -322,6 +334,17 @@ def eval_share(items: list, accelerator) -> list:
     if is_sharded(accelerator):
         return list(items)
     return items[accelerator.process_index :: accelerator.num_processes]
+
+
+def gather_objects(values: list, accelerator) -> list:
+    """Every process's ``values`` (picklable), concatenated in process order, on every process."""
+    if accelerator.num_processes == 1:
+        return values
+    if not is_sharded(accelerator):
+        return gather_object(values)
+    parts: list = [None] * accelerator.num_processes
+    dist.all_gather_object(parts, values)  # accelerate's gather_object knows only its own launch
+    return [value for part in parts for value in part]
 
 
 def all_processes(accelerator, flag: bool) -> bool:
