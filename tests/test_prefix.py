@@ -241,6 +241,30 @@ def test_reward_model_scores_answers_to_one_prompt_together_and_alone_the_same(t
     assert shared.score(prompts[1:2], responses[1:2]) == pytest.approx(scores[1:2], abs=1e-5)
 
 
+def test_without_tree_rows_the_reward_model_shares_prompts_through_the_cache(tmp_path, tiny_llama_dir, monkeypatch):
+    """Attention that takes no custom mask (flash-attention) refuses tree rows: the answers to a prompt then
+    continue from the prompt's key/value cache, with the scores each answer gets alone."""
+    from rlhfkit.models import reward
+
+    tokenizer = load_tokenizer(str(tiny_llama_dir))
+    load_reward_backbone(str(tiny_llama_dir), tokenizer, seed=1).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    prompts = ["What is the capital of Peru?"] * 3 + ["Hi"] + [[{"role": "user", "content": "Hi"}]] * 2
+    responses = ["Lima.", "It is Lima, a city on the coast.", "Cusco.", "Hello!", "Hello!", "Hey."]
+    alone = reward.RewardModel.from_pretrained(tmp_path, device="cpu", max_length=12)  # some answers truncated
+    alone._shares_prompts, alone._caches_prompts = False, False
+    expected = alone.score(prompts, responses, batch_size=4)
+    monkeypatch.setattr(reward, "tree_support", lambda model: False)
+    used = []
+    real = reward.cache_rewards
+    monkeypatch.setattr(reward, "cache_rewards", lambda *args: used.append(real(*args)) or used[-1])
+    cached = reward.RewardModel.from_pretrained(tmp_path, device="cpu", max_length=12)
+    scores = cached.score(prompts, responses, batch_size=4)
+    # (a batch whose answers' truncated prompts share no first token runs padded: None)
+    assert cached._caches_prompts and any(r is not None for r in used)
+    assert scores == pytest.approx(expected, abs=1e-5)
+
+
 def _ddp_prompt_cache_worker(rank: int, init_file: str, output: str) -> None:
     """One of two DDP processes: its half of the rollout through the prompt cache (two forwards of the
     DDP model), one backward; process 0 saves the synchronised gradients."""

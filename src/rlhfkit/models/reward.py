@@ -41,7 +41,17 @@ from rlhfkit.models.loading import (
     resolve_device,
     resolve_dtype,
 )
-from rlhfkit.models.prefix import TreeBatch, row_width, tree_forward, tree_support, unwrap_hf_model
+from rlhfkit.models.prefix import (
+    TreeBatch,
+    common_prefix_length,
+    continue_from_cache,
+    prompt_cache,
+    prompt_cache_support,
+    row_width,
+    tree_forward,
+    tree_support,
+    unwrap_hf_model,
+)
 
 OFFSET_KEY = "reward_offset"
 
@@ -148,6 +158,36 @@ def tree_rewards(model: torch.nn.Module, batch: TreeBatch) -> torch.Tensor:
     return captured[0].squeeze(-1).flatten()[batch.last].float()
 
 
+def cache_rewards(model: torch.nn.Module, groups: list[list[list[int]]], pad_token_id: int) -> torch.Tensor | None:
+    """Raw head output at the last token of each sequence of ``groups`` (sequences in group order),
+    each group's common prefix run once and its sequences continued from the prefix's key/value cache
+    (:func:`~rlhfkit.models.prefix.prompt_cache`): the prompt sharing for attention that takes no
+    custom mask (flash-attention computes the continuations with its variable-length kernel). None
+    when a group has no common prefix or the model keeps no ``DynamicCache``; the caller then runs
+    the plain padded forward."""
+    shared = [common_prefix_length(g) if len(g) > 1 else len(g[0]) - 1 for g in groups]
+    if min(shared) < 1:
+        return None
+    device = next(model.parameters()).device
+    prefix_ids, prefix_mask = pad_batch([g[0][:n] for g, n in zip(groups, shared, strict=True)], pad_token_id,
+                                        side="left")
+    owner = torch.tensor([k for k, g in enumerate(groups) for _ in g], device=device)
+    suffixes = [s[n:] for g, n in zip(groups, shared, strict=True) for s in g]
+    suffix_ids, suffix_mask = pad_batch(suffixes, pad_token_id)
+    head = head_module(model)
+    captured: list[torch.Tensor] = []
+    handle = head.register_forward_hook(lambda _module, _inputs, output: captured.append(output))
+    try:
+        _, cache = prompt_cache(model, prefix_ids.to(device), prefix_mask.to(device), owner)
+        if cache is None:
+            return None
+        continue_from_cache(model, cache, prefix_mask.to(device)[owner], suffix_ids.to(device), suffix_mask.to(device))
+    finally:
+        handle.remove()
+    last = torch.tensor([len(s) - 1 for s in suffixes], device=device)
+    return captured[-1].squeeze(-1)[torch.arange(len(suffixes), device=device), last].float()
+
+
 class RewardModel:
     """Score (prompt, response) pairs with a reward model folder written by ``rlhfkit rm``.
 
@@ -160,6 +200,7 @@ class RewardModel:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self._shares_prompts: bool | None = None  # decided (tree_support) at the first score()
+        self._caches_prompts: bool | None = None  # without tree rows: the prompt cache (prompt_cache_support)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str = "auto", dtype: str = "auto",
@@ -196,7 +237,8 @@ class RewardModel:
             by_prompt.setdefault(json.dumps(prompt, sort_keys=True), []).append(i)
         if self._shares_prompts is None:
             self._shares_prompts = tree_support(self.model)
-        if self._shares_prompts and any(len(group) > 1 for group in by_prompt.values()):
+            self._caches_prompts = not self._shares_prompts and prompt_cache_support(self.model)
+        if (self._shares_prompts or self._caches_prompts) and any(len(group) > 1 for group in by_prompt.values()):
             # groups of at most batch_size answers, the widest rows first; a batch holds whole groups
             groups = [g[k : k + batch_size] for g in by_prompt.values() for k in range(0, len(g), batch_size)]
             groups.sort(key=lambda g: -row_width([encoded[i] for i in g]))
@@ -211,10 +253,13 @@ class RewardModel:
         device = next(self.model.parameters()).device
         for batch in batches:
             rows = [i for g in batch for i in g]
-            if len(rows) > len(batch):  # some answers share a prompt
+            rewards = None
+            if len(rows) > len(batch) and self._caches_prompts:  # some answers share a prompt
+                rewards = cache_rewards(self.model, [[encoded[i] for i in g] for g in batch], self.tokenizer.pad_token_id)
+            elif len(rows) > len(batch):
                 tree = TreeBatch.from_groups([[encoded[i] for i in g] for g in batch], self.tokenizer.pad_token_id)
                 rewards = tree_rewards(self.model, tree.to(device))
-            else:
+            if rewards is None:
                 ids, mask = pad_batch([encoded[i] for i in rows], self.tokenizer.pad_token_id)
                 rewards = sequence_rewards(self.model, ids.to(device), mask.to(device))
             for i, reward in zip(rows, (rewards - self.offset).tolist(), strict=True):
