@@ -289,3 +289,22 @@ def test_likelihood_watch_warns_once_when_chosen_and_rejected_both_fall(capsys):
         free.record(_watched(value, value, relative=False))
         free.on_step(step)
         assert free.warned == (step == 3)
+
+
+def test_without_tree_rows_dpo_shares_prompts_through_the_cache_with_the_same_curve(tmp_path, tiny_llama_dir,
+                                                                                     monkeypatch):
+    """Attention without custom masks (flash-attention) refuses tree rows: a pair's prompt then runs once
+    and both answers continue from its key/value cache, with the loss curve of tree rows."""
+    from rlhfkit.train import dpo_offline
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", rule_pairs(16, seed=2))
+    run_dpo(dpo_config(tiny_llama_dir, data, tmp_path / "tree", max_steps=4, eval_kl_prompts=0))
+    monkeypatch.setattr(dpo_offline, "tree_support", lambda model: False)
+    layouts = []
+    real = dpo_offline.collate_examples
+    monkeypatch.setattr(dpo_offline, "collate_examples",
+                        lambda batch, pad, share: layouts.append(share) or real(batch, pad, share))
+    run_dpo(dpo_config(tiny_llama_dir, data, tmp_path / "cache", max_steps=4, eval_kl_prompts=0))
+    assert layouts and set(layouts) == {"cache"}
+    tree, cache = ([r["loss"] for r in metrics(tmp_path / name) if "loss" in r] for name in ("tree", "cache"))
+    assert len(tree) == 4 and cache == pytest.approx(tree, abs=1e-5)

@@ -301,6 +301,8 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, lo
     """
     if "tree_last" in batch:
         return tree_sequence_logps(model, batch, logit_mask=logit_mask, temperature=temperature)
+    if "cache_prefix_ids" in batch:
+        return cache_sequence_logps(model, batch, temperature=temperature)
     input_ids, attention_mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     predicts_answer = torch.zeros_like(labels, dtype=torch.bool)
     predicts_answer[:, :-1] = labels[:, 1:] != IGNORE_INDEX
@@ -317,6 +319,28 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, lo
         return sums.index_add(0, row_of_token, per_token), counts
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     return token_logprobs(logits, labels, temperature).sum(-1), counts
+
+
+def cache_sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], *,
+                         temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sequence_logps` of a prompt-cache batch (``train/dpo_data.cache_answers``): each prompt runs
+    once, and the rest of each sequence continues from its key/value cache. A sequence's first answer
+    token is predicted at its prompt's last position, the others inside its continuation."""
+    keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
+    owner = batch["cache_owner"]
+    out, cache = prompt_cache(model, batch["cache_prefix_ids"], batch["cache_prefix_mask"], owner, **keep)
+    if cache is None:  # the trainers choose this layout only where prompt_cache_support holds
+        raise ValueError(f"{type(model).__name__} keeps no DynamicCache: the prompt-cache layout cannot run it")
+    suffix, answer = batch["cache_suffix_ids"], batch["cache_answer_mask"].bool()
+    continued = continue_from_cache(model, cache, batch["cache_prefix_mask"][owner], suffix,
+                                    batch["cache_suffix_mask"]).logits
+    # column j predicts suffix token j: the prompt's last position, then the continuation's
+    logits = torch.cat([out.logits[:, -1][owner, None], continued[:, :-1]], 1)[answer]
+    if temperature != 1.0:
+        logits = logits / temperature
+    per_token = -F.cross_entropy(logits.float(), suffix[answer], reduction="none")
+    sums = torch.zeros(len(suffix), device=per_token.device, dtype=per_token.dtype)
+    return sums.index_add(0, answer.nonzero()[:, 0], per_token), answer.sum(-1)
 
 
 def tree_sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, logit_mask: bool,

@@ -30,7 +30,7 @@ from rlhfkit.data.chat import (
     tokenize_prompt_response,
     truncate_prompt_first_together,
 )
-from rlhfkit.models.prefix import TreeBatch
+from rlhfkit.models.prefix import TreeBatch, common_prefix_length
 from rlhfkit.train.batches import load_train_and_held_out
 
 log = logging.getLogger("rlhfkit.dpo")
@@ -105,17 +105,21 @@ def report_tokenization(what: str, total: int, truncated: int, dropped: list[str
 
 
 def collate_examples(examples: list[PreferenceExample], pad_token_id: int,
-                     share_prompt: bool = False) -> dict[str, torch.Tensor]:
+                     share_prompt: bool | str = False) -> dict[str, torch.Tensor]:
     """One right-padded batch: rows 0..B-1 are the examples' first sequences, rows B..2B-1 their second.
-    With ``share_prompt``, one row per example instead, its prompt once and then both answers (a
-    :class:`~rlhfkit.models.prefix.TreeBatch`), with the answer tokens' positions and ids; the
-    sequences keep the same order (first sequences, then second).
+    With ``share_prompt`` (True or "tree"), one row per example instead, its prompt once and then both
+    answers (a :class:`~rlhfkit.models.prefix.TreeBatch`), with the answer tokens' positions and ids;
+    with "cache", each prompt once and the answers continuing from its key/value cache
+    (:func:`cache_answers`); the sequences keep the same order (first sequences, then second).
 
     ``reference_logps`` ([2B], same row order) is included when every example has cached values."""
     sequences = [e.first for e in examples] + [e.second for e in examples]
-    if share_prompt:
+    batch = None
+    if share_prompt == "cache":
+        batch = cache_answers(examples, pad_token_id)
+    elif share_prompt:
         batch = tree_answers(examples, pad_token_id)
-    else:
+    if batch is None:
         input_ids, attention_mask = pad_batch([s.input_ids for s in sequences], pad_token_id)
         labels = torch.full_like(input_ids, IGNORE_INDEX)
         for row, sequence in enumerate(sequences):
@@ -141,6 +145,33 @@ def tree_answers(examples: list[PreferenceExample], pad_token_id: int) -> dict[s
     positions, answer_mask = pad_batch(answers, 0)
     tokens = pad_batch([[s.input_ids[t] for t in a] for s, a in zip(sequences, answers, strict=True)], 0)[0]
     return {**tree.as_dict(), "answer_positions": positions, "answer_tokens": tokens, "answer_mask": answer_mask}
+
+
+def cache_answers(examples: list[PreferenceExample], pad_token_id: int) -> dict[str, torch.Tensor] | None:
+    """The prompt-cache layout of :func:`collate_examples` (``share_prompt="cache"``, for attention without
+    custom masks): each pair's shared prompt once (the tokens both sequences start with, up to the first
+    answer token), left-padded, ``cache_prefix_*`` ``[B, P]``; every sequence's rest (firsts, then
+    seconds), right-padded, ``cache_suffix_*`` ``[2B, S]``, with ``cache_answer_mask`` on its answer
+    tokens. None when a pair shares no first token (nothing to cache: the padded layout then)."""
+    def first_answer(sequence) -> int:
+        return next((t for t, label in enumerate(sequence.labels) if label != IGNORE_INDEX), len(sequence.labels))
+
+    shared = [min(common_prefix_length([e.first.input_ids, e.second.input_ids]), first_answer(e.first),
+                  first_answer(e.second)) for e in examples]
+    if min(shared) < 1:
+        return None
+    prefix_ids, prefix_mask = pad_batch([e.first.input_ids[:n] for e, n in zip(examples, shared, strict=True)],
+                                        pad_token_id, side="left")
+    sequences = [e.first for e in examples] + [e.second for e in examples]
+    cut = shared + shared
+    suffix_ids, suffix_mask = pad_batch([s.input_ids[n:] for s, n in zip(sequences, cut, strict=True)], pad_token_id)
+    answer_mask = torch.zeros_like(suffix_mask)
+    for row, (sequence, n) in enumerate(zip(sequences, cut, strict=True)):
+        labels = torch.tensor(sequence.labels[n:])
+        answer_mask[row, : len(labels)] = (labels != IGNORE_INDEX).long()
+    return {"cache_prefix_ids": prefix_ids, "cache_prefix_mask": prefix_mask, "cache_suffix_ids": suffix_ids,
+            "cache_suffix_mask": suffix_mask, "cache_answer_mask": answer_mask,
+            "cache_owner": torch.arange(len(examples)).repeat(2)}
 
 
 def rows(batch: dict[str, torch.Tensor], part: slice) -> dict[str, torch.Tensor]:
