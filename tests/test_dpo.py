@@ -295,11 +295,12 @@ def test_without_tree_rows_dpo_shares_prompts_through_the_cache_with_the_same_cu
                                                                                      monkeypatch):
     """Attention without custom masks (flash-attention) refuses tree rows: a pair's prompt then runs once
     and both answers continue from its key/value cache, with the loss curve of tree rows."""
+    from rlhfkit.models import prefix
     from rlhfkit.train import dpo_offline
 
     data = write_jsonl(tmp_path / "pairs.jsonl", rule_pairs(16, seed=2))
     run_dpo(dpo_config(tiny_llama_dir, data, tmp_path / "tree", max_steps=4, eval_kl_prompts=0))
-    monkeypatch.setattr(dpo_offline, "tree_support", lambda model: False)
+    monkeypatch.setattr(prefix, "tree_support", lambda model: False)
     layouts = []
     real = dpo_offline.collate_examples
     monkeypatch.setattr(dpo_offline, "collate_examples",

@@ -259,8 +259,8 @@ def test_without_tree_rows_the_reward_model_shares_prompts_through_the_cache(tmp
     expected = alone.score(prompts, responses, batch_size=4)
     monkeypatch.setattr(reward, "tree_support", lambda model: False)
     used = []
-    real = reward.cache_rewards
-    monkeypatch.setattr(reward, "cache_rewards", lambda *args: used.append(real(*args)) or used[-1])
+    real = reward.cache_layout
+    monkeypatch.setattr(reward, "cache_layout", lambda *args: used.append(real(*args)) or used[-1])
     cached = reward.RewardModel.from_pretrained(tmp_path, device="cpu", max_length=12)
     scores = cached.score(prompts, responses, batch_size=4)
     # (a batch whose answers' truncated prompts share no first token runs padded: None)

@@ -173,3 +173,32 @@ def test_rm_runs_on_real_hh_data(tmp_path, tiny_model_dir, capsys):
     report = json.loads((output / "eval.json").read_text())
     assert report["pairs"] == 24 and 0.0 <= report["accuracy"] <= 1.0
     print(f"tiny RM on 72 HH helpful-base pairs: held-out accuracy {report['accuracy']:.3f} (24 pairs)")
+
+
+def test_without_tree_rows_rm_training_shares_prompts_through_the_cache_with_the_same_curve(
+        tmp_path, tiny_llama_dir, monkeypatch):
+    """Attention without custom masks (flash-attention) refuses tree rows: each group's prompt then runs once
+    and its responses continue from its key/value cache, with the loss curve of tree rows."""
+    from rlhfkit.models import prefix
+    from rlhfkit.train import rm
+
+    train = write_jsonl(tmp_path / "train.jsonl", synthetic_pairs(48, seed=1))
+    held_out = write_jsonl(tmp_path / "held_out.jsonl", synthetic_pairs(16, seed=2))
+
+    def run(name: str) -> list[float]:
+        run_rm(RMConfig(model=str(tiny_llama_dir), data=str(train), eval_data=str(held_out), output=str(tmp_path / name),
+                        learning_rate=2e-3, max_steps=4, batch_size=8, max_length=64, warmup_ratio=0.0, save_every=0,
+                        log_every=1, device="cpu"))
+        return [json.loads(line)["loss"] for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+                if '"loss"' in line]
+
+    tree = run("tree")
+    monkeypatch.setattr(prefix, "tree_support", lambda model: False)
+    layouts = []
+    real = rm.collate_groups
+    monkeypatch.setattr(rm, "collate_groups", lambda groups, pad, share: layouts.append(share) or real(groups, pad, share))
+    cache = run("cache")
+    assert layouts and set(layouts) == {"cache"}
+    assert len(tree) == 4 and cache == pytest.approx(tree, abs=1e-5)
+    reports = [json.loads((tmp_path / name / "eval.json").read_text()) for name in ("tree", "cache")]
+    assert reports[1]["mean_margin"] == pytest.approx(reports[0]["mean_margin"], abs=1e-5)

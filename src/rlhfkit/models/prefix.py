@@ -328,6 +328,16 @@ def continue_from_cache(model: torch.nn.Module, cache: DynamicCache, prompt_mask
                  position_ids=positions, past_key_values=cache, **kwargs)
 
 
+def shared_prefix_layout(model: torch.nn.Module) -> str | None:
+    """How groups of sequences that start alike (a prompt and its answers) share their start on ``model``:
+    ``"tree"`` rows where its attention takes the mask, else the prompt ``"cache"`` (attention without
+    custom masks, such as flash-attention), else None (every sequence padded in full); each checked by
+    its probe, the refusals logged."""
+    if tree_support(model):
+        return "tree"
+    return "cache" if prompt_cache_support(model) else None
+
+
 def prompt_cache_support(model: torch.nn.Module) -> bool:
     """Whether :func:`prompt_cache` and :func:`continue_from_cache` give ``model``'s plain forward
     (:func:`prompt_cache_refusal`); a refusal is logged with its reason."""

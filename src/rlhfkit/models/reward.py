@@ -158,34 +158,39 @@ def tree_rewards(model: torch.nn.Module, batch: TreeBatch) -> torch.Tensor:
     return captured[0].squeeze(-1).flatten()[batch.last].float()
 
 
-def cache_rewards(model: torch.nn.Module, groups: list[list[list[int]]], pad_token_id: int) -> torch.Tensor | None:
-    """Raw head output at the last token of each sequence of ``groups`` (sequences in group order),
-    each group's common prefix run once and its sequences continued from the prefix's key/value cache
-    (:func:`~rlhfkit.models.prefix.prompt_cache`): the prompt sharing for attention that takes no
-    custom mask (flash-attention computes the continuations with its variable-length kernel). None
-    when a group has no common prefix or the model keeps no ``DynamicCache``; the caller then runs
-    the plain padded forward."""
+def cache_layout(groups: list[list[list[int]]], pad_token_id: int) -> dict[str, torch.Tensor] | None:
+    """The prompt-cache layout of ``groups`` of sequences (the prompt sharing for attention that takes no
+    custom mask: flash-attention computes the continuations with its variable-length kernel): each
+    group's common prefix once, left-padded (``cache_prefix_*`` ``[groups, P]``), and every sequence's
+    rest in group order, right-padded (``cache_suffix_*`` ``[sequences, S]``), with its group
+    (``cache_owner``). None when a group has no common prefix (nothing to share: run it padded)."""
     shared = [common_prefix_length(g) if len(g) > 1 else len(g[0]) - 1 for g in groups]
     if min(shared) < 1:
         return None
-    device = next(model.parameters()).device
     prefix_ids, prefix_mask = pad_batch([g[0][:n] for g, n in zip(groups, shared, strict=True)], pad_token_id,
                                         side="left")
-    owner = torch.tensor([k for k, g in enumerate(groups) for _ in g], device=device)
-    suffixes = [s[n:] for g, n in zip(groups, shared, strict=True) for s in g]
-    suffix_ids, suffix_mask = pad_batch(suffixes, pad_token_id)
+    suffix_ids, suffix_mask = pad_batch([s[n:] for g, n in zip(groups, shared, strict=True) for s in g], pad_token_id)
+    return {"cache_prefix_ids": prefix_ids, "cache_prefix_mask": prefix_mask, "cache_suffix_ids": suffix_ids,
+            "cache_suffix_mask": suffix_mask, "cache_owner": torch.tensor([k for k, g in enumerate(groups) for _ in g])}
+
+
+def cache_rewards(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Raw head output at the last token of each sequence of a :func:`cache_layout` batch, ``[sequences]``:
+    each prefix runs once and its sequences continue from its key/value cache
+    (:func:`~rlhfkit.models.prefix.prompt_cache`; gradients flow back through it)."""
+    owner, prefix_mask, suffix_mask = batch["cache_owner"], batch["cache_prefix_mask"], batch["cache_suffix_mask"]
     head = head_module(model)
     captured: list[torch.Tensor] = []
     handle = head.register_forward_hook(lambda _module, _inputs, output: captured.append(output))
     try:
-        _, cache = prompt_cache(model, prefix_ids.to(device), prefix_mask.to(device), owner)
-        if cache is None:
-            return None
-        continue_from_cache(model, cache, prefix_mask.to(device)[owner], suffix_ids.to(device), suffix_mask.to(device))
+        _, cache = prompt_cache(model, batch["cache_prefix_ids"], prefix_mask, owner)
+        if cache is None:  # chosen only where prompt_cache_support holds
+            raise ValueError(f"{type(model).__name__} keeps no DynamicCache: the prompt-cache layout cannot run it")
+        continue_from_cache(model, cache, prefix_mask[owner], batch["cache_suffix_ids"], suffix_mask)
     finally:
         handle.remove()
-    last = torch.tensor([len(s) - 1 for s in suffixes], device=device)
-    return captured[-1].squeeze(-1)[torch.arange(len(suffixes), device=device), last].float()
+    last = suffix_mask.long().sum(1) - 1
+    return captured[-1].squeeze(-1)[torch.arange(len(last), device=last.device), last].float()
 
 
 class RewardModel:
@@ -253,13 +258,14 @@ class RewardModel:
         device = next(self.model.parameters()).device
         for batch in batches:
             rows = [i for g in batch for i in g]
-            rewards = None
-            if len(rows) > len(batch) and self._caches_prompts:  # some answers share a prompt
-                rewards = cache_rewards(self.model, [[encoded[i] for i in g] for g in batch], self.tokenizer.pad_token_id)
-            elif len(rows) > len(batch):
-                tree = TreeBatch.from_groups([[encoded[i] for i in g] for g in batch], self.tokenizer.pad_token_id)
-                rewards = tree_rewards(self.model, tree.to(device))
-            if rewards is None:
+            sequences = [[encoded[i] for i in g] for g in batch]
+            grouped = len(rows) > len(batch)  # some answers share a prompt
+            layout = cache_layout(sequences, self.tokenizer.pad_token_id) if grouped and self._caches_prompts else None
+            if layout is not None:
+                rewards = cache_rewards(self.model, {k: v.to(device) for k, v in layout.items()})
+            elif grouped and self._shares_prompts:
+                rewards = tree_rewards(self.model, TreeBatch.from_groups(sequences, self.tokenizer.pad_token_id).to(device))
+            else:
                 ids, mask = pad_batch([encoded[i] for i in rows], self.tokenizer.pad_token_id)
                 rewards = sequence_rewards(self.model, ids.to(device), mask.to(device))
             for i, reward in zip(rows, (rewards - self.offset).tolist(), strict=True):

@@ -20,7 +20,7 @@ from rlhfkit.models import (
     resolve_device,
     resolve_dtype,
 )
-from rlhfkit.models.prefix import group_cost, prompt_cache_support, tree_support
+from rlhfkit.models.prefix import group_cost, shared_prefix_layout
 from rlhfkit.rollout.logprobs import supports_logit_mask
 from rlhfkit.train.dpo_batch import (
     LikelihoodWatch,
@@ -89,8 +89,7 @@ def train_dpo_offline(config: DPOConfig, on_step: Callable[[int], None] | None =
     logit_mask = supports_logit_mask(model)
     # a pair's prompt runs once for both answers (models/prefix.py): in one tree row, or, for attention
     # without custom masks (flash-attention), through its key/value cache; KTO's rows are read separately
-    share = config.loss != "kto" and ("tree" if tree_support(model) else "cache" if prompt_cache_support(model)
-                                      else False)
+    share = config.loss != "kto" and shared_prefix_layout(model)
     reference = make_reference(config, model, tokenizer, dtype, accelerator.device)
     pad = tokenizer.pad_token_id
     if config.precompute_ref and needs_reference(config):

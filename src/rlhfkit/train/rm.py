@@ -9,7 +9,8 @@ over groups, so a prompt with many pairs does not outweigh one with a single pai
 
 The prompt of a group runs once for its K responses (:mod:`rlhfkit.models.prefix`): one row per
 group, same rewards, same gradients, less work. Models whose attention cannot take the custom mask
-(flash-attention 2) run every response as a full sequence.
+(flash-attention 2) run each prompt once and its responses from its key/value cache instead
+(:func:`~rlhfkit.models.reward.cache_layout`), or, where neither works, every response in full.
 """
 
 from __future__ import annotations
@@ -38,10 +39,12 @@ from rlhfkit.models import (
     resolve_device,
     resolve_dtype,
 )
-from rlhfkit.models.prefix import TreeBatch, group_cost, tree_support
+from rlhfkit.models.prefix import TreeBatch, group_cost, shared_prefix_layout
 from rlhfkit.models.reward import (
     OFFSET_KEY,
     RewardModel,
+    cache_layout,
+    cache_rewards,
     load_reward_backbone,
     sequence_rewards,
     tree_rewards,
@@ -100,10 +103,13 @@ def tokenize_group(tokenizer, group: ComparisonGroup, max_length: int, use_margi
                           sum(e.truncated for e in examples), group.location)
 
 
-def collate_groups(groups: list[TokenizedGroup], pad_token_id: int, share_prefix: bool = False) -> dict[str, torch.Tensor]:
+def collate_groups(groups: list[TokenizedGroup], pad_token_id: int,
+                   share_prefix: bool | str = False) -> dict[str, torch.Tensor]:
     """All responses of the groups in one batch, with pair indices into it: one right-padded batch
-    (``input_ids``, ``attention_mask``), or with ``share_prefix`` one row per group, its prompt once
-    and its responses after it (:class:`~rlhfkit.models.prefix.TreeBatch` fields).
+    (``input_ids``, ``attention_mask``), or with ``share_prefix`` (True or "tree") one row per group, its
+    prompt once and its responses after it (:class:`~rlhfkit.models.prefix.TreeBatch` fields), or with
+    "cache" each prompt once and its responses continuing from its key/value cache
+    (:func:`~rlhfkit.models.reward.cache_layout`).
 
     ``pair_weight`` is 1 / (pairs in the pair's group): summed, each group counts once.
     """
@@ -116,9 +122,12 @@ def collate_groups(groups: list[TokenizedGroup], pad_token_id: int, share_prefix
             rejected.append(base + r)
             margins.append(margin)
             weights.append(1.0 / len(group.pairs))
-    if share_prefix:
+    tensors = None
+    if share_prefix == "cache":
+        tensors = cache_layout([g.sequences for g in groups], pad_token_id)
+    elif share_prefix:
         tensors = TreeBatch.from_groups([g.sequences for g in groups], pad_token_id).as_dict()
-    else:
+    if tensors is None:
         tensors = dict(zip(("input_ids", "attention_mask"), pad_batch(sequences, pad_token_id), strict=True))
     return {**tensors, "chosen": torch.tensor(chosen), "rejected": torch.tensor(rejected),
             "margin": torch.tensor(margins), "pair_weight": torch.tensor(weights)}
@@ -128,6 +137,8 @@ def batch_rewards(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The reward of every response in a :func:`collate_groups` batch, ``[responses]`` (float32)."""
     if "tree_last" in batch:
         return tree_rewards(model, TreeBatch.from_dict(batch))
+    if "cache_prefix_ids" in batch:
+        return cache_rewards(model, batch)
     return sequence_rewards(model, batch["input_ids"], batch["attention_mask"])
 
 
@@ -144,7 +155,7 @@ def rm_batch_loss(model, batch: dict[str, torch.Tensor], normalizer: float, labe
 def reward_differences(model, groups: list[TokenizedGroup], pad_token_id: int, batch_size: int, device) -> list[float]:
     """r(chosen) - r(rejected) for every pair of ``groups``, in order."""
     differences = []
-    share = tree_support(model)
+    share = shared_prefix_layout(model)
     for start in range(0, len(groups), batch_size):
         batch = collate_groups(groups[start : start + batch_size], pad_token_id, share)
         rewards = batch_rewards(model, {k: v.to(device) for k, v in batch.items()}).cpu()
@@ -208,9 +219,10 @@ def run_rm(config: RMConfig) -> Path:
         last_report.update(evaluate_groups(m, eval_set, pad, config.batch_size, accelerator))
         return {f"eval_{k}": v for k, v in last_report.items() if k in ("accuracy", "mean_margin")}
 
-    share = tree_support(model)  # each prompt computed once for its K responses
+    share = shared_prefix_layout(model)  # each prompt computed once for its K responses
     if accelerator.is_main_process and not share:
-        console.print("rm: this model's attention cannot take a prompt-sharing mask; each response runs in full")
+        console.print("rm: this model shares no prompt (neither tree rows nor the prompt cache); each response "
+                      "runs in full")
     stage = Stage(
         examples=train_set,
         collate=lambda batch: collate_groups(batch, pad, share),
