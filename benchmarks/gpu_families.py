@@ -38,7 +38,7 @@ def gaps(causal, reward, device) -> dict[str, float]:
     """Largest absolute differences against the padded forward (log-probs, rewards, packed losses)."""
     from rlhfkit.data.chat import pad_batch
     from rlhfkit.models.prefix import TreeBatch, packing_layout, prompt_cache_support, tree_support
-    from rlhfkit.models.reward import sequence_rewards, tree_rewards
+    from rlhfkit.models.reward import cache_layout, cache_rewards, sequence_rewards, tree_rewards
     from rlhfkit.rollout.logprobs import Rollout, response_logprobs
 
     rng = random.Random(0)
@@ -63,10 +63,13 @@ def gaps(causal, reward, device) -> dict[str, float]:
         right = sequence_rewards(reward, *(t.to(device) for t in pad_batch(sequences, 0)))
         left = sequence_rewards(reward, *(t.to(device) for t in pad_batch(sequences, 0, side="left")))
         out["rewards left vs right"] = float((left - right).abs().max())
+        groups = [sequences[:4], sequences[4:]]
         if tree_support(reward):
-            groups = [sequences[:4], sequences[4:]]
             out["rewards tree"] = float((tree_rewards(reward, TreeBatch.from_groups(groups, 0).to(device)) - right)
                                         .abs().max())
+        if prompt_cache_support(reward):  # the layout RM training and scoring use where tree rows are refused
+            layout = {k: v.to(device) for k, v in cache_layout(groups, 0).items()}
+            out["rewards cache"] = float((cache_rewards(reward, layout) - right).abs().max())
         layout = packing_layout(causal)
         out[f"packing layout {layout}"] = 0.0
         out["packed logits (relative)"] = packed_gap(causal, sequences, layout, device)
