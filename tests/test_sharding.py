@@ -152,6 +152,29 @@ def test_sharded_ppo_matches_data_parallel_ppo(tmp_path, tiny_llama_dir, rl_file
         assert_same_weights(weights(ddp / "critic"), weights(fsdp / "critic"), 1e-5)
 
 
+def test_sharded_online_dpo_samples_and_trains_what_one_process_does(tmp_path, tiny_llama_dir, rl_files):
+    """Every process samples every prompt with the round's seeds, process 0 writes the pairs, each round
+    trains sharded: the rounds, the curves and the final weights of one process."""
+    def command(output, batch: int, *extra: str) -> list[str]:
+        return ["dpo", "--online", "--model", str(tiny_llama_dir), "--reward", f"{rl_files / 'rewards.py'}:blue",
+                "--prompts", str(rl_files / "prompts.jsonl"), "--output", str(output), "--rounds", "2",
+                "--samples-per-prompt", "4", "--max-new-tokens", "8", "--learning-rate", "1e-3", "--max-steps", "4",
+                "--batch-size", str(batch), "--eval-split", "0", "--save-every", "0", "--warmup-ratio", "0",
+                "--max-length", "96", "--device", "cpu", "--log-every", "1", *extra]
+
+    from rlhfkit.cli import main
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    main(command(one, 4))
+    run([*TORCHRUN, *command(two, 2, "--fsdp")])
+    rounds = [[json.loads(line) for line in (folder / "rounds.jsonl").read_text().splitlines()] for folder in (one, two)]
+    assert [r["round"] for r in rounds[1]] == [1, 2, "final"] and rounds[1][0]["pairs"] > 0
+    assert rounds[1] == rounds[0]  # the same answers, scores and pairs every round
+    for number in (1, 2):
+        assert losses(two / f"round-{number:03d}") == pytest.approx(losses(one / f"round-{number:03d}"), abs=1e-4)
+    assert_same_weights(weights(one), weights(two), 1e-4)
+
+
 def test_a_killed_rank_stops_the_run_and_resume_gives_the_uninterrupted_weights(tmp_path, tiny_llama_dir,
                                                                                 example_files):
     data = example_files["demonstrations"]

@@ -60,9 +60,6 @@ def check_config(config: DPOConfig) -> None:
         missing = [flag for flag, value in (("--reward", config.reward), ("--prompts", config.prompts)) if not value]
         if missing:
             raise ConfigError(f"--online needs {' and '.join(missing)}")
-        if config.fsdp:
-            raise ConfigError("--online with --fsdp is not supported yet: online DPO's rounds sample and "
-                              "label in one process; shard offline dpo, or ppo")
     elif not config.data:
         raise ConfigError("missing required setting: --data (or --online with --prompts and --reward)")
     if config.placement == "ray":

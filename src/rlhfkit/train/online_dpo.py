@@ -3,6 +3,11 @@
 Rounds are numbered from 1, as ``rlhfkit loop`` numbers its rounds: round r writes ``OUTPUT/round-00r/``.
 With ``--engine vllm`` one vLLM engine samples every round: it starts on the initial model and gets
 each round's policy before that round samples (every ``--sync-every`` rounds), checked by the probe.
+
+Under torchrun with ``--fsdp`` each round trains sharded (the offline DPO of ``dpo_offline.py``), and
+every process samples and scores every prompt, with the same seeds, from the round's policy loaded
+whole for inference (2 bytes a parameter in bf16, beside the shards of training): all get the same
+pairs, which process 0 writes, so a sharded run samples and trains what one process would.
 """
 
 from __future__ import annotations
@@ -10,9 +15,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
 from transformers import set_seed
 
 from rlhfkit.config import DPOConfig
@@ -121,11 +129,14 @@ def run_online_dpo(config: DPOConfig) -> Path:
     DPO loss uses the policy at temperature 1.
     """
     output = Path(config.output)
-    output.mkdir(parents=True, exist_ok=True)
-    if not config.resume:
-        for old in output.glob("round-*"):
-            shutil.rmtree(old)
-        (output / "rounds.jsonl").unlink(missing_ok=True)
+    main = start_processes(config)
+    if main:
+        output.mkdir(parents=True, exist_ok=True)
+        if not config.resume:
+            for old in output.glob("round-*"):
+                shutil.rmtree(old)
+            (output / "rounds.jsonl").unlink(missing_ok=True)
+    everyone_here()
     prompts = [record.prompt for record in load_prompts(config.prompts, skip_invalid=config.skip_invalid)]
     reward = load_reward_function(config.reward, device=config.device, dtype=config.dtype,
                                   batch_size=config.generation_batch_size, max_length=config.max_length)
@@ -142,43 +153,72 @@ def run_online_dpo(config: DPOConfig) -> Path:
     finally:
         sampler.close()
     final = {"round": "final", "mean_reward": sum(map(sum, scores)) / (len(prompts) * config.samples_per_prompt)}
-    append_round(output, final)
-    copy_model_files(Path(policy_path), output)
-    console.print(f"online dpo: final policy mean reward {final['mean_reward']:.4f}; model saved to {output}")
+    if main:
+        append_round(output, final)
+        copy_model_files(Path(policy_path), output)
+        console.print(f"online dpo: final policy mean reward {final['mean_reward']:.4f}; model saved to {output}")
+    everyone_here()
     return output
+
+
+def start_processes(config: DPOConfig) -> bool:
+    """Under ``--fsdp``, join the process group (the rounds' files are written by process 0, the others
+    wait for them); returns whether this is process 0."""
+    if not config.fsdp:
+        return True
+    from rlhfkit.train.sharding import start_process_group
+
+    device = resolve_device(config.device)
+    start_process_group(device, config.dist_timeout)
+    if device.type == "cuda":  # each process samples on its own GPU
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return dist.get_rank() == 0
+
+
+def everyone_here() -> None:
+    """Wait until every process got here (nothing without a process group)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def run_round(config: DPOConfig, sampler: RoundSampler, number: int, folder: Path, policy_path: str, prompts: list,
               reward) -> None:
     """One round: its pairs (sampled now, or kept from an interrupted run), then DPO on them."""
+    main = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
     folder.mkdir(parents=True, exist_ok=True)
     pairs_file = folder / "pairs.jsonl"
-    if not pairs_file.exists():
-        write_round_pairs(config, sampler, number, folder, policy_path, prompts, reward)
+    if not pairs_file.exists():  # (every process samples the same answers; process 0 writes them)
+        write_round_pairs(config, sampler, number, folder, policy_path, prompts, reward, write=main)
+    everyone_here()
     summary = json.loads((folder / "samples.json").read_text())
-    console.print(f"online dpo: round {number}: mean reward {summary['mean_reward']:.4f}, {summary['pairs']} pairs "
-                  f"({summary['tied_prompts']} prompts with tied scores skipped)")
+    if main:
+        console.print(f"online dpo: round {number}: mean reward {summary['mean_reward']:.4f}, {summary['pairs']} "
+                      f"pairs ({summary['tied_prompts']} prompts with tied scores skipped)")
     if summary["pairs"]:
         round_config = dataclasses.replace(config, online=False, model=policy_path, data=str(pairs_file),
                                            output=str(folder), reference=config.reference or config.model,
                                            eval_data=None)
         train_dpo_offline(round_config)
-    else:
+    elif main:
         log.warning("online dpo: round %d has no pairs (all scores tied); the policy is unchanged", number)
         copy_model_files(Path(policy_path), folder)
-    (folder / "round.json").write_text(json.dumps(summary))
-    append_round(folder.parent, summary)
+    if main:
+        (folder / "round.json").write_text(json.dumps(summary))
+        append_round(folder.parent, summary)
+    everyone_here()
 
 
 def write_round_pairs(config: DPOConfig, sampler: RoundSampler, number: int, folder: Path, policy_path: str,
-                      prompts: list, reward) -> None:
-    """Sample and score the round's answers; write its pairs (atomically) and its summary."""
+                      prompts: list, reward, write: bool = True) -> None:
+    """Sample and score the round's answers; write (with ``write``) its pairs (atomically) and its summary."""
     answers, scores, unfinished, sync = sample_and_score(sampler, policy_path, prompts, reward, config,
                                                          config.samples_per_prompt, number)
     pairs, skipped = best_and_worst_pairs(prompts, answers, scores)
     mean_reward = sum(map(sum, scores)) / (len(prompts) * config.samples_per_prompt)
     summary = {"round": number, "mean_reward": mean_reward, "pairs": len(pairs), "tied_prompts": skipped,
                "unfinished_answers": unfinished, **sync}
+    if not write:
+        return
     (folder / "samples.json").write_text(json.dumps(summary))
     tmp = folder / "pairs.tmp"
     tmp.write_text("".join(json.dumps(p) + "\n" for p in pairs))
