@@ -87,6 +87,9 @@ def test_a_checkpoint_keeps_the_rollouts_queued_ahead_so_a_resumed_run_takes_wha
     resumed.restore(tmp_path / "ahead.pt")
     assert sorted(resumed.ready) == list(range(stop, stop + steps_ahead))
     assert first + run(restarted, resumed, stop, steps) == whole  # same answers, same policy versions
+    # resumed with another number of processes, this process asks for other prompts: those are sampled anew
+    other = RolloutsAhead(restarted, steps_ahead, steps, lambda step: ([step + 100], [[1]], 1, SamplingSettings()))
+    assert other.restore(tmp_path / "ahead.pt") == steps_ahead and not other.ready
     assert [stop - version for _, version in whole[stop:stop + 1]] == [steps_ahead]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -179,9 +180,9 @@ def test_a_killed_rank_stops_the_run_and_resume_gives_the_uninterrupted_weights(
                                                                                 example_files):
     data = example_files["demonstrations"]
 
-    def command(output, *extra):
-        return [*TORCHRUN, "sft", "--model", str(tiny_llama_dir), "--data", str(data), "--output", str(output),
-                "--batch-size", "2", "--learning-rate", "1e-3", "--max-steps", "40", "--max-length", "96",
+    def command(output, *extra, launch=TORCHRUN, batch="2"):
+        return [*launch, "sft", "--model", str(tiny_llama_dir), "--data", str(data), "--output", str(output),
+                "--batch-size", batch, "--learning-rate", "1e-3", "--max-steps", "40", "--max-length", "96",
                 "--eval-split", "0", "--log-every", "1", "--save-every", "5", "--device", "cpu", "--seed", "3",
                 "--fsdp", *extra]
 
@@ -202,9 +203,18 @@ def test_a_killed_rank_stops_the_run_and_resume_gives_the_uninterrupted_weights(
     assert time.monotonic() - started < 60
     assert "SIGKILL" in stderr or "Signal 9" in stderr, stderr[-3000:]
     assert not (killed / "model.safetensors").exists()
+    alone = tmp_path / "alone"
+    shutil.copytree(killed, alone)
     run(command(killed, "--resume"))
     assert_same_weights(weights(straight), weights(killed), 0.0)
     assert losses(killed)[-10:] == pytest.approx(losses(straight)[-10:], abs=0)
+    # the same checkpoint resumed by one process at the same global batch: the shards re-split, the same run
+    refused = subprocess.run(command(alone, "--resume", launch=[sys.executable, "-m", "rlhfkit"]), env=ENV,
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "the global batch" in refused.stdout + refused.stderr
+    run(command(alone, "--resume", launch=[sys.executable, "-m", "rlhfkit"], batch="4"))
+    assert_same_weights(weights(straight), weights(alone), 1e-4)
+    assert losses(alone)[-10:] == pytest.approx(losses(straight)[-10:], abs=1e-4)
 
 
 NAN_SCRIPT = """

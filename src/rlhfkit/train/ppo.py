@@ -351,9 +351,12 @@ class PPOTrainer:
         """``--async-steps`` resumed: train the next steps on the rollouts the checkpoint kept, sampled by the
         policies that sampled them in the stopped run."""
         path = self.rollouts_ahead_file(checkpoint)
-        if path.exists():
-            self.ahead.restore(path)
-        else:
+        left_out = self.ahead.restore(path) if path.exists() else 0
+        if left_out:
+            console.print(f"[yellow]ppo: {left_out} rollout(s) the checkpoint kept were for other prompts than process "
+                          f"{self.accelerator.process_index} samples now (another number of processes): sampled "
+                          "anew by the resumed policy[/]")
+        elif not path.exists():
             console.print(f"[yellow]ppo: {checkpoint} kept no rollouts queued ahead for process "
                           f"{self.accelerator.process_index}: the next {self.config.async_steps} step(s) are sampled "
                           "by the resumed policy (they lag less than in the stopped run)[/]")

@@ -86,12 +86,15 @@ class RolloutsAhead:
         torch.save({step: (wanted, [[dataclasses.asdict(s) for s in answers] for answers in samples])
                     for step, (wanted, samples) in self.settle().items()}, path)
 
-    def restore(self, path: Path) -> None:
-        """Take the rollouts a checkpoint kept (:meth:`save`) as the ones queued ahead."""
+    def restore(self, path: Path) -> int:
+        """Take the rollouts a checkpoint kept (:meth:`save`) as the ones queued ahead; those of other prompts
+        than this process now asks for (a run resumed with another number of processes) are left out and
+        sampled anew. Returns how many were left out."""
         saved = torch.load(path, weights_only=True)
         self.queued.clear()
         self.ready = {int(step): (list(wanted), [[Sample(**s) for s in answers] for answers in samples])
-                      for step, (wanted, samples) in saved.items()}
+                      for step, (wanted, samples) in saved.items() if list(wanted) == list(self.request(int(step))[0])}
+        return len(saved) - len(self.ready)
 
 
 def sampling_seed(config: PPOConfig, step: int, round_: int, process: int) -> int:

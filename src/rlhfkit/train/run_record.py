@@ -12,6 +12,7 @@ whole rounds (``iterate/state.py``).
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -60,16 +61,35 @@ def run_record(config: Any) -> dict[str, Any]:
     """The settings and input fingerprints a checkpoint of this run stores (computed once per run)."""
     settings = config_to_dict(config)
     inputs = {name: fingerprint(str(settings[name])) for name in INPUT_FIELDS if settings.get(name)}
-    return {"settings": settings, "inputs": inputs}
+    return {"settings": settings, "inputs": inputs, "processes": int(os.environ.get("WORLD_SIZE", "1"))}
+
+
+BATCH_FIELDS = ("batch_size", "grad_accum")
+"""Per-process batch settings: on resume they may change with the number of processes as long as the
+global batch (batch size x accumulation x processes) stays the same, which keeps the run's data order
+and its updates (the sharded checkpoint is re-split over the new processes)."""
+
+
+def global_batch(record: dict[str, Any]) -> int | None:
+    """Examples per optimizer step over all processes, or None for a record that does not say."""
+    settings = record["settings"]
+    if "processes" not in record or any(settings.get(name) is None for name in BATCH_FIELDS):
+        return None
+    return settings["batch_size"] * settings["grad_accum"] * record["processes"]
 
 
 def check_same_run(saved: dict[str, Any], current: dict[str, Any], checkpoint: Path) -> None:
     """Refuse to resume from ``checkpoint`` (its stored record ``saved``) with changed settings or inputs."""
     if "settings" not in saved:
         return  # a checkpoint written before runs were recorded
+    before, now = global_batch(saved), global_batch(current)
+    allowed = CHANGES_ALLOWED_ON_RESUME | (set(BATCH_FIELDS) if before is not None and before == now else set())
     changes = [f"--{name.replace('_', '-')} {saved['settings'].get(name)!r} -> {value!r}"
                for name, value in current["settings"].items()
-               if name not in CHANGES_ALLOWED_ON_RESUME and saved["settings"].get(name) != value]
+               if name not in allowed and saved["settings"].get(name) != value]
+    if before is not None and now is not None and before != now and not changes:
+        changes.append(f"the global batch (--batch-size x --grad-accum x {saved['processes']} processes) {before} -> "
+                       f"{now} ({current['processes']} processes)")
     changes += [f"the contents of --{name.replace('_', '-')} {current['settings'][name]}"
                 for name, digest in current["inputs"].items()
                 if name not in CHANGES_ALLOWED_ON_RESUME and saved.get("inputs", {}).get(name) != digest
@@ -78,4 +98,5 @@ def check_same_run(saved: dict[str, Any], current: dict[str, Any], checkpoint: P
         raise ConfigError(
             f"--resume: {checkpoint} belongs to a run with other settings or inputs; changed: {'; '.join(changes)}. "
             "Undo the change, or train into a new --output. Changes allowed on resume: "
-            + ", ".join("--" + name.replace("_", "-") for name in sorted(CHANGES_ALLOWED_ON_RESUME)) + ".")
+            + ", ".join("--" + name.replace("_", "-") for name in sorted(CHANGES_ALLOWED_ON_RESUME))
+            + "; and another number of processes with --batch-size / --grad-accum that keep the global batch.")
