@@ -243,3 +243,35 @@ def test_the_trainer_group_is_placed_as_trainer_packing_asks(cluster, tmp_path, 
                                             "was not placed within 5 s"):
         nodes("strict_spread", processes=3, timeout=5)  # 3 CPUs in all, on 2 nodes
     assert time.monotonic() - started < 30
+
+
+def test_a_loop_round_runs_its_ppo_step_on_placed_actors(cluster, tmp_path, vllm_families, capfd):
+    """`rlhfkit loop` with `placement: ray` in its ppo section: the round's PPO trains in a trainer actor and
+    samples on an engine actor (checked by the probe), and the round finishes with its policy evaluated."""
+    from rlhfkit.config import LoopConfig
+    from rlhfkit.iterate import run_loop
+
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "judges.py").write_text("def more_e(prompts, responses):\n"
+                                     "    return [r.count('e') + len(r) / 1000 for r in responses]\n")
+    prompts = [{"prompt": [{"role": "user", "content": f"Tell me about thing {i}."}]} for i in range(8)]
+    (files / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    output = tmp_path / "loop"
+    run_loop(LoopConfig(
+        policy=str(vllm_families["llama"]), prompts=str(files / "prompts.jsonl"), eval_prompts=str(files / "prompts.jsonl"),
+        output=str(output), rounds=1, samples_per_prompt=2, prompts_per_round=8, labels="judge",
+        judge=f"{files / 'judges.py'}:more_e", device="cpu", seed=0, generate={"max_new_tokens": 8, "batch_size": 16},
+        rm={"max_steps": 2, "batch_size": 4, "max_length": 64, "eval_split": 0.0, "learning_rate": 1e-3,
+            "warmup_ratio": 0.0, "save_every": 0, "log_every": 1},
+        ppo={"max_steps": 2, "prompts_per_step": 4, "max_new_tokens": 8, "batch_size": 16, "ppo_epochs": 1,
+             "max_length": 64, "learning_rate": 1e-3, "warmup_ratio": 0.0, "eval_split": 0.0, "save_every": 0,
+             "sample_every": 0, "log_every": 1, "placement": "ray", "engine": "vllm"},
+        eval={"max_new_tokens": 8, "batch_size": 16, "max_length": 64}))
+    state = json.loads((output / "round-001" / "round.json").read_text())
+    assert state["complete"] and list(state["steps"]) == ["generate", "labels", "rm", "policy", "eval"]
+    rows = history(output / "round-001" / "policy")
+    assert len(rows) == 2 and all(r["sync_probe_logprob_diff"] < 1e-4 for r in rows)
+    assert (output / "round-001" / "eval" / "eval.json").is_file()
+    said = " ".join(capfd.readouterr().err.split())  # the console's lines, unwrapped
+    assert "1 trainer process(es) and 1 vLLM engine actor(s) placed by Ray" in said
