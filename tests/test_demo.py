@@ -196,6 +196,21 @@ def test_simulated_annotators_label_through_the_app_with_welfare_gold_and_opt_ou
     assert agreement["measured"] == pytest.approx(agreement["expected"], abs=0.1)
 
 
+def test_dpo_pairs_are_each_rankings_best_answer_over_its_worst(tmp_path):
+    from rlhfkit.demo.run import best_versus_worst_pairs
+
+    prompt = as_prompt("How do I make pancakes?")
+    rankings = tmp_path / "rankings.jsonl"
+    rankings.write_text("".join(json.dumps(r) + "\n" for r in (
+        {"prompt": prompt, "responses": ["a", "b", "c", "d"], "ranks": [2, 1, 4, 3]},
+        {"prompt": prompt, "responses": ["e", "f"], "ranks": [1, 1]},  # a tie: no pair
+    )))
+    pairs = tmp_path / "pairs.jsonl"
+    assert best_versus_worst_pairs(rankings, pairs) == 1
+    assert [json.loads(line) for line in pairs.read_text().splitlines()] == [
+        {"prompt": prompt, "chosen": "b", "rejected": "c"}]
+
+
 def test_demo_quick_end_to_end(tmp_path):
     from rlhfkit.cli import main
 

@@ -19,7 +19,8 @@ Stages (each timed, each with a progress bar; every artefact is a plain file in 
    model is trained again on both rounds' labels (iterated RLHF, as InstructGPT and Anthropic did);
 10. **PPO, round 2**: round 1's policy trained on against the new reward model (the KL still to SFT):
     the demo's PPO policy;
-11. **DPO** on round 1's labels, without a reward model;
+11. **DPO** on round 1's labels (each ranking's best answer over its worst), without a reward model,
+    with the chosen answers' log-likelihood added to the loss (RPO, as Llama 3's recipe does);
 12. **evaluation** on held-out prompts: gold win rates against SFT with 95% intervals, KL to SFT,
     helpfulness, content-free answers, refusal and over-refusal, tone;
 13. **the report**: ``report/report.html`` with plots, and ``report/summary.json`` with every number.
@@ -81,9 +82,11 @@ class DemoSize:
     round_2_samples: int = 2  # round-1 PPO answers per training prompt (beside as many SFT answers)
     rm_steps: int = 100
     ppo_round_1_steps: int = 12
-    beta: float = 0.3  # PPO's KL penalty (both rounds), and DPO's beta
+    beta: float = 0.2  # PPO's KL penalty (both rounds)
+    dpo_beta: float = 0.3
+    dpo_nll: float = 0.5  # weight of the chosen answers' NLL added to DPO's loss (RPO)
     ppo_steps: int = 20  # round 2, after round 1's steps
-    dpo_steps: int = 250
+    dpo_steps: int = 200
     eval_samples: int = 4
     max_new_tokens: int = 48
     temperature: float = 0.7  # PPO rollouts and evaluation
@@ -280,10 +283,33 @@ def train_ppo(output: Path, reward: str, name: str, steps: int, beta: float, siz
                       **{**common, "log_every": 1}))
 
 
+def best_versus_worst_pairs(rankings: Path, pairs: Path) -> int:
+    """One preference pair per exported ranking, its best answer (rank 1) over its worst, written to
+    ``pairs``; returns how many. Of the six pairs of a ranking of four it is the one whose order the
+    annotators' noise is least likely to have flipped, and its chosen answer is the one worth imitating
+    (the NLL term of :func:`train_dpo`)."""
+    records = []
+    for line in rankings.read_text(encoding="utf-8").splitlines():
+        ranking = json.loads(line)
+        ranks = ranking["ranks"]
+        if min(ranks) == max(ranks):
+            continue
+        records.append({"prompt": ranking["prompt"], "chosen": ranking["responses"][ranks.index(min(ranks))],
+                        "rejected": ranking["responses"][ranks.index(max(ranks))]})
+    write_jsonl(pairs, records)
+    return len(records)
+
+
 def train_dpo(output: Path, size: DemoSize, common: dict) -> None:
-    """DPO of the SFT policy on round 1's exported preferences into ``output / "dpo"``."""
-    run_dpo(DPOConfig(model=str(output / "sft"), data=str(output / "feedback" / "export-round-1" / "preferences.jsonl"),
-                      output=str(output / "dpo"), learning_rate=3e-4, beta=size.beta, max_steps=size.dpo_steps,
+    """DPO of the SFT policy on round 1's exported rankings (best over worst answer of each) into
+    ``output / "dpo"``, with the chosen answers' negative log-likelihood added (RPO, weight
+    ``size.dpo_nll``): plain DPO only pushes a pair apart, and on this world the mass it takes from
+    the rejected answers goes to garbled text and to answers of other requests."""
+    pairs = output / "data" / "dpo-pairs.jsonl"
+    count = best_versus_worst_pairs(output / "feedback" / "export-round-1" / "rankings.jsonl", pairs)
+    console.print(f"{count} pairs (the best and the worst answer of each ranking) in {pairs}")
+    run_dpo(DPOConfig(model=str(output / "sft"), data=str(pairs), output=str(output / "dpo"), learning_rate=3e-4,
+                      loss="rpo", rpo_alpha=size.dpo_nll, beta=size.dpo_beta, max_steps=size.dpo_steps,
                       batch_size=16, warmup_ratio=0.05, eval_split=0.05, eval_kl_prompts=0, **common))
 
 
@@ -314,7 +340,9 @@ def demo_summary(checks: dict, round_1: dict, round_2: dict, evaluation: dict, o
             "Content-free: an answer with no request-specific body (neither the request's answer nor a "
             "refusal), such as 'Happy to help!' alone or another request's answer.",
             "ppo-round-1 is PPO against the round-1 reward model; ppo is round 2, against the reward model "
-            "retrained with labels on ppo-round-1's answers; dpo learns from round 1's labels.",
+            "retrained with labels on ppo-round-1's answers; dpo learns from round 1's labels (the best over "
+            "the worst answer of each ranking), its loss DPO's plus the chosen answers' negative log-likelihood "
+            f"(RPO, weight {size.dpo_nll:g}).",
             round_1["note"],
         ],
     }

@@ -367,9 +367,12 @@ INTERNET = StyleMix(
     harmful_body={"compliance": 0.5, "refusal": 0.3, "vague": 0.2},
     tone={"warm": 0.34, "neutral": 0.33, "cold": 0.33}, filler={0: 0.6, 1: 0.25, 2: 0.15}, repeat=0.2,
 )
-# Contractors who wrote the demonstrations: mostly on topic, but uneven in tone, care and caution.
+# Contractors who wrote the demonstrations: they answer the request they were given (never another
+# one), but were told to put safety first, so they refuse many harmless requests (the over-cautious
+# assistant that over-refusal benchmarks such as XSTest measure), hedge some, and are uneven in tone
+# and care. The SFT policy inherits it: it refuses about half of the benign held-out requests.
 CONTRACTORS = StyleMix(
-    benign_body={"helpful": 0.55, "vague": 0.15, "off_topic": 0.1, "refusal": 0.2},
+    benign_body={"helpful": 0.5, "vague": 0.15, "refusal": 0.35},
     harmful_body={"refusal": 0.6, "compliance": 0.3, "vague": 0.1},
     tone={"warm": 0.3, "neutral": 0.35, "cold": 0.35}, filler={0: 0.6, 1: 0.25, 2: 0.15}, repeat=0.2,
 )
