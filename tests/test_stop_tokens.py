@@ -138,9 +138,13 @@ def test_a_saved_folder_lists_every_stop_id_in_its_generation_config(stop_model_
 @pytest.mark.slow
 @pytest.mark.skipif(not vllm_available() and not os.environ.get("RLHFKIT_REQUIRE_VLLM"),
                     reason="vLLM is not installed (make install-vllm)")
-def test_the_vllm_engine_stops_at_the_original_eos_and_calls_the_answer_finished(stop_model_dir):
+def test_the_vllm_engine_stops_at_the_original_eos_and_calls_the_answer_finished(stop_model_dir, monkeypatch):
     from rlhfkit.rollout.sampler import SamplingSettings
     from rlhfkit.rollout.vllm_engine import VLLMSampler
+
+    # the engine in a process of its own: an in-process engine on this model left vLLM's process-wide state
+    # unusable for the in-process engines of tests/test_vllm.py that run after it in the suite
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
 
     tokenizer = load_tokenizer(str(stop_model_dir))
     prompt_ids = [encode_prompt(tokenizer, p) for p in PROMPTS]
