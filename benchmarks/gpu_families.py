@@ -37,8 +37,14 @@ def qwen2_config(tiny: bool):
 def gaps(causal, reward, device) -> dict[str, float]:
     """Largest absolute differences against the padded forward (log-probs, rewards, packed losses)."""
     from rlhfkit.data.chat import pad_batch
-    from rlhfkit.models.prefix import TreeBatch, packing_layout, prompt_cache_support, tree_support
-    from rlhfkit.models.reward import cache_layout, cache_rewards, sequence_rewards, tree_rewards
+    from rlhfkit.models.prefix import (
+        TreeBatch,
+        cache_layout,
+        packing_layout,
+        prompt_cache_support,
+        tree_support,
+    )
+    from rlhfkit.models.reward import cache_rewards, sequence_rewards, tree_rewards
     from rlhfkit.rollout.logprobs import Rollout, response_logprobs
 
     rng = random.Random(0)

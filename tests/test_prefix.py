@@ -208,17 +208,19 @@ def test_dpo_sequence_logps_with_shared_prompts_equal_the_padded_batch(tiny_llam
         return TokenizedExample(prompt + answer, [IGNORE_INDEX] * len(prompt) + answer)
 
     examples = [PreferenceExample(sequence([5, 6, 7], [8, 9, 1]), sequence([5, 6, 7], [8, 10, 11, 12, 1])),
-                PreferenceExample(sequence([3, 4, 5, 6, 7, 8], [9, 1]), sequence([3, 4, 5, 6, 7, 8], [20, 21, 1]))]
+                PreferenceExample(sequence([3, 4, 5, 6, 7, 8], [9, 1]), sequence([3, 4, 5, 6, 7, 8], [20, 21, 1])),
+                # partners with other prompts (KTO's mismatched pairs): the prompts' rest is in the suffix
+                PreferenceExample(sequence([5, 6, 2, 3], [4, 1]), sequence([5, 6, 9], [8, 13, 1]))]
     results = []
     for share in (False, "tree", "cache"):  # padded; one tree row per pair; the prompt's key/value cache
         model.zero_grad()
         batch = collate_examples(examples, tokenizer.pad_token_id, share)
         assert ("tree_last" in batch, "cache_prefix_ids" in batch) == (share == "tree", share == "cache")
         logps, counts = sequence_logps(model, batch, logit_mask=logit_mask, temperature=0.8)
-        (logps * torch.tensor([1.0, 2.0, 3.0, 4.0])).sum().backward()
+        (logps * torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])).sum().backward()
         results.append((logps.detach(), counts, [p.grad.clone() for p in model.parameters()]))
     (plain, plain_counts, plain_grads), *shared_layouts = results
-    assert plain_counts.tolist() == [3, 2, 5, 3]
+    assert plain_counts.tolist() == [3, 2, 2, 5, 3, 3]
     for shared, shared_counts, shared_grads in shared_layouts:
         assert torch.allclose(shared, plain, atol=1e-5) and shared_counts.tolist() == plain_counts.tolist()
         for a, b in zip(shared_grads, plain_grads, strict=True):

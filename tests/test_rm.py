@@ -44,10 +44,16 @@ def test_ranking_of_four_expands_to_six_pairs_in_one_group():
 
 
 class FirstTokenReward(torch.nn.Module):
-    """A stand-in model whose reward is the sequence's first token id (to check the loss bookkeeping)."""
+    """A stand-in model whose reward is the sequence's first token id (to check the loss bookkeeping): its
+    ``score`` head puts that id at every position, as a classification model's head runs per token."""
+
+    def __init__(self):
+        super().__init__()
+        self.score = torch.nn.Identity()
 
     def forward(self, input_ids, attention_mask, position_ids):
-        return SimpleNamespace(logits=input_ids[:, :1].float())
+        per_token = self.score(input_ids[:, :1].float().expand(input_ids.shape).unsqueeze(-1))
+        return SimpleNamespace(logits=per_token[:, -1])
 
 
 def test_group_loss_is_mean_over_pairs_then_over_groups():
@@ -100,6 +106,23 @@ def test_head_init_padding_sides_and_hf_round_trip(tmp_path, tiny_model_dir):
     assert plain == pytest.approx(right.tolist(), abs=1e-5)
     scores = RewardModel.from_pretrained(tmp_path, device="cpu").score([p for p, _ in texts], [r for _, r in texts])
     assert scores == pytest.approx(right.tolist(), abs=1e-5)
+
+
+def test_a_sequence_ending_in_the_pad_id_is_read_at_its_own_last_token(tiny_model_dir):
+    """Qwen pads with <|endoftext|>, which also ends text: a sequence may end in the pad id. Its reward is
+    the head at its last real token (HF's own pooling, which looks for the pad id, reads the one before)."""
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    model = load_reward_backbone(str(tiny_model_dir), tokenizer)
+    pad = tokenizer.pad_token_id
+    sequences = [[5, 6, 7, pad], [8, 9]]  # the first ends in a token equal to the pad id
+    with torch.no_grad():
+        hidden = model(torch.tensor([sequences[0]]), output_hidden_states=True).hidden_states[-1]
+        expected = score_head(model)(hidden[0, -1]).item()
+        hf_pooled = model(torch.tensor([sequences[0]])).logits.item()
+        for side in ("right", "left"):
+            rewards = sequence_rewards(model, *pad_batch(sequences, pad, side))
+            assert rewards[0].item() == pytest.approx(expected, abs=1e-5), side
+    assert hf_pooled != pytest.approx(expected, abs=1e-5)  # what the pad-id pooling would have read
 
 
 HH_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hh-rlhf"

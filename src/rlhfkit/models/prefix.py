@@ -318,6 +318,26 @@ def prompt_cache(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask
     return out, cache
 
 
+def cache_layout(groups: list[list[list[int]]], pad_token_id: int,
+                 max_shared: list[int] | None = None) -> dict[str, torch.Tensor] | None:
+    """The prompt-cache layout of ``groups`` of sequences (prompt sharing for attention that takes no
+    custom mask: flash-attention computes the continuations with its variable-length kernel): each
+    group's common prefix once, left-padded (``cache_prefix_*`` ``[groups, P]``), at most
+    ``max_shared[k]`` tokens for group k, and every sequence's rest in group order, right-padded
+    (``cache_suffix_*`` ``[sequences, S]``), with its group (``cache_owner``). None when a group has no
+    common prefix (nothing to share: run it padded)."""
+    shared = [common_prefix_length(g) if len(g) > 1 else len(g[0]) - 1 for g in groups]
+    if max_shared is not None:
+        shared = [min(n, cap) for n, cap in zip(shared, max_shared, strict=True)]
+    if min(shared) < 1:
+        return None
+    prefix_ids, prefix_mask = pad_batch([g[0][:n] for g, n in zip(groups, shared, strict=True)], pad_token_id,
+                                        side="left")
+    suffix_ids, suffix_mask = pad_batch([s[n:] for g, n in zip(groups, shared, strict=True) for s in g], pad_token_id)
+    return {"cache_prefix_ids": prefix_ids, "cache_prefix_mask": prefix_mask, "cache_suffix_ids": suffix_ids,
+            "cache_suffix_mask": suffix_mask, "cache_owner": torch.tensor([k for k, g in enumerate(groups) for _ in g])}
+
+
 def continue_from_cache(model: torch.nn.Module, cache: DynamicCache, prompt_mask: torch.Tensor,
                         input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs):
     """The forward of right-padded continuations ``input_ids`` after the prompts in ``cache`` (one per

@@ -43,7 +43,7 @@ from rlhfkit.models.loading import (
 )
 from rlhfkit.models.prefix import (
     TreeBatch,
-    common_prefix_length,
+    cache_layout,
     continue_from_cache,
     prompt_cache,
     prompt_cache_support,
@@ -136,61 +136,55 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def sequence_rewards(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Raw head output at each sequence's last real token, ``[batch]`` (float32)."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask))
-    return out.logits.squeeze(-1).float()
-
-
-def tree_rewards(model: torch.nn.Module, batch: TreeBatch) -> torch.Tensor:
-    """Raw head output at the last token of each sequence of a :class:`TreeBatch`, ``[sequences]``.
-
-    HF's classification forward reads the head at each row's last real token only; the head's
-    per-token output (read through a hook, so the forward still runs through DDP and PEFT wrappers)
-    holds every sequence's reward."""
+def head_outputs(model: torch.nn.Module, forward) -> torch.Tensor:
+    """The classification head's per-token output ``[B, T]`` in the last call of ``forward()``, read
+    through a hook, so the forward still runs through DDP, FSDP and PEFT wrappers. HF's classification
+    forward reads its head only at each row's last token that is not the pad id; these readers pick
+    their positions themselves."""
     head = head_module(model)
     captured: list[torch.Tensor] = []
     handle = head.register_forward_hook(lambda _module, _inputs, output: captured.append(output))
     try:
-        tree_forward(model, batch)
+        forward()
     finally:
         handle.remove()
-    return captured[0].squeeze(-1).flatten()[batch.last].float()
+    return captured[-1].squeeze(-1)
 
 
-def cache_layout(groups: list[list[list[int]]], pad_token_id: int) -> dict[str, torch.Tensor] | None:
-    """The prompt-cache layout of ``groups`` of sequences (the prompt sharing for attention that takes no
-    custom mask: flash-attention computes the continuations with its variable-length kernel): each
-    group's common prefix once, left-padded (``cache_prefix_*`` ``[groups, P]``), and every sequence's
-    rest in group order, right-padded (``cache_suffix_*`` ``[sequences, S]``), with its group
-    (``cache_owner``). None when a group has no common prefix (nothing to share: run it padded)."""
-    shared = [common_prefix_length(g) if len(g) > 1 else len(g[0]) - 1 for g in groups]
-    if min(shared) < 1:
-        return None
-    prefix_ids, prefix_mask = pad_batch([g[0][:n] for g, n in zip(groups, shared, strict=True)], pad_token_id,
-                                        side="left")
-    suffix_ids, suffix_mask = pad_batch([s[n:] for g, n in zip(groups, shared, strict=True) for s in g], pad_token_id)
-    return {"cache_prefix_ids": prefix_ids, "cache_prefix_mask": prefix_mask, "cache_suffix_ids": suffix_ids,
-            "cache_suffix_mask": suffix_mask, "cache_owner": torch.tensor([k for k, g in enumerate(groups) for _ in g])}
+def last_real_token(mask: torch.Tensor) -> torch.Tensor:
+    """Each row's last position where ``mask`` is 1 (left or right padding)."""
+    return (torch.arange(mask.shape[1], device=mask.device) * mask.long()).argmax(-1)
+
+
+def sequence_rewards(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Raw head output at each sequence's last real token, ``[batch]`` (float32). The token is found from
+    the mask, not from the pad id, which can also be a real token (Qwen pads with ``<|endoftext|>``,
+    which also ends text: HF's own pooling would read the token before it)."""
+    outputs = head_outputs(model, lambda: model(input_ids=input_ids, attention_mask=attention_mask,
+                                                position_ids=position_ids_from_mask(attention_mask)))
+    return outputs[torch.arange(len(outputs), device=outputs.device), last_real_token(attention_mask)].float()
+
+
+def tree_rewards(model: torch.nn.Module, batch: TreeBatch) -> torch.Tensor:
+    """Raw head output at the last token of each sequence of a :class:`TreeBatch`, ``[sequences]``."""
+    return head_outputs(model, lambda: tree_forward(model, batch)).flatten()[batch.last].float()
 
 
 def cache_rewards(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Raw head output at the last token of each sequence of a :func:`cache_layout` batch, ``[sequences]``:
     each prefix runs once and its sequences continue from its key/value cache
-    (:func:`~rlhfkit.models.prefix.prompt_cache`; gradients flow back through it)."""
+    (:func:`~rlhfkit.models.prefix.prompt_cache`; gradients flow back through it). The prefix pass
+    also runs the head (one output per hidden state: negligible next to the model) and is not read."""
     owner, prefix_mask, suffix_mask = batch["cache_owner"], batch["cache_prefix_mask"], batch["cache_suffix_mask"]
-    head = head_module(model)
-    captured: list[torch.Tensor] = []
-    handle = head.register_forward_hook(lambda _module, _inputs, output: captured.append(output))
-    try:
+
+    def forward():
         _, cache = prompt_cache(model, batch["cache_prefix_ids"], prefix_mask, owner)
         if cache is None:  # chosen only where prompt_cache_support holds
             raise ValueError(f"{type(model).__name__} keeps no DynamicCache: the prompt-cache layout cannot run it")
         continue_from_cache(model, cache, prefix_mask[owner], batch["cache_suffix_ids"], suffix_mask)
-    finally:
-        handle.remove()
-    last = suffix_mask.long().sum(1) - 1
-    return captured[-1].squeeze(-1)[torch.arange(len(last), device=last.device), last].float()
+
+    outputs = head_outputs(model, forward)
+    return outputs[torch.arange(len(outputs), device=outputs.device), last_real_token(suffix_mask)].float()
 
 
 class RewardModel:

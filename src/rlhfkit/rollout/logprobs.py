@@ -302,7 +302,7 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, lo
     if "tree_last" in batch:
         return tree_sequence_logps(model, batch, logit_mask=logit_mask, temperature=temperature)
     if "cache_prefix_ids" in batch:
-        return cache_sequence_logps(model, batch, temperature=temperature)
+        return cache_sequence_logps(model, batch, logit_mask=logit_mask, temperature=temperature)
     input_ids, attention_mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     predicts_answer = torch.zeros_like(labels, dtype=torch.bool)
     predicts_answer[:, :-1] = labels[:, 1:] != IGNORE_INDEX
@@ -321,21 +321,37 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, lo
     return token_logprobs(logits, labels, temperature).sum(-1), counts
 
 
-def cache_sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], *,
+def cache_sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, logit_mask: bool,
                          temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`sequence_logps` of a prompt-cache batch (``train/dpo_data.cache_answers``): each prompt runs
     once, and the rest of each sequence continues from its key/value cache. A sequence's first answer
-    token is predicted at its prompt's last position, the others inside its continuation."""
+    token is predicted at its prompt's last position, the others inside its continuation (with
+    ``logit_mask``, only the continuation positions that predict an answer token are projected)."""
     keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
     owner = batch["cache_owner"]
     out, cache = prompt_cache(model, batch["cache_prefix_ids"], batch["cache_prefix_mask"], owner, **keep)
     if cache is None:  # the trainers choose this layout only where prompt_cache_support holds
         raise ValueError(f"{type(model).__name__} keeps no DynamicCache: the prompt-cache layout cannot run it")
     suffix, answer = batch["cache_suffix_ids"], batch["cache_answer_mask"].bool()
-    continued = continue_from_cache(model, cache, batch["cache_prefix_mask"][owner], suffix,
-                                    batch["cache_suffix_mask"]).logits
-    # column j predicts suffix token j: the prompt's last position, then the continuation's
-    logits = torch.cat([out.logits[:, -1][owner, None], continued[:, :-1]], 1)[answer]
+
+    def continued(**kept):
+        return continue_from_cache(model, cache, batch["cache_prefix_mask"][owner], suffix, batch["cache_suffix_mask"],
+                                   **kept)
+
+    # suffix token j is predicted at the prompt's last position (j = 0) or at continuation position j - 1
+    predicts_answer = torch.zeros_like(answer)
+    predicts_answer[:, :-1] = answer[:, 1:]
+    # in row-major order: the answer tokens with j >= 1
+    inside = kept_logits(continued, predicts_answer) if logit_mask else continued().logits[predicts_answer]
+    at_prompt = answer[:, 0]
+    logits = torch.cat([out.logits[:, -1][owner[at_prompt]], inside])
+    # back to the row-major order of the answer tokens: a row's j = 0 token comes before its others
+    first = answer.clone()
+    first[:, 1:] = False
+    order = torch.empty(len(logits), dtype=torch.long, device=logits.device)
+    order[first[answer]] = torch.arange(int(at_prompt.sum()), device=logits.device)
+    order[~first[answer]] = torch.arange(int(at_prompt.sum()), len(logits), device=logits.device)
+    logits = logits[order]
     if temperature != 1.0:
         logits = logits / temperature
     per_token = -F.cross_entropy(logits.float(), suffix[answer], reduction="none")

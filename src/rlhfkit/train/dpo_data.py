@@ -30,7 +30,7 @@ from rlhfkit.data.chat import (
     tokenize_prompt_response,
     truncate_prompt_first_together,
 )
-from rlhfkit.models.prefix import TreeBatch, common_prefix_length
+from rlhfkit.models.prefix import TreeBatch, cache_layout
 from rlhfkit.train.batches import load_train_and_held_out
 
 log = logging.getLogger("rlhfkit.dpo")
@@ -149,29 +149,28 @@ def tree_answers(examples: list[PreferenceExample], pad_token_id: int) -> dict[s
 
 def cache_answers(examples: list[PreferenceExample], pad_token_id: int) -> dict[str, torch.Tensor] | None:
     """The prompt-cache layout of :func:`collate_examples` (``share_prompt="cache"``, for attention without
-    custom masks): each pair's shared prompt once (the tokens both sequences start with, up to the first
-    answer token), left-padded, ``cache_prefix_*`` ``[B, P]``; every sequence's rest (firsts, then
-    seconds), right-padded, ``cache_suffix_*`` ``[2B, S]``, with ``cache_answer_mask`` on its answer
-    tokens. None when a pair shares no first token (nothing to cache: the padded layout then)."""
+    custom masks): :func:`~rlhfkit.models.prefix.cache_layout` of each pair, its shared prompt cut at the
+    first answer token, the sequences reordered to firsts then seconds, with ``cache_answer_mask`` on
+    their answer tokens. None when a pair shares no first token (the padded layout then)."""
     def first_answer(sequence) -> int:
         return next((t for t, label in enumerate(sequence.labels) if label != IGNORE_INDEX), len(sequence.labels))
 
-    shared = [min(common_prefix_length([e.first.input_ids, e.second.input_ids]), first_answer(e.first),
-                  first_answer(e.second)) for e in examples]
-    if min(shared) < 1:
+    layout = cache_layout([[e.first.input_ids, e.second.input_ids] for e in examples], pad_token_id,
+                          max_shared=[min(first_answer(e.first), first_answer(e.second)) for e in examples])
+    if layout is None:
         return None
-    prefix_ids, prefix_mask = pad_batch([e.first.input_ids[:n] for e, n in zip(examples, shared, strict=True)],
-                                        pad_token_id, side="left")
+    # cache_layout numbers sequences pair by pair (first, second, first, ...): reorder to firsts, seconds
+    order = torch.tensor([2 * i for i in range(len(examples))] + [2 * i + 1 for i in range(len(examples))])
+    for key in ("cache_suffix_ids", "cache_suffix_mask", "cache_owner"):
+        layout[key] = layout[key][order]
     sequences = [e.first for e in examples] + [e.second for e in examples]
-    cut = shared + shared
-    suffix_ids, suffix_mask = pad_batch([s.input_ids[n:] for s, n in zip(sequences, cut, strict=True)], pad_token_id)
-    answer_mask = torch.zeros_like(suffix_mask)
-    for row, (sequence, n) in enumerate(zip(sequences, cut, strict=True)):
-        labels = torch.tensor(sequence.labels[n:])
+    shared = layout["cache_prefix_mask"].sum(1).tolist()
+    answer_mask = torch.zeros_like(layout["cache_suffix_mask"])
+    for row, (sequence, owner) in enumerate(zip(sequences, layout["cache_owner"].tolist(), strict=True)):
+        labels = torch.tensor(sequence.labels[shared[owner]:])
         answer_mask[row, : len(labels)] = (labels != IGNORE_INDEX).long()
-    return {"cache_prefix_ids": prefix_ids, "cache_prefix_mask": prefix_mask, "cache_suffix_ids": suffix_ids,
-            "cache_suffix_mask": suffix_mask, "cache_answer_mask": answer_mask,
-            "cache_owner": torch.arange(len(examples)).repeat(2)}
+    layout["cache_answer_mask"] = answer_mask
+    return layout
 
 
 def rows(batch: dict[str, torch.Tensor], part: slice) -> dict[str, torch.Tensor]:

@@ -10,7 +10,7 @@ over groups, so a prompt with many pairs does not outweigh one with a single pai
 The prompt of a group runs once for its K responses (:mod:`rlhfkit.models.prefix`): one row per
 group, same rewards, same gradients, less work. Models whose attention cannot take the custom mask
 (flash-attention 2) run each prompt once and its responses from its key/value cache instead
-(:func:`~rlhfkit.models.reward.cache_layout`), or, where neither works, every response in full.
+(:func:`~rlhfkit.models.prefix.cache_layout`), or, where neither works, every response in full.
 """
 
 from __future__ import annotations
@@ -39,11 +39,10 @@ from rlhfkit.models import (
     resolve_device,
     resolve_dtype,
 )
-from rlhfkit.models.prefix import TreeBatch, group_cost, shared_prefix_layout
+from rlhfkit.models.prefix import TreeBatch, cache_layout, group_cost, shared_prefix_layout
 from rlhfkit.models.reward import (
     OFFSET_KEY,
     RewardModel,
-    cache_layout,
     cache_rewards,
     load_reward_backbone,
     sequence_rewards,
@@ -109,7 +108,7 @@ def collate_groups(groups: list[TokenizedGroup], pad_token_id: int,
     (``input_ids``, ``attention_mask``), or with ``share_prefix`` (True or "tree") one row per group, its
     prompt once and its responses after it (:class:`~rlhfkit.models.prefix.TreeBatch` fields), or with
     "cache" each prompt once and its responses continuing from its key/value cache
-    (:func:`~rlhfkit.models.reward.cache_layout`).
+    (:func:`~rlhfkit.models.prefix.cache_layout`).
 
     ``pair_weight`` is 1 / (pairs in the pair's group): summed, each group counts once.
     """
