@@ -205,10 +205,14 @@ def test_dpo_pairs_are_each_rankings_best_answer_over_its_worst(tmp_path):
         {"prompt": prompt, "responses": ["a", "b", "c", "d"], "ranks": [2, 1, 4, 3]},
         {"prompt": prompt, "responses": ["e", "f"], "ranks": [1, 1]},  # a tie: no pair
     )))
+    round_2 = tmp_path / "rankings-2.jsonl"
+    round_2.write_text(json.dumps({"prompt": prompt, "responses": ["g", "h", "i"], "ranks": [3, 2, 1]}) + "\n")
     pairs = tmp_path / "pairs.jsonl"
-    assert best_versus_worst_pairs(rankings, pairs) == 1
+    assert best_versus_worst_pairs([rankings], pairs) == 1
     assert [json.loads(line) for line in pairs.read_text().splitlines()] == [
         {"prompt": prompt, "chosen": "b", "rejected": "c"}]
+    assert best_versus_worst_pairs([rankings, round_2], pairs) == 2  # the rounds' exports, in order
+    assert [json.loads(line)["chosen"] for line in pairs.read_text().splitlines()] == ["b", "i"]
 
 
 def test_demo_quick_end_to_end(tmp_path):

@@ -19,8 +19,8 @@ Stages (each timed, each with a progress bar; every artefact is a plain file in 
    model is trained again on both rounds' labels (iterated RLHF, as InstructGPT and Anthropic did);
 10. **PPO, round 2**: round 1's policy trained on against the new reward model (the KL still to SFT):
     the demo's PPO policy;
-11. **DPO** on round 1's labels (each ranking's best answer over its worst), without a reward model,
-    with the chosen answers' log-likelihood added to the loss (RPO, as Llama 3's recipe does);
+11. **DPO** on both rounds' labels (each ranking's best answer over its worst), without a reward
+    model, with the chosen answers' log-likelihood added to the loss (RPO, as Llama 3's recipe does);
 12. **evaluation** on held-out prompts: gold win rates against SFT with 95% intervals, KL to SFT,
     helpfulness, content-free answers, refusal and over-refusal, tone;
 13. **the report**: ``report/report.html`` with plots, and ``report/summary.json`` with every number.
@@ -87,6 +87,7 @@ class DemoSize:
     dpo_nll: float = 0.5  # weight of the chosen answers' NLL added to DPO's loss (RPO)
     ppo_steps: int = 20  # round 2, after round 1's steps
     dpo_steps: int = 200
+    dpo_rounds: int = 2  # DPO learns from the labels of rounds 1..dpo_rounds (1 or 2)
     eval_samples: int = 4
     max_new_tokens: int = 48
     temperature: float = 0.7  # PPO rollouts and evaluation
@@ -167,7 +168,7 @@ def run_demo(output: str | Path = "demo-output", quick: bool = False, seed: int 
                                        "round-2 RM")
     with clock.stage(10, "PPO", "round 2: round 1's policy trained on against the round-2 reward model"):
         train_ppo(output, "rm-round-2", "ppo", size.ppo_steps, size.beta, size, common, start="ppo-round-1")
-    with clock.stage(11, "DPO", "on round 1's labels, no reward model"):
+    with clock.stage(11, "DPO", "on both rounds' labels, no reward model"):
         train_dpo(output, size, common)
     with clock.stage(12, "evaluation", "held-out prompts, gold judge, KL to SFT"):
         evaluation = evaluate(output, ("ppo-round-1", "ppo", "dpo"), sft, sft_held_out,
@@ -283,30 +284,34 @@ def train_ppo(output: Path, reward: str, name: str, steps: int, beta: float, siz
                       **{**common, "log_every": 1}))
 
 
-def best_versus_worst_pairs(rankings: Path, pairs: Path) -> int:
-    """One preference pair per exported ranking, its best answer (rank 1) over its worst, written to
-    ``pairs``; returns how many. Of the six pairs of a ranking of four it is the one whose order the
-    annotators' noise is least likely to have flipped, and its chosen answer is the one worth imitating
-    (the NLL term of :func:`train_dpo`)."""
+def best_versus_worst_pairs(rankings: list[Path], pairs: Path) -> int:
+    """One preference pair per ranking exported in the ``rankings`` files, its best answer (rank 1)
+    over its worst, written to ``pairs``; returns how many. Of the six pairs of a ranking of four it is
+    the one whose order the annotators' noise is least likely to have flipped, and its chosen answer is
+    the one worth imitating (the NLL term of :func:`train_dpo`)."""
     records = []
-    for line in rankings.read_text(encoding="utf-8").splitlines():
-        ranking = json.loads(line)
-        ranks = ranking["ranks"]
-        if min(ranks) == max(ranks):
-            continue
-        records.append({"prompt": ranking["prompt"], "chosen": ranking["responses"][ranks.index(min(ranks))],
-                        "rejected": ranking["responses"][ranks.index(max(ranks))]})
+    for path in rankings:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            ranking = json.loads(line)
+            ranks = ranking["ranks"]
+            if min(ranks) == max(ranks):
+                continue
+            records.append({"prompt": ranking["prompt"], "chosen": ranking["responses"][ranks.index(min(ranks))],
+                            "rejected": ranking["responses"][ranks.index(max(ranks))]})
     write_jsonl(pairs, records)
     return len(records)
 
 
 def train_dpo(output: Path, size: DemoSize, common: dict) -> None:
-    """DPO of the SFT policy on round 1's exported rankings (best over worst answer of each) into
-    ``output / "dpo"``, with the chosen answers' negative log-likelihood added (RPO, weight
-    ``size.dpo_nll``): plain DPO only pushes a pair apart, and on this world the mass it takes from
-    the rejected answers goes to garbled text and to answers of other requests."""
+    """DPO of the SFT policy on the exported rankings of rounds 1 to ``size.dpo_rounds`` (the best over
+    the worst answer of each) into ``output / "dpo"``, with the chosen answers' negative log-likelihood
+    added (RPO, weight ``size.dpo_nll``): plain DPO only pushes a pair apart, and on this world the mass
+    it takes from the rejected answers goes to garbled text and to answers of other requests. Round 2's
+    rankings put round-1 PPO answers beside SFT ones, so DPO also learns from answers off the SFT
+    policy's beaten track."""
     pairs = output / "data" / "dpo-pairs.jsonl"
-    count = best_versus_worst_pairs(output / "feedback" / "export-round-1" / "rankings.jsonl", pairs)
+    exports = [output / "feedback" / f"export-round-{n}" / "rankings.jsonl" for n in range(1, size.dpo_rounds + 1)]
+    count = best_versus_worst_pairs(exports, pairs)
     console.print(f"{count} pairs (the best and the worst answer of each ranking) in {pairs}")
     run_dpo(DPOConfig(model=str(output / "sft"), data=str(pairs), output=str(output / "dpo"), learning_rate=3e-4,
                       loss="rpo", rpo_alpha=size.dpo_nll, beta=size.dpo_beta, max_steps=size.dpo_steps,
@@ -340,8 +345,8 @@ def demo_summary(checks: dict, round_1: dict, round_2: dict, evaluation: dict, o
             "Content-free: an answer with no request-specific body (neither the request's answer nor a "
             "refusal), such as 'Happy to help!' alone or another request's answer.",
             "ppo-round-1 is PPO against the round-1 reward model; ppo is round 2, against the reward model "
-            "retrained with labels on ppo-round-1's answers; dpo learns from round 1's labels (the best over "
-            "the worst answer of each ranking), its loss DPO's plus the chosen answers' negative log-likelihood "
+            "retrained with labels on ppo-round-1's answers; dpo learns from both rounds' labels (the best "
+            "over the worst answer of each ranking), its loss DPO's plus the chosen answers' negative log-likelihood "
             f"(RPO, weight {size.dpo_nll:g}).",
             round_1["note"],
         ],
