@@ -345,8 +345,9 @@ def demo_summary(checks: dict, round_1: dict, round_2: dict, evaluation: dict, o
             "Content-free: an answer with no request-specific body (neither the request's answer nor a "
             "refusal), such as 'Happy to help!' alone or another request's answer.",
             "ppo-round-1 is PPO against the round-1 reward model; ppo is round 2, against the reward model "
-            "retrained with labels on ppo-round-1's answers; dpo learns from both rounds' labels (the best "
-            "over the worst answer of each ranking), its loss DPO's plus the chosen answers' negative log-likelihood "
+            "retrained with labels on ppo-round-1's answers; dpo learns from the "
+            f"labels of {'both rounds' if size.dpo_rounds == 2 else 'round 1'} (the best over the worst answer "
+            "of each ranking), its loss DPO's plus the chosen answers' negative log-likelihood "
             f"(RPO, weight {size.dpo_nll:g}).",
             round_1["note"],
         ],
